@@ -1,0 +1,20 @@
+"""lora-wise: recover how many images a LoRA was fine-tuned on, from its weights."""
+
+from .errors import InvalidLoraFile, LoraWiseError, NoLoraWeightsError, UnsafeFormatError
+from .spectra import Spectra, compute_spectra
+from .weights import Backbone, DeclaredTraining, LoraLayer, LoraWeights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backbone",
+    "DeclaredTraining",
+    "InvalidLoraFile",
+    "LoraLayer",
+    "LoraWeights",
+    "LoraWiseError",
+    "NoLoraWeightsError",
+    "Spectra",
+    "UnsafeFormatError",
+    "compute_spectra",
+]
