@@ -1,0 +1,1 @@
+"""lora-scan: audit public LoRAs — read them, estimate their fine-tuning dataset size, report."""

@@ -1,0 +1,120 @@
+"""Benchmark: read + spectra of an SD1.5-shaped rank-32 LoRA (128 layers, SD1.5's real shapes).
+
+Prints three ratios against the obvious alternatives:
+  1. read_lora + compute_spectra   vs  loading the tensors alone with safetensors (target ≤ 2×)
+  2. compute_spectra (QR route)    vs  full SVD of every dense ΔW = scale·B·A (target ≥ 50× faster)
+  3. peak RSS of read + spectra above the interpreter's baseline, vs the file size (target ≤ 2×)
+
+Run: .venv/bin/python scripts/bench_spectra.py [--rank 32] [--dtype F32|F16] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from lora_wise import compute_spectra, read_lora
+
+#: SD1.5 UNet transformer blocks: (module prefix, channels).
+_SD15_BLOCKS = (
+    [(f"down_blocks.{b}.attentions.{a}", c) for b, c in enumerate((320, 640, 1280)) for a in range(2)]
+    + [("mid_block.attentions.0", 1280)]
+    + [(f"up_blocks.{b}.attentions.{a}", c) for b, c in zip((1, 2, 3), (1280, 640, 320), strict=True) for a in range(3)]
+)
+
+
+def sd15_attention_shapes(cross_dim: int = 768) -> dict[str, tuple[int, int]]:
+    """The 128 LoRA-targeted attention projections of SD1.5: name -> (out, in)."""
+    shapes = {}
+    for prefix, c in _SD15_BLOCKS:
+        block = f"unet.{prefix}.transformer_blocks.0"
+        for attn, kv_in in (("attn1", c), ("attn2", cross_dim)):
+            shapes[f"{block}.{attn}.to_q"] = (c, c)
+            shapes[f"{block}.{attn}.to_k"] = (c, kv_in)
+            shapes[f"{block}.{attn}.to_v"] = (c, kv_in)
+            shapes[f"{block}.{attn}.to_out.0"] = (c, c)
+    return shapes
+
+
+def write_lora(path: Path, rank: int, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(0)
+    tensors = {}
+    for name, (d, k) in sd15_attention_shapes().items():
+        tensors[f"{name}.lora_A.weight"] = (torch.randn(rank, k, generator=gen) / k**0.5).to(dtype)
+        tensors[f"{name}.lora_B.weight"] = (torch.randn(d, rank, generator=gen) * 0.01).to(dtype)
+    save_file(tensors, str(path))
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def dense_svd_all(weights) -> None:
+    for layer in weights.layers.values():
+        delta = layer.scale * layer.up.astype(np.float64) @ layer.down.astype(np.float64)
+        np.linalg.svd(delta, compute_uv=False)
+
+
+_MEMORY_CHILD = """
+import json, resource, sys
+from lora_wise import compute_spectra, read_lora
+import numpy, safetensors, torch
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+spectra = compute_spectra(read_lora(sys.argv[1]))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"base_kb": base, "peak_kb": peak}))
+"""
+
+
+def peak_memory(path: Path) -> tuple[float, float]:
+    """(baseline MB, peak MB) of a fresh interpreter that reads the file and computes spectra."""
+    out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(path)], capture_output=True, text=True, check=True)
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return data["base_kb"] / 1024, data["peak_kb"] / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--dtype", choices=["F32", "F16", "BF16"], default="F32")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[args.dtype]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sd15_rank.safetensors"
+        write_lora(path, args.rank, dtype)
+        size_mb = path.stat().st_size / 2**20
+        weights = read_lora(path)
+        t_load = best_of(lambda: load_file(str(path)), args.repeats)
+        t_ours = best_of(lambda: compute_spectra(read_lora(path)), args.repeats)
+        t_spectra = best_of(lambda: compute_spectra(weights), args.repeats)
+        t_dense = best_of(lambda: dense_svd_all(weights), 1)
+        base_mb, peak_mb = peak_memory(path)
+
+    print(f"SD1.5-shaped LoRA: {len(weights.layers)} layers, rank {args.rank}, {args.dtype}, file {size_mb:.1f} MB")
+    print(f"safetensors load_file alone        {t_load * 1e3:9.1f} ms")
+    print(f"read_lora + compute_spectra        {t_ours * 1e3:9.1f} ms   ratio {t_ours / t_load:6.2f}x  (target <= 2x)")
+    print(f"compute_spectra (QR route)         {t_spectra * 1e3:9.1f} ms")
+    print(f"full SVD of dense dW, all layers   {t_dense * 1e3:9.1f} ms   speed-up {t_dense / t_spectra:6.0f}x (target >= 50x)")
+    extra = peak_mb - base_mb
+    print(f"peak RSS above baseline            {extra:9.1f} MB   = {extra / size_mb:5.2f}x file size (target <= 2x)")
+
+
+if __name__ == "__main__":
+    main()
