@@ -1,0 +1,74 @@
+"""Load a LoRA-WiSE config as the :class:`~lora_wise.table.SpectraTable` the estimators consume.
+
+The source is a local dataset folder or a Hub dataset repo id. A repo is first fetched with
+``snapshot_download`` restricted to the config's shards and the manifest (so a spectra user never
+downloads the weights configs), which also makes the offline path work from the Hub cache;
+the rows are then read with ``datasets.load_dataset`` on that folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import MANIFEST, DatasetBuildError, read_manifest
+from .table import SpectraTable
+
+
+def resolve_dataset(path_or_repo: str | Path, config: str, revision: str | None = None) -> Path:
+    """A local folder holding ``config``: the path itself, or the Hub snapshot of the repo."""
+    path = Path(path_or_repo)
+    if path.is_dir():
+        return path
+    if str(path_or_repo).count("/") != 1 or path.exists():
+        raise DatasetBuildError(f"{path_or_repo}: neither a dataset folder nor a Hub repo id (user/name)")
+    from .hub import download
+
+    patterns = [MANIFEST, "README.md", f"data/{config}/*"]
+    return download(str(path_or_repo), revision=revision, allow_patterns=patterns)
+
+
+def load_benchmark(path_or_repo: str | Path, config: str, split: str | None = None,
+                   step: int | None = None, revision: str | None = None,
+                   cache_dir: str | None = None) -> SpectraTable:  # fmt: skip
+    """The spectra of ``config`` (all splits when ``split`` is None; one snapshot step if given)."""
+    import datasets
+
+    folder = resolve_dataset(path_or_repo, config, revision)
+    configs = read_manifest(folder)["configs"]
+    entry = configs.get(config)
+    if entry is None or entry.get("kind") != "spectra":
+        known = sorted(k for k, v in configs.items() if v.get("kind") == "spectra")
+        raise DatasetBuildError(f"{path_or_repo}: no spectra config {config!r} (have: {', '.join(known) or 'none'})")
+    if split is not None and split not in entry["splits"]:
+        raise DatasetBuildError(f"{path_or_repo}: config {config!r} has no split {split!r}")
+    # The manifest's file list, not the card's globs: datasets keys its cache of a folder's YAML
+    # configs by config name (not by file contents), so a folder rebuilt in place would load stale
+    # rows; explicit data_files are keyed by path and mtime.
+    files = {s: [str(folder / f) for f in e["files"]] for s, e in entry["splits"].items()}
+    loaded = datasets.load_dataset("parquet", data_files=files, split=split, cache_dir=cache_dir)
+    if isinstance(loaded, datasets.DatasetDict):
+        loaded = datasets.concatenate_datasets([loaded[s] for s in sorted(loaded)])
+    if step is not None:
+        keep = np.flatnonzero(np.asarray(loaded["step"]) == int(step))
+        if keep.size == 0:
+            raise DatasetBuildError(f"{path_or_repo}: no snapshot at step {step} in {config!r} (steps: {entry['steps']})")
+        loaded = loaded.select(keep)
+    return _to_table(loaded.with_format("numpy"), entry["layers"])
+
+
+def _to_table(ds, layers: list[str]) -> SpectraTable:
+    n, n_layers = len(ds), len(layers)
+    arrays = {kind: np.asarray(ds[kind], dtype=np.float64).reshape(n, n_layers, -1) for kind in ("a", "b", "ba")}
+    return SpectraTable(
+        layers=list(layers),
+        **arrays,
+        fro=np.asarray(ds["fro"], dtype=np.float64).reshape(n, n_layers),
+        size=np.asarray(ds["dataset_size"], dtype=np.int64),
+        micro_dataset=np.asarray(ds["micro_dataset"]).astype(str),
+        step=np.asarray(ds["step"], dtype=np.int64),
+        rank=np.asarray(ds["rank"], dtype=np.int64),
+        backbone=np.asarray(ds["backbone"]).astype(str),
+        model_id=np.asarray(ds["model_id"]).astype(str),
+    )
