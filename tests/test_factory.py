@@ -1,0 +1,190 @@
+"""The factory: plans skip finished jobs, groups train, failures stay local, a killed run resumes cleanly.
+
+Until ``lora_wise.train`` is used here, the trainer is ``factory_helpers.fake_train_group``, a real
+stand-in that writes the factory's on-disk format (safetensors + sidecar JSON, done.json last).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import factory_helpers
+import pytest
+import yaml
+from safetensors import safe_open
+
+from lora_wise.clitools import run
+from lora_wise.commands.generate import generate
+from lora_wise.factory import FactoryError, group_jobs, is_done, make_plan, run_plan
+from lora_wise.grid import expand_grid
+from lora_wise.jobs import TrainJob
+
+FAKE = "factory_helpers:fake_train_group"
+TESTS = Path(__file__).parent
+
+
+def tiny_grid(micros=("pool:a", "pool:b"), sizes=(1, 2), steps=10, every=5, ranges=("low",)) -> dict:
+    return {"backbones": ["tiny-sd"], "ranks": [4], "micro_datasets": list(micros), "sizes": list(sizes),
+            "steps": steps, "snapshot_every": every, "ranges": list(ranges)}  # fmt: skip
+
+
+def check_outputs(out: Path, jobs: list[TrainJob]) -> None:
+    """Every job complete: exactly its snapshots and done.json, each file whole and consistent."""
+    for job in jobs:
+        folder = out / job.job_id
+        steps = list(range(job.snapshot_every, job.steps + 1, job.snapshot_every))
+        expected = {f"step-{s:05d}.{ext}" for s in steps for ext in ("safetensors", "json")} | {"done.json"}
+        assert {p.name for p in folder.iterdir()} == expected, job.job_id
+        for step in steps:
+            sidecar = json.loads((folder / f"step-{step:05d}.json").read_text())
+            assert sidecar["model_id"] == job.job_id and sidecar["step"] == step
+            with safe_open(str(folder / f"step-{step:05d}.safetensors"), "pt") as fh:
+                assert json.loads(fh.metadata()["lora_wise"]) == sidecar
+                assert len(list(fh.keys())) == 2 * len(factory_helpers.LAYERS)
+        json.loads((folder / "done.json").read_text())
+
+
+def test_groups_share_what_the_batched_pass_needs():
+    jobs = expand_grid(tiny_grid(micros=[f"pool:c{i}" for i in range(5)], sizes=(1, 2, 3)))
+    jobs += expand_grid(tiny_grid(steps=20) | {"ranks": [8]})
+    groups = group_jobs(jobs, group_size=4)
+    assert sorted(j.job_id for g in groups for j in g) == sorted(j.job_id for j in jobs)
+    assert all(len(g) <= 4 and len({(j.rank, j.steps) for j in g}) == 1 for g in groups)
+    assert [len(g) for g in groups] == [4, 4, 4, 3, 4]
+    with pytest.raises(FactoryError):
+        group_jobs(jobs, 0)
+
+
+def test_plan_skips_finished_jobs_and_limits(tmp_path):
+    jobs = expand_grid(tiny_grid(sizes=(1, 2, 3)))
+    (tmp_path / jobs[1].job_id).mkdir(parents=True)
+    (tmp_path / jobs[1].job_id / "done.json").write_text("{}")
+    (tmp_path / jobs[2].job_id).mkdir(parents=True)  # started, not finished
+    plan = make_plan(jobs, tmp_path, group_size=2)
+    assert [j.job_id for j in plan.done] == [jobs[1].job_id]
+    assert jobs[1] not in plan.todo and jobs[2] in plan.todo and len(plan.todo) == 5
+    assert make_plan(jobs, tmp_path, limit=2).todo == [jobs[0], jobs[2]]
+    data = plan.as_dict()
+    assert data["done"] == 1 and data["to_run"] == 5 and data["model_steps"] == 50
+    assert data["configs"] == {"low-tiny_sd-r4": {"jobs": 6, "done": 1, "to_run": 5}}
+
+
+def test_shards_of_a_plan_partition_the_grid_whatever_is_done(tmp_path):
+    jobs = expand_grid(tiny_grid(micros=[f"pool:c{i}" for i in range(10)], sizes=(1, 2, 3)))
+    shards = [make_plan(jobs, tmp_path, shard=(i, 3)).jobs for i in range(3)]
+    assert sorted(j.job_id for s in shards for j in s) == sorted(j.job_id for j in jobs)
+    (tmp_path / shards[0][0].job_id).mkdir(parents=True)
+    (tmp_path / shards[0][0].job_id / "done.json").write_text("{}")
+    assert make_plan(jobs, tmp_path, shard=(0, 3)).jobs == shards[0]  # finishing a job moves nothing
+
+
+@pytest.mark.parametrize("executor,workers", [("inprocess", 1), ("pool", 2)])
+def test_run_plan_trains_every_job_and_a_failed_group_does_not_stop_the_others(tmp_path, executor, workers):
+    jobs = expand_grid(tiny_grid(micros=("pool:a", "pool:broken", "pool:b"), sizes=(1, 2)))
+    plan = make_plan(jobs, tmp_path, group_size=2)
+    assert len(plan.groups) == 3
+    summary = run_plan(plan, executor=executor, workers=workers, trainer=FAKE)
+    good = [j for j in jobs if j.micro_dataset != "pool:broken"]
+    check_outputs(tmp_path, good)
+    assert sorted(summary.completed) == sorted(j.job_id for j in good)
+    assert set(summary.failed) == {j.job_id for j in jobs if j.micro_dataset == "pool:broken"}
+    assert all("pool:broken" in e for e in summary.failed.values())
+    assert summary.model_steps == 40 and not summary.ok
+    # the rerun plans exactly the failed group
+    assert make_plan(jobs, tmp_path, group_size=2).todo == [j for j in jobs if j.micro_dataset == "pool:broken"]
+
+
+def test_rerun_removes_temp_files_and_completes_a_started_job(tmp_path):
+    jobs = expand_grid(tiny_grid())
+    folder = tmp_path / jobs[0].job_id
+    folder.mkdir(parents=True)
+    factory_helpers.write_snapshot(folder, jobs[0], 5)
+    (folder / "step-00010.safetensors.tmp").write_bytes(b"half a fi")
+    summary = run_plan(make_plan(jobs, tmp_path), trainer=FAKE)
+    assert summary.ok and len(summary.completed) == 4
+    check_outputs(tmp_path, jobs)
+
+
+def test_unknown_trainer_fails_before_anything_runs(tmp_path):
+    plan = make_plan(expand_grid(tiny_grid()), tmp_path)
+    with pytest.raises(FactoryError, match="cannot load the trainer"):
+        run_plan(plan, trainer="lora_wise.nope:train_group")
+
+
+def write_grid(tmp_path: Path, **kw) -> Path:
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(tiny_grid(**kw)))
+    return path
+
+
+def test_cli_dry_run_json_prints_the_plan_and_trains_nothing(tmp_path, capsys):
+    grid = write_grid(tmp_path)
+    out = tmp_path / "out"
+    code = run(generate, [str(grid), "--out", str(out), "--dry-run", "--json", "--group-size", "3"])
+    assert code == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["to_run"] == 4 and [len(g) for g in plan["groups"]] == [3, 1]
+    assert not out.exists()
+
+
+def test_cli_runs_then_reruns_with_nothing_to_do(tmp_path, capsys):
+    grid = write_grid(tmp_path)
+    out = tmp_path / "out"
+    assert run(generate, [str(grid), "--out", str(out), "--trainer", FAKE, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["completed"] == 4
+    assert run(generate, [str(grid), "--out", str(out), "--dry-run", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["to_run"] == 0
+
+
+def test_cli_usage_errors(tmp_path):
+    grid = write_grid(tmp_path)
+    assert run(generate, [str(grid), "--out", str(tmp_path / "o"), "--shard", "5/2", "--dry-run"]) == 2
+    assert run(generate, [str(grid), "--dry-run"]) == 4  # --out missing
+    assert run(generate, [str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")]) == 2
+
+
+GENERATE = "import sys; from lora_wise.commands.generate import generate; from lora_wise.clitools import main_for; main_for(generate, 'generate')"
+
+
+def test_a_killed_run_resumes_with_nothing_lost_duplicated_or_half_written(tmp_path):
+    grid = write_grid(tmp_path, micros=("pool:a", "pool:b", "pool:c"), sizes=(1, 2), steps=20, every=5)
+    out = tmp_path / "out"
+    calls = tmp_path / "calls.log"
+    env = os.environ | {"PYTHONPATH": str(TESTS), "FAKE_TRAIN_SLEEP": "0.15", "FAKE_TRAIN_CALLS": str(calls)}
+    args = [sys.executable, "-c", GENERATE, str(grid), "--out", str(out), "--trainer", FAKE, "--group-size", "2"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(out.glob("*/*/*/done.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    jobs = expand_grid(tiny_grid(micros=("pool:a", "pool:b", "pool:c"), sizes=(1, 2), steps=20, every=5))
+    finished = [j for j in jobs if is_done(out, j)]
+    assert 2 <= len(finished) < len(jobs), "the kill must land midway"
+    before = {p: p.stat().st_mtime_ns for j in finished for p in (out / j.job_id).iterdir()}
+
+    rerun = subprocess.run(args, env=env | {"FAKE_TRAIN_SLEEP": "0"}, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    check_outputs(out, jobs)
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # finished jobs were not retrained
+    trained_twice = [j for line in calls.read_text().splitlines() for j in json.loads(line)]
+    assert sorted(set(trained_twice)) == sorted(j.job_id for j in jobs)
+    assert not any(j.job_id in trained_twice[trained_twice.index(j.job_id) + 1 :] for j in finished)
+
+
+def test_ray_local_runs_two_tiny_jobs(tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    # Ray's workers start from the driver's environment: let them import the stand-in trainer.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    jobs = expand_grid(tiny_grid(micros=("pool:a",), sizes=(1, 2)))
+    plan = make_plan(jobs, tmp_path, group_size=1)
+    summary = run_plan(plan, executor="ray", workers=2, ray_address="local", trainer=FAKE)
+    assert summary.ok and sorted(summary.completed) == sorted(j.job_id for j in jobs)
+    check_outputs(tmp_path, jobs)
+    assert not ray.is_initialized()
