@@ -183,7 +183,7 @@ def run_plan(
     remove_partial_files(plan.out_dir, plan.todo)
     tasks = [{"trainer": trainer, "out_dir": str(plan.out_dir), "jobs": [j.to_dict() for j in g]} for g in plan.groups]
     summary = RunSummary()
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, log_path=False)
     display = _Display(plan, console)
     start = time.monotonic()
 
@@ -253,7 +253,7 @@ class _Display:
         finished = sum(is_done(self.plan.out_dir, job) for job in group)
         self.jobs_done += finished
         if result.ok:
-            self.console.log(f"group of {len(group)} done ({group[0].config_name}, {finished} jobs complete)")
+            self.console.log(f"group of {len(group)} done ({group[0].config_name}, {finished} complete)")
         else:
             self.console.log(f"[red]group of {len(group)} failed[/]: {result.error} (first job {group[0].job_id})")
         self._refresh()
@@ -267,7 +267,11 @@ class _Display:
         elapsed = time.monotonic() - self.start
         rate = (done - self.baseline) / elapsed if elapsed > 0 else 0.0
         remaining = self.plan.model_steps - done
-        eta = time.strftime("%H:%M:%S", time.gmtime(remaining / rate)) if rate > 0 else "-"
+        eta = _hms(remaining / rate) if rate > 0 else "-"
         self.progress.update(self.task, completed=done, jobs=f"{self.jobs_done}/{self.total_jobs}",
                              rate=f"{rate:.1f}", eta=eta)  # fmt: skip
 
+
+def _hms(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
