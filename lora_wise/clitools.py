@@ -42,7 +42,7 @@ def run(group: click.Command, args: list[str] | None = None, prog_name: str | No
         exc.show()
         return EXIT_INPUT
     except LoraWiseError as exc:
-        err_console.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {one_line(exc)}", highlight=False)
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -50,7 +50,7 @@ def run(group: click.Command, args: list[str] | None = None, prog_name: str | No
     return rv if isinstance(rv, int) else EXIT_OK
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 

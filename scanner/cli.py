@@ -1,4 +1,8 @@
-"""The ``lora-scan`` command: a thin click layer over ``scanner``'s functions."""
+"""The ``lora-scan`` command: a thin click layer over ``scanner``'s functions.
+
+``lora-scan TARGET`` scans; ``lora-scan`` alone scans the bundled example; ``inspect`` (and later
+``crawl``/``report``) are subcommands. A first argument that is not a subcommand is a target.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,89 @@ from lora_wise.clitools import EXIT_CODES_HELP, main_for, print_json
 
 from .inspect import inspect_path, render
 
+_SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3}
 
-@click.group(epilog=EXIT_CODES_HELP)
+
+def parse_size(text: str) -> int:
+    """``500M``, ``2G``, ``123456`` -> bytes."""
+    text = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = _SIZE_UNITS.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in _SIZE_UNITS else text
+    try:
+        return int(float(number) * unit)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size such as 500M or 2G") from None
+
+
+class TargetFirstGroup(click.Group):
+    """Route ``lora-scan TARGET`` to the ``scan`` command; no arguments scans the built-in example."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args:
+            args = ["scan"]
+        elif args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["scan", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=TargetFirstGroup, epilog=EXIT_CODES_HELP)
 @click.version_option(package_name="lora-wise")
 def cli() -> None:
-    """Audit LoRA files: what they are, what they declare, and how many images trained them."""
+    """Audit LoRA files: what they are, what they declare, and how many images trained them.
+
+    \b
+    lora-scan                      scan the bundled example LoRA (offline)
+    lora-scan user/repo            scan a Hugging Face Hub repo's LoRA file(s)
+    lora-scan civitai:12345        scan a CivitAI model's primary LoRA file
+    lora-scan ./my_lora.safetensors
+    lora-scan inspect FILE         describe a file without estimating
+    """
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("target", required=False)
+@click.option("--file", "file", help="Scan only this file of a Hub repo, CivitAI version or folder.")
+@click.option("--max-size", default="2G", show_default=True,
+              help="Refuse downloads larger than this (e.g. 500M, 2G).")
+@click.option("--bank-dir", type=click.Path(file_okay=False), help="Use reference banks from this folder.")
+@click.option("--force-estimate", is_flag=True, help="Give a number even when the LoRA is unlike the bank's models.")
+@click.option("--json", "as_json", is_flag=True, help="Print the ScanReport(s) as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def scan(target: str | None, file: str | None, max_size: str, bank_dir: str | None, force_estimate: bool,
+         as_json: bool, quiet: bool) -> int:
+    """Estimate how many images a LoRA was fine-tuned on, and report what it declares.
+
+    TARGET is a Hub repo (user/repo, user/repo@revision, hf://user/repo/file), a CivitAI model
+    (civitai:ID, civitai:ID@VERSION, a civitai.com URL), an https:// URL, or a local file or
+    folder. Without TARGET the bundled example LoRA is scanned (offline), with its true size.
+
+    Downloads are capped by --max-size and verified against published SHA-256 hashes; pickle
+    files (.bin/.ckpt/.pt/.pth) are never loaded. Tokens come from HF_TOKEN (or
+    `huggingface-cli login`) and CIVITAI_TOKEN; HF_ENDPOINT and CIVITAI_ENDPOINT point at mirrors.
+    """
+    from .example import scan_example
+    from .report import render as render_report
+    from .scan import scan_all
+
+    options = {"bank_dir": bank_dir, "force_estimate": force_estimate}
+    if target is None:
+        reports = [scan_example(**options)]
+    else:
+        reports = scan_all(target, file=file, max_size=parse_size(max_size), progress=not (quiet or as_json), **options)
+    if as_json:
+        print_json([r.to_dict() for r in reports] if len(reports) > 1 else reports[0].to_dict())
+    else:
+        console = Console()
+        for report in reports:
+            render_report(report, console)
+    return max(r.exit_code for r in reports)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("path", type=click.Path(exists=True, dir_okay=True))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
 def inspect(path: str, as_json: bool) -> None:
-    """Read a LoRA file or PEFT adapter folder and summarise it.
+    """Read a LoRA file or PEFT adapter folder and summarise it, without estimating.
 
     PATH is a .safetensors file or a folder with adapter_model.safetensors. Reports the
     format (kohya, PEFT, diffusers, LyCORIS...), the base model it fits, rank, layer counts per

@@ -1,0 +1,115 @@
+"""``ScanReport``: one scanned LoRA. Every output (terminal panel, JSON, crawl tables) renders this one object."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+
+from lora_wise.bank import Estimate
+
+#: status -> exit code of ``lora-scan`` (the modelscan-style contract in ``lora_wise.clitools``).
+STATUS_EXIT = {"ok": 0, "unsafe": 2, "error": 2, "no-lora": 3}
+
+
+def estimate_label(est: Estimate) -> str:
+    return f"about {est.estimate:.0f} ({est.low:.0f}-{est.high:.0f})"
+
+
+@dataclass
+class ScanReport:
+    target: str
+    status: str = "ok"  # ok | unsafe | error | no-lora
+    error: str | None = None
+    source: dict[str, Any] = field(default_factory=dict)  # kind, url, file, size, sha256, verified, info
+    format: str | None = None
+    backbone: str | None = None
+    backbone_evidence: list[str] = field(default_factory=list)
+    rank: int | None = None
+    layers: int | None = None
+    components: dict[str, int] = field(default_factory=dict)
+    dtype: str | None = None
+    declared: dict[str, Any] | None = None
+    estimate: Estimate | None = None
+    estimate_absent_reason: str | None = None
+    bank: dict[str, Any] | None = None
+    truth: int | None = None  # known true size (the bundled example, benchmark models)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return STATUS_EXIT.get(self.status, 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.estimate is not None:
+            data["estimate"]["votes"] = {str(k): v for k, v in self.estimate.votes.items()}
+            data["estimate"]["label"] = estimate_label(self.estimate)
+        return data
+
+
+def _summary_table(report: ScanReport) -> Table:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column()
+    src = report.source
+    table.add_row("source", f"{src.get('kind', '?')}: {src.get('url') or report.target}")
+    if src.get("file"):
+        verified = " [green](sha256 verified)[/]" if src.get("verified") else ""
+        table.add_row("file", f"{src['file']}{verified}")
+    if report.status != "ok":
+        table.add_row("status", f"[red]{report.status}[/]: {report.error}")
+        return table
+    evidence = "; ".join(report.backbone_evidence[:3])
+    table.add_row("format", str(report.format))
+    table.add_row("backbone", f"{report.backbone}" + (f" [dim]({evidence})[/]" if evidence else ""))
+    table.add_row("rank / layers", f"{report.rank} / {report.layers} low-rank layers")
+    table.add_row("components", ", ".join(f"{k}: {v}" for k, v in report.components.items()))
+    table.add_row("dtype", str(report.dtype))
+    return table
+
+
+def _declared_table(declared: dict[str, Any] | None) -> Table | str:
+    if not declared:
+        return "[dim]The file declares no training metadata.[/]"
+    table = Table(title="Declared by the file", title_justify="left", show_header=False, box=None)
+    table.add_column(style="cyan")
+    table.add_column()
+    for key in ("unique_images", "num_train_images", "repeats", "steps", "epochs", "batch_size",
+                "learning_rate", "network_dim", "network_alpha", "base_model", "base_model_version"):
+        if declared.get(key) not in (None, {}, ""):
+            table.add_row(key.replace("_", " "), str(declared[key]))
+    return table
+
+
+def _estimate_block(report: ScanReport) -> Table | str:
+    if report.estimate is None:
+        return f"[yellow]No estimate:[/] {report.estimate_absent_reason or 'not computed'}"
+    est = report.estimate
+    table = Table(title="Estimated fine-tuning dataset size", title_justify="left", show_header=False, box=None)
+    table.add_column(style="bold green")
+    table.add_column()
+    table.add_row("estimate", f"[bold]{estimate_label(est)}[/] images")
+    table.add_row("majority vote", f"{est.size}")
+    total = sum(est.votes.values()) or 1
+    bars = "  ".join(f"{size}: {100 * n / total:.0f}%" for size, n in sorted(est.votes.items()))
+    table.add_row("votes", bars)
+    if report.truth is not None:
+        table.add_row("true size", f"[bold]{report.truth}[/] (known for this example)")
+    if report.bank:
+        table.add_row("bank", f"{report.bank.get('name')} ({report.bank.get('models', '?')} reference models)")
+    table.add_row("reference step", f"{est.step} ({est.step_source})")
+    table.add_row("applicability", f"{est.applicability:.2f} (1 = like the reference models, 0 = unlike)")
+    return table
+
+
+def render(report: ScanReport, console: Console) -> None:
+    parts: list[Any] = [_summary_table(report)]
+    if report.status == "ok":
+        parts += ["", _declared_table(report.declared), "", _estimate_block(report)]
+    parts += [f"[yellow]warning:[/] {w}" for w in report.warnings]
+    style = "green" if report.status == "ok" else "red"
+    console.print(Panel(Group(*parts), title=f"lora-scan: {report.target}", border_style=style))

@@ -1,0 +1,158 @@
+"""``scan(target)``: fetch a LoRA, read it, compute its spectra, run the reference bank, report.
+
+One ``ScanReport`` per LoRA file. Problems with a file (unsafe format, malformed bytes, no LoRA
+layers, a failed download) become a report with a status and a reason, never an exception, so
+that a crawl over thousands of targets goes on; only a target that cannot even be parsed raises
+``TargetError`` (a usage error).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lora_wise import LoraWeights, compute_spectra, read_lora
+from lora_wise.bank import Bank, bank_for
+from lora_wise.clitools import one_line
+from lora_wise.errors import LoraWiseError, NoLoraWeightsError, UnsafeFormatError
+from lora_wise.spectra import Spectra
+
+from .download import DEFAULT_MAX_SIZE
+from .errors import FetchError, TargetError
+from .report import ScanReport, estimate_label
+from .sources import FetchedFile, fetched
+
+#: Below this applicability the target is unlike every reference model: no number is given.
+MIN_APPLICABILITY = 0.1
+
+
+def scan_all(
+    target: str,
+    *,
+    file: str | None = None,
+    max_size: int = DEFAULT_MAX_SIZE,
+    cache_dir: str | Path | None = None,
+    bank_dir: str | Path | None = None,
+    progress: bool = True,
+    force_estimate: bool = False,
+) -> list[ScanReport]:
+    """Scan every LoRA candidate a target names (a Hub repo may hold several)."""
+    try:
+        with fetched(target, file=file, max_size=max_size, cache_dir=cache_dir, progress=progress) as files:
+            return [scan_file(f, target, bank_dir=bank_dir, force_estimate=force_estimate) for f in files]
+    except TargetError:
+        raise
+    except FetchError as exc:
+        status = "unsafe" if isinstance(exc, UnsafeFormatError) else "no-lora" if isinstance(exc, NoLoraWeightsError) else "error"
+        return [ScanReport(target=target, status=status, error=one_line(exc), source={"kind": "fetch"})]
+
+
+def scan(target: str, **options: Any) -> ScanReport:
+    """The report of the target's first LoRA candidate (see ``scan_all`` for every candidate)."""
+    return scan_all(target, **options)[0]
+
+
+def scan_file(
+    fetched_file: FetchedFile, target: str, *, bank_dir: str | Path | None = None, force_estimate: bool = False
+) -> ScanReport:
+    """Read one fetched file and estimate its dataset size; failures become the report's status."""
+    source = {
+        "kind": fetched_file.source,
+        "id": fetched_file.source_id,
+        "url": fetched_file.url,
+        "file": fetched_file.name,
+        "size": fetched_file.size,
+        "sha256": fetched_file.sha256,
+        "verified": fetched_file.verified,
+        "info": fetched_file.info,
+        "notes": fetched_file.notes,
+    }
+    report = ScanReport(target=target, source=source)
+    try:
+        weights = read_lora(_readable_path(fetched_file))
+    except UnsafeFormatError as exc:
+        report.status, report.error = "unsafe", f"unsafe format, not scanned: {one_line(exc)}"
+        return report
+    except NoLoraWeightsError as exc:
+        report.status, report.error = "no-lora", one_line(exc)
+        return report
+    except LoraWiseError as exc:
+        report.status, report.error = "error", one_line(exc)
+        return report
+    _describe(report, weights)
+    spectra = compute_spectra(weights)
+    _estimate(report, weights, spectra, bank_dir, force_estimate)
+    return report
+
+
+def _readable_path(f: FetchedFile) -> Path:
+    """A PEFT adapter is read as its folder, so that adapter_config.json (alpha, rank_pattern) counts."""
+    if "adapter_config.json" in f.companions and f.companions["adapter_config.json"].parent == f.path.parent:
+        return f.path.parent
+    return f.path
+
+
+def _describe(report: ScanReport, weights: LoraWeights) -> None:
+    report.format = weights.format
+    report.backbone = weights.backbone.name
+    report.backbone_evidence = list(weights.backbone.evidence)
+    report.rank = weights.rank
+    report.layers = sum(1 for layer in weights.layers.values() if layer.low_rank)
+    report.components = weights.components
+    report.dtype = weights.dtype
+    report.declared = weights.declared.as_dict() if weights.declared else None
+    report.warnings.extend(weights.warnings)
+    if "unet" not in report.components and "transformer" not in report.components:
+        report.warnings.append("text-encoder-only LoRA: dataset-size estimates are made from UNet layers")
+
+
+def _estimate(
+    report: ScanReport, weights: LoraWeights, spectra: Spectra, bank_dir: str | Path | None, force: bool
+) -> None:
+    bank, why = bank_for(spectra, declared=weights.declared, backbone=weights.backbone.name, directory=bank_dir)
+    if bank is None:
+        report.estimate_absent_reason = why
+        if "no reference bank" in why and weights.backbone.name not in ("unknown", ""):
+            report.warnings.append(
+                f"no reference bank for {weights.backbone.name}: build one with "
+                "`lora-wise import-upstream MoSalama98/LoRA-WiSE --config medium_32` and `lora-wise fit-bank`"
+            )
+        return
+    declared_step = weights.declared.steps if weights.declared else None
+    estimate = bank.estimate(spectra, step=declared_step)
+    report.bank = _bank_summary(bank)
+    if estimate.applicability < MIN_APPLICABILITY and not force:
+        report.estimate_absent_reason = (
+            f"the LoRA is unlike every reference model of {bank.name} (applicability "
+            f"{estimate.applicability:.2f} < {MIN_APPLICABILITY}): other recipe, step count or data; "
+            "--force-estimate shows the number anyway"
+        )
+        return
+    report.estimate = estimate
+    _compare_declared(report, weights)
+
+
+def _compare_declared(report: ScanReport, weights: LoraWeights) -> None:
+    declared = weights.declared.unique_images if weights.declared else None
+    est = report.estimate
+    if declared is None or est is None:
+        return
+    if not est.low <= declared <= est.high:
+        report.warnings.append(
+            f"declared {declared} images, estimate {estimate_label(est)}: "
+            "the recipe differs from the bank's, or the declaration is wrong"
+        )
+
+
+def _bank_summary(bank: Bank) -> dict[str, Any]:
+    header = bank.header
+    return {
+        "name": bank.name,
+        "backbone": header.get("backbone"),
+        "rank": header.get("rank"),
+        "steps": header.get("steps"),
+        "sizes": header.get("sizes"),
+        "models": len(bank.table),
+        "version": header.get("version"),
+    }
+
