@@ -1,6 +1,7 @@
 """lora-wise: recover how many images a LoRA was fine-tuned on, from its weights."""
 
 from .errors import InvalidLoraFile, LoraWiseError, NoLoraWeightsError, UnsafeFormatError
+from .reader import read_lora
 from .spectra import Spectra, compute_spectra
 from .weights import Backbone, DeclaredTraining, LoraLayer, LoraWeights
 
@@ -17,4 +18,5 @@ __all__ = [
     "Spectra",
     "UnsafeFormatError",
     "compute_spectra",
+    "read_lora",
 ]
