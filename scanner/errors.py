@@ -1,0 +1,62 @@
+"""Typed errors of the fetching layer: one per failure kind, each saying what to do.
+
+They subclass ``lora_wise.errors.LoraWiseError`` so the CLIs map them to exit codes the same way
+as the reader's errors: a bad target is a usage error (4), a failed fetch an input error (2), a
+source that holds no LoRA file "no supported files" (3), as in modelscan's contract.
+"""
+
+from __future__ import annotations
+
+from lora_wise.errors import LoraWiseError, NoLoraWeightsError, UnsafeFormatError
+
+
+class TargetError(LoraWiseError, ValueError):
+    """The target string is none of the forms ``lora-scan`` understands."""
+
+    exit_code = 4
+
+
+class FetchError(LoraWiseError):
+    """A source could not deliver a file to scan."""
+
+    exit_code = 2
+
+
+class NotFound(FetchError):
+    """The repo, model, version or file does not exist (or is not in the offline cache)."""
+
+
+class AuthRequired(FetchError):
+    """The source wants credentials (private, gated or early-access)."""
+
+
+class RateLimited(FetchError):
+    """The source kept answering 429 after the bounded retries."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooLarge(FetchError):
+    """The file is over ``--max-size`` (by its declared size, its Content-Length, or its stream)."""
+
+
+class HashMismatch(FetchError):
+    """The downloaded bytes do not match the hash the source publishes."""
+
+
+class TruncatedDownload(FetchError):
+    """The connection ended before the announced number of bytes arrived."""
+
+
+class UnsafeFormat(FetchError, UnsafeFormatError):
+    """Only pickle files (.bin/.ckpt/.pt/.pth, CivitAI ``PickleTensor``): never downloaded for parsing."""
+
+    exit_code = 2
+
+
+class NoLoraFiles(FetchError, NoLoraWeightsError):
+    """The source holds no file that could be LoRA weights (e.g. only full checkpoints)."""
+
+    exit_code = 3
