@@ -32,7 +32,7 @@ from .spectra import Spectra
 from .table import SpectraTable
 
 KINDS = ("a", "b", "ba", "fro")
-_TEST_CHUNK = 64  # test models per batched distance block: bounds memory to ~V·64·N doubles
+_BLOCK_ELEMENTS = 8_000_000  # distances per batched block (64 MB): bounds memory for large banks
 
 
 # --------------------------------------------------------------------------- features
@@ -141,27 +141,33 @@ def _realign_table(table: SpectraTable, layers: list[str]) -> SpectraTable:
 
 
 def nearest_references(train: np.ndarray, test: np.ndarray, exclude: np.ndarray | None = None):
-    """Per voter, the nearest reference of every test model (squared euclidean).
+    """Per voter, the nearest reference of every test model (euclidean).
 
     ``train`` (N, V, W), ``test`` (M, V, W); ``exclude`` (M, N) bool forbids pairs (used to
     leave a test model's own micro-dataset out). Returns ``idx`` (M, V) int, -1 where the
     voter abstains, and ``dist`` (M, V) euclidean distance, NaN where it abstains.
-    One batched matrix product per chunk of test models: no per-layer loop.
+    One batched matrix product per block of test models, no per-layer loop:
+    |x − t|² = |t|² − 2 x·t + |x|², where |x|² is the same for every reference and so is
+    added only to the winners.
     """
-    t_missing = np.isnan(train).any(axis=2)  # (N, V)
-    tr = np.nan_to_num(np.swapaxes(train, 0, 1))  # (V, N, W)
+    tr = np.ascontiguousarray(np.swapaxes(np.nan_to_num(train), 0, 1))  # (V, N, W)
+    tr_t = np.ascontiguousarray(np.swapaxes(tr, 1, 2))  # (V, W, N)
     tr_sq = np.einsum("vnw,vnw->vn", tr, tr)
+    tr_sq[np.isnan(train).any(axis=2).T] = np.inf  # a reference's missing voter is never nearest
+    v, n = tr_sq.shape
+    block = max(1, int(_BLOCK_ELEMENTS // max(v * n, 1)))
     idx = np.empty(test.shape[:2], dtype=np.int64)
     dist = np.empty(test.shape[:2])
-    for start in range(0, test.shape[0], _TEST_CHUNK):
-        chunk = test[start : start + _TEST_CHUNK]
-        te = np.nan_to_num(np.swapaxes(chunk, 0, 1))  # (V, m, W)
-        d2 = np.einsum("vmw,vmw->vm", te, te)[:, :, None] + tr_sq[:, None, :] - 2.0 * (te @ np.swapaxes(tr, 1, 2))
-        d2[np.broadcast_to(t_missing.T[:, None, :], d2.shape)] = np.inf
+    for start in range(0, test.shape[0], block):
+        chunk = test[start : start + block]
+        te = np.ascontiguousarray(np.swapaxes(np.nan_to_num(chunk), 0, 1))  # (V, m, W)
+        d2 = te @ tr_t  # (V, m, N)
+        d2 *= -2.0
+        d2 += tr_sq[:, None, :]
         if exclude is not None:
-            d2[:, exclude[start : start + _TEST_CHUNK]] = np.inf
+            d2 += np.where(exclude[start : start + block], np.inf, 0.0)[None]
         best = np.argmin(d2, axis=2)  # (V, m): first minimum in fit order
-        best_d = np.take_along_axis(d2, best[:, :, None], axis=2)[:, :, 0]
+        best_d = np.take_along_axis(d2, best[:, :, None], axis=2)[:, :, 0] + np.einsum("vmw,vmw->vm", te, te)
         abstain = np.isnan(chunk).any(axis=2).T | ~np.isfinite(best_d)
         best[abstain] = -1
         idx[start : start + len(chunk)] = best.T

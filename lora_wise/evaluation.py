@@ -1,0 +1,394 @@
+"""The paper's evaluation protocol (DSiRe §6, REFERENCE §1), its ablations, and what the
+applicability score and the continuous estimate are for.
+
+Protocol: split BY micro-dataset (a concept is never on both sides), 15 train / 35 test of 50
+(scaled proportionally when a table has fewer, and said so in the notes), 10 repeats drawn with
+``random.seed(42)`` as the paper did, MAE, MAPE (%) and accuracy (%) as mean ± std over repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidLoraFile, LoraWiseError
+from .estimators import Applicability, SizeInterval, make_method
+from .jobs import TrainJob
+from .spectra import compute_spectra
+from .table import SpectraTable
+from .weights import LoraLayer, LoraWeights
+
+PAPER_TRAIN, PAPER_TEST = 15, 35
+PAPER_SEED = 42
+#: Methods of paper Table 5 plus ours; "interval" is SizeInterval's continuous estimate.
+ALL_METHODS = ("frobenius-nn", "dsire", "nn-full-model", "ridge", "gda", "average-vote", "interval")
+
+
+@dataclass
+class MethodResult:
+    """One row of a results table: a method on one config, mean ± std over repeats."""
+
+    method: str
+    config: str
+    mae: tuple[float, float]
+    mape: tuple[float, float]
+    accuracy: tuple[float, float]
+    repeats: int
+    n_train: int
+    n_test: int
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        def ms(pair):
+            return {"mean": round(pair[0], 4), "std": round(pair[1], 4)}
+
+        out = {"method": self.method, "config": self.config, "mae": ms(self.mae), "mape": ms(self.mape),
+               "accuracy": ms(self.accuracy), "repeats": self.repeats, "n_train": self.n_train, "n_test": self.n_test}
+        if self.notes:
+            out["notes"] = self.notes
+        out.update({k: v for k, v in self.extra.items() if k != "predictions"})
+        return out
+
+
+# --------------------------------------------------------------------------- splits and metrics
+
+
+def split_counts(n_groups: int, n_train: int | None = None) -> tuple[int, int, str | None]:
+    """(train, test, note): the paper's 15/35 of 50, scaled when there are fewer micro-datasets."""
+    if n_groups < 2:
+        raise LoraWiseError(f"the protocol needs at least 2 micro-datasets, the table has {n_groups}")
+    total = PAPER_TRAIN + PAPER_TEST
+    if n_train is None:
+        n_train = PAPER_TRAIN if n_groups >= total else max(1, round(n_groups * PAPER_TRAIN / total))
+    if not 1 <= n_train < n_groups:
+        raise LoraWiseError(f"cannot train on {n_train} of {n_groups} micro-datasets and still test")
+    n_test = min(n_groups - n_train, PAPER_TEST)
+    note = None
+    if n_groups < total:
+        note = f"{n_groups} micro-datasets instead of the paper's {total}: {n_train} train / {n_test} test"
+    return n_train, n_test, note
+
+
+def micro_splits(
+    micro_datasets: Sequence[str], n_train: int, n_test: int, repeats: int = 10, seed: int = PAPER_SEED
+) -> list[tuple[list[str], list[str]]]:
+    """``repeats`` (train, test) lists of micro-datasets.
+
+    ``random.Random(seed)`` draws exactly what ``random.seed(seed)`` then ``random.sample``
+    would, without touching the global generator.
+    """
+    groups = sorted(set(str(m) for m in micro_datasets))
+    rng = random.Random(seed)
+    out = []
+    for _ in range(repeats):
+        train = rng.sample(groups, n_train)
+        rest = [g for g in groups if g not in set(train)]
+        test = rest if len(rest) <= n_test else rng.sample(rest, n_test)
+        out.append((sorted(train), sorted(test)))
+    return out
+
+
+def metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """MAE, MAPE (%) and accuracy (%) of one repeat. A continuous prediction is accurate
+    when it is nearer the true size than any other, which the caller decides by rounding."""
+    pred, true = np.asarray(pred, dtype=float), np.asarray(true, dtype=float)
+    err = np.abs(pred - true)
+    return {"mae": float(err.mean()), "mape": float((err / true).mean() * 100), "accuracy": float((pred == true).mean() * 100)}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))
+
+
+def select_step(table: SpectraTable, step: int | None) -> tuple[SpectraTable, str | None]:
+    """The snapshots at ``step`` (the nearest stored step), or at the last step if None."""
+    steps = np.unique(table.step)
+    if len(steps) == 1 and step is None:
+        return table, None
+    want = int(steps.max()) if step is None else int(steps[np.argmin(np.abs(steps - step))])
+    note = f"step {want}" + ("" if step in (None, want) else f" (nearest stored to {step})")
+    return table.subset(table.step == want), note
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+def _predict(method: str, kinds, train: SpectraTable, test: SpectraTable) -> tuple[np.ndarray, dict]:
+    """Predictions of one method, plus per-repeat extras (interval coverage)."""
+    if method == "interval":
+        est = SizeInterval(kinds=tuple(kinds or ("a", "b", "ba"))).fit(train)
+        point, lo, hi = est.predict_interval(test)
+        classes = np.unique(train.size)
+        snapped = classes[np.argmin(np.abs(point[:, None] - classes[None]), axis=1)]
+        cover = float(((lo <= test.size) & (test.size <= hi)).mean() * 100)
+        return point, {"snapped": snapped, "coverage": cover}
+    return make_method(method, kinds).fit(train).predict(test), {}
+
+
+def evaluate(
+    table: SpectraTable,
+    methods: Sequence[str] = ("frobenius-nn", "dsire"),
+    config: str = "",
+    kinds: Sequence[str] | None = None,
+    repeats: int = 10,
+    n_train: int | None = None,
+    step: int | None = None,
+    seed: int = PAPER_SEED,
+) -> list[MethodResult]:
+    """Every method under the same splits; one ``MethodResult`` per method."""
+    table, step_note = select_step(table, step)
+    n_tr, n_te, note = split_counts(len(np.unique(table.micro_dataset)), n_train)
+    splits = micro_splits(table.micro_dataset, n_tr, n_te, repeats, seed)
+    notes = [n for n in (note, step_note) if n]
+    results = []
+    for method in methods:
+        per: dict[str, list[float]] = {"mae": [], "mape": [], "accuracy": [], "coverage": []}
+        truth, preds = [], []
+        for train_groups, test_groups in splits:
+            train = table.subset(np.isin(table.micro_dataset, train_groups))
+            test = table.subset(np.isin(table.micro_dataset, test_groups))
+            pred, extra = _predict(method, kinds, train, test)
+            m = metrics(pred, test.size)
+            if "snapped" in extra:  # the continuous estimate: accuracy of its nearest known size
+                m["accuracy"] = metrics(extra["snapped"], test.size)["accuracy"]
+                per["coverage"].append(extra["coverage"])
+            for k in ("mae", "mape", "accuracy"):
+                per[k].append(m[k])
+            truth.append(test.size)
+            preds.append(extra.get("snapped", pred))
+        out_extra: dict[str, Any] = {"predictions": (np.concatenate(truth), np.concatenate(preds))}
+        if per["coverage"]:
+            out_extra["interval_coverage"] = {"mean": round(float(np.mean(per["coverage"])), 2),
+                                              "std": round(float(np.std(per["coverage"])), 2)}
+        results.append(MethodResult(method, config, _mean_std(per["mae"]), _mean_std(per["mape"]),
+                                    _mean_std(per["accuracy"]), repeats, n_tr, n_te, list(notes), out_extra))
+    return results
+
+
+# --------------------------------------------------------------------------- ablations
+
+
+def ablate_kinds(table: SpectraTable, kinds_list: Sequence[Sequence[str]] = (("a",), ("b",), ("ba",), ("a", "b", "ba")),
+                 **kwargs) -> list[MethodResult]:
+    """Paper Table 9: DSiRe on each matrix kind alone and on all."""
+    out = []
+    for kinds in kinds_list:
+        (res,) = evaluate(table, ("dsire",), kinds=kinds, **kwargs)
+        res.method = f"dsire[{'+'.join(kinds)}]"
+        out.append(res)
+    return out
+
+
+def ablate_n_train(table: SpectraTable, counts: Sequence[int] = (1, 2, 5, 10, 15), method: str = "dsire",
+                   **kwargs) -> list[MethodResult]:
+    """Paper Fig. 5: accuracy against the number of training micro-datasets (counts that do
+    not leave a test micro-dataset are skipped)."""
+    n_groups = len(np.unique(table.micro_dataset))
+    out = []
+    for n in counts:
+        if n >= n_groups:
+            continue
+        (res,) = evaluate(table, (method,), n_train=n, **kwargs)
+        res.extra["n_train_micro_datasets"] = n
+        out.append(res)
+    return out
+
+
+def by_condition(table: SpectraTable, column: str, methods: Sequence[str] = ("frobenius-nn", "dsire"),
+                 **kwargs) -> list[MethodResult]:
+    """Paper Tables 4 and 8: the protocol run separately at every value of ``rank`` or ``step``."""
+    if column not in ("rank", "step", "backbone"):
+        raise LoraWiseError(f"cannot split results by {column!r}; use rank, step or backbone")
+    out = []
+    for value in np.unique(getattr(table, column)):
+        sub = table.subset(getattr(table, column) == value)
+        if column != "step":
+            sub, _ = select_step(sub, kwargs.get("step"))
+        for res in evaluate(sub, methods, step=int(value) if column == "step" else None,
+                            **{k: v for k, v in kwargs.items() if k != "step"}):
+            res.extra[column] = value.item() if hasattr(value, "item") else value
+            out.append(res)
+    return out
+
+
+def confusion(result: MethodResult) -> tuple[np.ndarray, np.ndarray]:
+    """(sizes, counts[true, predicted]) summed over every repeat of ``result`` (paper Fig. 4)."""
+    from sklearn.metrics import confusion_matrix
+
+    truth, pred = result.extra["predictions"]
+    labels = np.unique(np.concatenate([truth, pred]))
+    return labels, confusion_matrix(truth, pred, labels=labels)
+
+
+def plot_confusion(result: MethodResult, path: str | Path) -> Path | None:
+    """Write the confusion matrix as a PNG; None (and nothing written) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    labels, counts = confusion(result)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(len(labels)), [str(x) for x in labels])
+    ax.set_yticks(range(len(labels)), [str(x) for x in labels])
+    for (i, j), v in np.ndenumerate(counts):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="black" if v < counts.max() / 2 else "white")
+    ax.set_xlabel("predicted size")
+    ax.set_ylabel("true size")
+    ax.set_title(f"{result.method} {result.config}".strip())
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def cross_condition(table: SpectraTable, column: str, fit_value: Any, test_value: Any, repeats: int = 10,
+                    n_train: int | None = None, seed: int = PAPER_SEED, method: str = "dsire") -> dict[str, Any]:
+    """Fit on references at one step/rank, test on held-out concepts at another.
+
+    Reports the method's metrics and the mean applicability both in-condition (test at
+    ``fit_value``) and cross-condition (test at ``test_value``): what the score is for is that
+    it falls when the estimate stops being trustworthy.
+    """
+    n_tr, n_te, note = split_counts(len(np.unique(table.micro_dataset)), n_train)
+    col = getattr(table, column)
+    rows: dict[str, dict[str, list[float]]] = {"in": {}, "cross": {}}
+    for train_groups, test_groups in micro_splits(table.micro_dataset, n_tr, n_te, repeats, seed):
+        in_train = np.isin(table.micro_dataset, train_groups)
+        in_test = np.isin(table.micro_dataset, test_groups)
+        train = table.subset(in_train & (col == fit_value))
+        est = make_method(method).fit(train)
+        app = Applicability(kinds=est.kinds).fit(train)
+        for key, value in (("in", fit_value), ("cross", test_value)):
+            test = table.subset(in_test & (col == value))
+            m = metrics(est.predict(test), test.size)
+            m["applicability"] = float(app.score_samples(test).mean())
+            for k, v in m.items():
+                rows[key].setdefault(k, []).append(v)
+    out = {"column": column, "fit": _plain(fit_value), "test": _plain(test_value), "method": method,
+           "n_train": n_tr, "n_test": n_te, "notes": [note] if note else []}
+    for key, vals in rows.items():
+        out[key] = {k: {"mean": round(float(np.mean(v)), 4), "std": round(float(np.std(v)), 4)} for k, v in vals.items()}
+    return out
+
+
+def held_out_size(table: SpectraTable, size: int, repeats: int = 10, n_train: int | None = None,
+                  seed: int = PAPER_SEED, coverage: float = 0.8, base: str = "ridge") -> dict[str, Any]:
+    """Leave one size out: fit without any model of ``size``, estimate held-out concepts' models
+    of that size. DSiRe can only answer a neighbouring size; the interval estimator may say
+    "about ``size``". Reports both errors and how often the interval covers the truth."""
+    table, _ = select_step(table, None)
+    n_tr, n_te, note = split_counts(len(np.unique(table.micro_dataset)), n_train)
+    vals: dict[str, list[float]] = {"dsire_mae": [], "interval_mae": [], "interval_median": [], "coverage": [], "width": []}
+    for train_groups, test_groups in micro_splits(table.micro_dataset, n_tr, n_te, repeats, seed):
+        train = table.subset(np.isin(table.micro_dataset, train_groups) & (table.size != size))
+        test = table.subset(np.isin(table.micro_dataset, test_groups) & (table.size == size))
+        voted = make_method("dsire").fit(train).predict(test)
+        est, lo, hi = SizeInterval(base=base, coverage=coverage).fit(train).predict_interval(test)
+        vals["dsire_mae"].append(float(np.abs(voted - size).mean()))
+        vals["interval_mae"].append(float(np.abs(est - size).mean()))
+        vals["interval_median"].append(float(np.median(est)))
+        vals["coverage"].append(float(((lo <= size) & (size <= hi)).mean() * 100))
+        vals["width"].append(float(np.median(hi - lo)))
+    out: dict[str, Any] = {"size": size, "base": base, "nominal_coverage": coverage * 100, "notes": [note] if note else []}
+    out |= {k: {"mean": round(float(np.mean(v)), 3), "std": round(float(np.std(v)), 3)} for k, v in vals.items()}
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+# --------------------------------------------------------------------------- sources
+
+
+TableLoader = Callable[[str, "str | None"], "SpectraTable | None"]
+_LOADERS: list[TableLoader] = []
+
+
+def register_table_loader(loader: TableLoader) -> None:
+    """Plug in another source of tables (the dataset's parquet loader): ``loader(source,
+    config)`` returns a table, or None if the source is not its kind. Tried before the
+    built-in factory-folder reader, latest registered first."""
+    _LOADERS.insert(0, loader)
+
+
+def load_table(source: str | Path, config: str | None = None) -> SpectraTable:
+    """The hook every evaluation reads through: registered loaders first, then a factory
+    output folder (one folder per job with ``step-SSSSS.safetensors`` + ``.json``)."""
+    for loader in _LOADERS:
+        table = loader(str(source), config)
+        if table is not None:
+            return table
+    path = Path(source)
+    if path.is_dir():
+        return table_from_factory(path, config)
+    raise LoraWiseError(f"cannot read spectra from {source}: give a factory output folder or a registered dataset source")
+
+
+def table_from_factory(folder: str | Path, config: str | None = None) -> SpectraTable:
+    """Spectra of every snapshot in a factory output folder (all steps; only snapshots whose
+    LoRA and sidecar are both present, so a killed run's leftovers are safe to read)."""
+    folder = Path(folder)
+    items, configs = [], set()
+    for sidecar_path in sorted(folder.rglob("step-*.json")):
+        lora_path = sidecar_path.with_suffix(".safetensors")
+        if not lora_path.is_file():
+            continue
+        try:
+            meta = json.loads(sidecar_path.read_text())
+            job = TrainJob.from_dict(meta["job"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise InvalidLoraFile(f"{sidecar_path}: not a factory sidecar ({exc})") from None
+        configs.add(job.config_name)
+        if config is not None and job.config_name != config:
+            continue
+        spectra = compute_spectra(_read_snapshot(lora_path, float(meta.get("alpha", job.alpha))))
+        items.append((spectra, {"size": meta["dataset_size"], "micro_dataset": meta["micro_dataset"],
+                                "step": meta["step"], "rank": meta["rank"], "backbone": meta["backbone"],
+                                "model_id": f"{meta['model_id']}@{meta['step']}", "config": job.config_name}))
+    if not items:
+        found = ", ".join(sorted(configs)) or "none"
+        raise LoraWiseError(f"no snapshots{f' of config {config}' if config else ''} under {folder} (configs found: {found})")
+    if config is None and len(configs) > 1:
+        raise LoraWiseError(f"{folder} holds several configs ({', '.join(sorted(configs))}): choose one with --config")
+    return SpectraTable.from_spectra(items)
+
+
+def _read_snapshot(path: Path, alpha: float) -> LoraWeights:
+    """A factory snapshot (diffusers keys ``<module>.lora_A.weight`` / ``.lora_B.weight``).
+
+    Kept private and minimal: the general reader (``lora_wise.read_lora``) handles every
+    format in the wild; this reads only what the factory writes.
+    """
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for bad bytes
+        raise InvalidLoraFile(f"{path}: unreadable safetensors ({exc})") from None
+    layers = {}
+    for key, down in tensors.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        name = key[: -len(".lora_A.weight")]
+        up = tensors.get(f"{name}.lora_B.weight")
+        if up is None:
+            raise InvalidLoraFile(f"{path}: {name} has lora_A but no lora_B")
+        down2, up2 = down.reshape(down.shape[0], -1), up.reshape(up.shape[0], -1)
+        layers[name] = LoraLayer(name, "lora", down2.astype(np.float32), up2.astype(np.float32), alpha, alpha / down.shape[0])
+    if not layers:
+        raise InvalidLoraFile(f"{path}: no lora_A/lora_B pairs")
+    return LoraWeights(layers, "diffusers", source=str(path))
