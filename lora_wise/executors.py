@@ -20,6 +20,8 @@ module-level function and tasks plain data; only our own objects cross, never fi
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import traceback
 import zlib
 from collections import deque
@@ -105,6 +107,29 @@ def select_shard(items: Iterable[Any], shard: tuple[int, int], key: Callable[[An
     return [item for item in items if shard_of(key(item), count) == index]
 
 
+def init_pool_worker() -> None:
+    """Pool initializer: die with the parent, then go single-threaded."""
+    _die_with_parent()
+    init_worker()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when its parent dies.
+
+    Without it, killing the runner leaves workers finishing their task and writing files while
+    the rerun trains the same jobs. Elsewhere (macOS, Windows) this is a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def init_worker() -> None:
     """Make a worker single-threaded before it touches torch (pool initializer, Ray task prologue)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -145,7 +170,7 @@ def _run_pool(fn: Callable, tasks: list, workers: int, report: Callable) -> list
 def _run_window(fn: Callable, queue: deque, width: int, results: list, report: Callable) -> list:
     """Run tasks from ``queue`` with ``width`` in flight; on a dead worker, return the in-flight ones."""
     ctx = get_context("spawn")
-    with ProcessPoolExecutor(width, mp_context=ctx, initializer=init_worker) as pool:
+    with ProcessPoolExecutor(width, mp_context=ctx, initializer=init_pool_worker) as pool:
         in_flight: dict[Future, tuple[int, Any]] = {}
         while queue or in_flight:
             while queue and len(in_flight) < width:

@@ -188,3 +188,29 @@ def test_ray_local_runs_two_tiny_jobs(tmp_path, monkeypatch):
     assert summary.ok and sorted(summary.completed) == sorted(j.job_id for j in jobs)
     check_outputs(tmp_path, jobs)
     assert not ray.is_initialized()
+
+
+def tree_state(out: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+def test_killing_a_pool_run_kills_its_workers_and_the_rerun_completes(tmp_path):
+    grid = write_grid(tmp_path, micros=("pool:a", "pool:b"), sizes=(1, 2), steps=30, every=5)
+    out = tmp_path / "out"
+    env = os.environ | {"PYTHONPATH": str(TESTS), "FAKE_TRAIN_SLEEP": "0.2"}
+    args = [sys.executable, "-c", GENERATE, str(grid), "--out", str(out), "--trainer", FAKE,
+            "--group-size", "1", "--workers", "2"]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(out.glob("*/*/*/step-00010.json")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)  # let the workers notice
+    state = tree_state(out)
+    time.sleep(1.0)  # an orphaned worker would write a snapshot every 0.2 s
+    assert tree_state(out) == state, "workers went on writing after the runner was killed"
+
+    rerun = subprocess.run(args, env=env | {"FAKE_TRAIN_SLEEP": "0"}, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    check_outputs(out, expand_grid(tiny_grid(micros=("pool:a", "pool:b"), sizes=(1, 2), steps=30, every=5)))
