@@ -537,7 +537,8 @@ class Applicability(BaseEstimator):
         X, _, groups = _as_xy(self, X, None, groups, fitting=True)
         self.train_, self.width_ = X, X.shape[2]
         self.ref_ = _log_features(X)
-        g = np.arange(len(X)) if groups is None else groups
+        # with a single micro-dataset nothing is left when it is held out: leave out each model instead
+        g = np.arange(len(X)) if groups is None or len(np.unique(groups)) < 2 else groups
         _, dist = nearest_references(self.ref_, self.ref_, exclude=g[:, None] == g[None, :])
         scale = np.nanmedian(dist, axis=0)
         self.scale_ = np.where(np.isfinite(scale) & (scale > 0), scale, 1e-12)

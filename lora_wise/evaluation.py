@@ -367,8 +367,12 @@ def table_from_factory(folder: str | Path, config: str | None = None) -> Spectra
     return SpectraTable.from_spectra(items)
 
 
+_PAIRS = {".lora_A.weight": ".lora_B.weight", ".lora.down.weight": ".lora.up.weight"}
+
+
 def _read_snapshot(path: Path, alpha: float) -> LoraWeights:
-    """A factory snapshot (diffusers keys ``<module>.lora_A.weight`` / ``.lora_B.weight``).
+    """A factory snapshot (diffusers keys ``<module>.lora_A.weight`` / ``.lora_B.weight``, or
+    the older ``.lora.down.weight`` / ``.lora.up.weight``).
 
     Kept private and minimal: the general reader (``lora_wise.read_lora``) handles every
     format in the wild; this reads only what the factory writes.
@@ -381,12 +385,13 @@ def _read_snapshot(path: Path, alpha: float) -> LoraWeights:
         raise InvalidLoraFile(f"{path}: unreadable safetensors ({exc})") from None
     layers = {}
     for key, down in tensors.items():
-        if not key.endswith(".lora_A.weight"):
+        suffix = next((s for s in _PAIRS if key.endswith(s)), None)
+        if suffix is None:
             continue
-        name = key[: -len(".lora_A.weight")]
-        up = tensors.get(f"{name}.lora_B.weight")
+        name = key[: -len(suffix)]
+        up = tensors.get(name + _PAIRS[suffix])
         if up is None:
-            raise InvalidLoraFile(f"{path}: {name} has lora_A but no lora_B")
+            raise InvalidLoraFile(f"{path}: {name} has a down matrix but no up matrix")
         down2, up2 = down.reshape(down.shape[0], -1), up.reshape(up.shape[0], -1)
         layers[name] = LoraLayer(name, "lora", down2.astype(np.float32), up2.astype(np.float32), alpha, alpha / down.shape[0])
     if not layers:

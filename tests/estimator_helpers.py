@@ -110,11 +110,10 @@ def write_factory_folder(
     out: Path, concepts: int = 4, sizes: tuple[int, ...] = (1, 10, 20), steps: tuple[int, ...] = (100, 200), rank: int = 4
 ) -> list[Path]:
     """A factory output folder written the way the trainer writes it: a PEFT LoRA on a real
-    diffusers UNet, its state dict converted by diffusers, saved by safetensors with the
-    sidecar JSON in the header and beside it. LoRA B is set so that its scale falls with size.
+    diffusers UNet, its PEFT state dict saved by safetensors with the
+    sidecar JSON in the header and beside it (keys ``unet.<module>.lora_A.weight``). LoRA B is set so that its scale falls with size.
     """
     import torch
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -135,7 +134,7 @@ def write_factory_folder(
                         if "lora_" in name:
                             scale = (step / 100) * n**-0.4 * (1 + 0.1 * c)
                             p.copy_(torch.randn(p.shape, generator=gen) * (0.1 if "lora_A" in name else 0.01 * scale))
-                state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+                state = get_peft_model_state_dict(unet)  # what diffusers' save_lora_weights stores
                 state = {f"unet.{k}": v.contiguous() for k, v in state.items()}
                 sidecar = {
                     "model_id": job.job_id, "job": job.to_dict(), "step": step, "dataset_size": n,

@@ -1,0 +1,180 @@
+"""Reference banks: safetensors + JSON round trip, strict loading, the registry, choosing a bank."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from estimator_helpers import synthetic_table
+from safetensors.numpy import load_file, save_file
+
+from lora_wise.bank import (
+    HEADER_KEY,
+    available_banks,
+    bank_for,
+    fit_bank,
+    load_bank,
+    load_bank_file,
+    save_bank,
+)
+from lora_wise.errors import BankError
+from lora_wise.spectra import Spectra
+from lora_wise.weights import DeclaredTraining
+
+
+@pytest.fixture(scope="module")
+def table():
+    return synthetic_table(n_micro=12, seed=31, steps=(300, 1200))
+
+
+@pytest.fixture(scope="module")
+def bank(table):
+    return fit_bank(table, recipe={"lr": 1e-4, "batch_size": 1}, params={"coverage": 0.8})
+
+
+@pytest.fixture()
+def bank_dir(tmp_path, bank, table):
+    save_bank(bank, tmp_path / "tiny-sd-r8.safetensors")
+    r16 = synthetic_table(n_micro=4, seed=32, rank=16)
+    save_bank(fit_bank(r16), tmp_path / "tiny-sd-r16.safetensors")
+    return tmp_path
+
+
+def _spectra_of(table, i) -> Spectra:
+    return Spectra(table.layers, table.a[i], table.b[i], table.ba[i], table.fro[i], np.ones(len(table.layers), bool))
+
+
+def test_round_trip_keeps_header_references_and_answers(tmp_path, bank, table):
+    path = save_bank(bank, tmp_path / "b.safetensors")
+    loaded = load_bank_file(path)
+    for key in ("backbone", "rank", "recipe", "steps", "sizes", "layers", "width", "kinds", "version", "created_by"):
+        assert loaded.header[key] == bank.header[key]
+    assert loaded.header["steps"] == [300, 1200] and loaded.header["sizes"] == [1, 10, 20, 30, 40, 50]
+    for kind in ("a", "b", "ba", "fro"):
+        np.testing.assert_array_equal(loaded.table.matrix(kind), bank.table.matrix(kind))
+    np.testing.assert_array_equal(loaded.table.micro_dataset, bank.table.micro_dataset)
+    target = _spectra_of(synthetic_table(n_micro=1, seed=40), 3)
+    assert loaded.estimate(target, step=1200).to_dict() == bank.estimate(target, step=1200).to_dict()
+
+
+def test_the_file_is_plain_safetensors_with_a_json_header(tmp_path, bank):
+    path = save_bank(bank, tmp_path / "b.safetensors")
+    tensors = load_file(str(path))
+    assert set(tensors) == {"a", "b", "ba", "fro", "size", "step", "micro_dataset"}
+    assert tensors["ba"].dtype == np.float32
+    assert not path.with_name(path.name + ".tmp").exists()
+
+
+def test_estimate_uses_the_declared_step_or_the_best_matching_snapshot(bank):
+    fresh = synthetic_table(n_micro=1, seed=41, steps=(300, 1200))
+    # a mid-range size: at the ends of the range, size and step are confounded (fewer steps
+    # look like more images), so a size-1 model at step 300 may best match step 1200
+    early = _spectra_of(fresh, int(np.flatnonzero((fresh.step == 300) & (fresh.size == 20))[0]))
+    assert bank.estimate(early, step=350).step == 300
+    assert bank.estimate(early, step=350).step_source == "declared"
+    guessed = bank.estimate(early)
+    assert (guessed.step, guessed.step_source) == (300, "best-match")
+    assert bank.estimate(early, step=1200).applicability < guessed.applicability
+
+
+def test_estimate_of_a_known_kind_of_model(bank):
+    fresh = synthetic_table(n_micro=2, seed=42)
+    results = [bank.estimate(_spectra_of(fresh, i), step=1200) for i in range(len(fresh))]
+    accuracy = np.mean([r.size == n for r, n in zip(results, fresh.size, strict=True)])
+    assert accuracy > 0.4
+    for r in results:
+        assert r.low <= r.estimate <= r.high
+        assert sum(r.votes.values()) == 3 * 128
+        assert 0 < r.applicability <= 1 and r.missing_fraction == 0.0
+
+
+def _corrupt(path, tensors=None, header=None, drop=None):
+    data = load_file(str(path))
+    data.update(tensors or {})
+    for key in drop or ():
+        data.pop(key)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        meta = dict(f.metadata())
+    if header is not None:
+        meta = header(meta)
+    save_file(data, str(path), metadata=meta)
+
+
+def _edit_header(**changes):
+    def edit(meta):
+        h = json.loads(meta[HEADER_KEY])
+        h.update(changes)
+        return {HEADER_KEY: json.dumps(h)}
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: p.write_bytes(b"\x00" * 64), "not a readable safetensors bank"),
+        (lambda p: _corrupt(p, header=lambda m: {}), "no 'lora_wise_bank' header"),
+        (lambda p: _corrupt(p, header=lambda m: {HEADER_KEY: "{not json"}), "not valid JSON"),
+        (lambda p: _corrupt(p, header=_edit_header(version=99)), "format version 99"),
+        (lambda p: _corrupt(p, header=_edit_header(kinds=["z"])), "kinds"),
+        (lambda p: _corrupt(p, header=_edit_header(width=5)), "expected"),
+        (lambda p: _corrupt(p, header=_edit_header(sizes=[1, 2])), "disagree"),
+        (lambda p: _corrupt(p, drop=["fro"]), "lacks tensors"),
+        (lambda p: _corrupt(p, tensors={"ba": np.full((24 * 6, 128, 8), np.nan, dtype=np.float32)}), "finite"),
+        (lambda p: _corrupt(p, tensors={"micro_dataset": np.full(24 * 6, 99, dtype=np.int64)}), "out of range"),
+    ],
+)
+def test_malformed_banks_are_refused_with_one_clear_line(tmp_path, bank, damage, message):
+    path = save_bank(bank, tmp_path / "b.safetensors")
+    damage(path)
+    with pytest.raises(BankError, match=message) as info:
+        load_bank_file(path)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file_and_bad_tables(tmp_path, table):
+    with pytest.raises(BankError, match="no bank file"):
+        load_bank_file(tmp_path / "nope.safetensors")
+    mixed = synthetic_table(n_micro=2, seed=1)
+    mixed.rank[0] = 16
+    with pytest.raises(BankError, match="one rank"):
+        fit_bank(mixed)
+    with pytest.raises(BankError, match="no reference snapshot"):
+        fit_bank(table, steps=[5])
+
+
+def test_registry_lists_and_loads_by_backbone_and_rank(bank_dir):
+    names = sorted(b["name"] for b in available_banks(bank_dir))
+    assert names == ["tiny-sd-r16", "tiny-sd-r8"]
+    (bank_dir / "junk.safetensors").write_bytes(b"junk")  # not a bank: skipped, not fatal
+    assert len(available_banks(bank_dir)) == 2
+    assert load_bank("tiny-sd", directory=bank_dir).header["rank"] == 8
+    assert load_bank("tiny-sd", rank=16, directory=bank_dir).header["rank"] == 16
+    with pytest.raises(BankError, match="no reference bank for sdxl .*available: tiny-sd-r16, tiny-sd-r8"):
+        load_bank("sdxl", directory=bank_dir)
+
+
+def test_bank_for_picks_the_fitting_bank_or_says_why_not(bank_dir, table):
+    target = _spectra_of(table, 0)
+    chosen, reason = bank_for(target, backbone="tiny-sd", directory=bank_dir)
+    assert chosen is not None and chosen.name == "tiny-sd-r8" and "100%" in reason
+    declared = DeclaredTraining(base_model_version="tiny-sd")
+    assert bank_for(target, declared=declared, directory=bank_dir)[0].name == "tiny-sd-r8"
+    none, why = bank_for(target, backbone="sdxl", directory=bank_dir)
+    assert none is None and "no reference bank for backbone sdxl" in why
+    r4 = Spectra(target.layers, target.a.copy(), target.b, target.ba, target.fro, target.low_rank)
+    r4.a[:, 4:] = 0.0
+    none, why = bank_for(r4, backbone="tiny-sd", directory=bank_dir)
+    assert none is None and "rank 4" in why
+    few = Spectra(target.layers[:10], target.a[:10], target.b[:10], target.ba[:10], target.fro[:10], target.low_rank[:10])
+    none, why = bank_for(few, backbone="tiny-sd", directory=bank_dir)
+    assert none is None and "8%" in why
+
+
+def test_packaged_registry_is_readable():
+    # whatever ships (possibly nothing yet) must parse
+    for info in available_banks():
+        assert load_bank_file(info["path"]).name == info["name"]

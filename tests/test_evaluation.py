@@ -1,0 +1,190 @@
+"""The paper's protocol, its ablations, the table sources and the ``evaluate`` command."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from estimator_helpers import synthetic_table, write_factory_folder
+
+from lora_wise import evaluation as ev
+from lora_wise.commands.evaluate import evaluate as evaluate_command
+from lora_wise.errors import InvalidLoraFile, LoraWiseError
+
+
+@pytest.fixture(scope="module")
+def medium():
+    return synthetic_table(n_micro=50, seed=7)
+
+
+@pytest.fixture(scope="module")
+def factory(tmp_path_factory):
+    out = tmp_path_factory.mktemp("factory")
+    write_factory_folder(out, concepts=4, sizes=(1, 10, 20), steps=(100, 200), rank=4)
+    return out
+
+
+def test_splits_are_the_papers_random_seed_42_draws():
+    names = [f"c{i:02d}" for i in range(50)]
+    splits = ev.micro_splits(names, 15, 35, repeats=10)
+    random.seed(42)  # what the paper's code did: the global generator, sample per repeat
+    for train, test in splits:
+        assert train == sorted(random.sample(sorted(names), 15))
+        assert len(test) == 35 and not set(train) & set(test)
+    assert len({tuple(t) for t, _ in splits}) == 10
+    assert ev.micro_splits(names, 15, 35) == splits
+
+
+def test_split_counts_scale_when_micro_datasets_are_fewer():
+    assert ev.split_counts(50) == (15, 35, None)
+    assert ev.split_counts(80)[:2] == (15, 35)
+    n_train, n_test, note = ev.split_counts(12)
+    assert (n_train, n_test) == (4, 8) and "12 micro-datasets" in note
+    assert ev.split_counts(12, n_train=1)[:2] == (1, 11)
+    with pytest.raises(LoraWiseError):
+        ev.split_counts(1)
+    with pytest.raises(LoraWiseError):
+        ev.split_counts(5, n_train=5)
+
+
+def test_metrics_by_hand():
+    m = ev.metrics(np.array([1, 10, 30, 50]), np.array([1, 20, 30, 40]))
+    assert m["mae"] == pytest.approx(5.0)
+    assert m["mape"] == pytest.approx((0 + 50 + 0 + 25) / 4)
+    assert m["accuracy"] == pytest.approx(50.0)
+
+
+def test_protocol_ranks_the_methods_and_is_deterministic(medium):
+    results = ev.evaluate(medium, ("frobenius-nn", "dsire", "average-vote"), config="syn")
+    again = ev.evaluate(medium, ("frobenius-nn", "dsire", "average-vote"), config="syn")
+    assert [r.to_dict() for r in results] == [r.to_dict() for r in again]
+    by = {r.method: r for r in results}
+    assert 100 / 6 + 20 < by["dsire"].accuracy[0] < 100
+    assert by["dsire"].accuracy[1] > 0  # repeats differ: the std is real
+    assert by["average-vote"].accuracy[0] < by["dsire"].accuracy[0]
+    row = by["dsire"].to_dict()
+    assert set(row) >= {"method", "config", "mae", "mape", "accuracy"}
+    assert set(row["mae"]) == {"mean", "std"} and row["n_train"] == 15 and row["n_test"] == 35
+    assert "predictions" not in row
+
+
+def test_interval_method_reports_coverage(medium):
+    (res,) = ev.evaluate(medium, ("interval",), repeats=3)
+    assert 50 <= res.extra["interval_coverage"]["mean"] <= 100
+    assert res.mae[0] < 15
+
+
+def test_kinds_ablation_and_training_set_size_ablation(medium):
+    rows = ev.ablate_kinds(medium, repeats=3)
+    assert [r.method for r in rows] == ["dsire[a]", "dsire[b]", "dsire[ba]", "dsire[a+b+ba]"]
+    curve = ev.ablate_n_train(medium, counts=(1, 15), repeats=3)
+    assert [r.extra["n_train_micro_datasets"] for r in curve] == [1, 15]
+    assert curve[0].n_test == 35
+
+
+def test_by_step_runs_the_protocol_at_every_snapshot():
+    table = synthetic_table(n_micro=10, seed=8, steps=(300, 1200))
+    rows = ev.by_condition(table, "step", ("dsire",), repeats=2)
+    assert [r.extra["step"] for r in rows] == [300, 1200]
+    assert all("step" in " ".join(r.notes) for r in rows)
+    with pytest.raises(LoraWiseError):
+        ev.by_condition(table, "colour")
+
+
+def test_cross_condition_shows_what_applicability_is_for():
+    table = synthetic_table(n_micro=20, seed=9, steps=(300, 1200))
+    report = ev.cross_condition(table, "step", 1200, 300, repeats=3)
+    inside, across = report["in"], report["cross"]
+    assert across["accuracy"]["mean"] < inside["accuracy"]["mean"]
+    assert across["applicability"]["mean"] < 0.2 < inside["applicability"]["mean"]
+
+
+def test_held_out_size_interval_beats_the_nearest_known_size(medium):
+    report = ev.held_out_size(medium, 30, repeats=3)
+    assert report["dsire_mae"]["mean"] >= 5  # DSiRe can only answer 20 or 40 (or worse)
+    assert report["interval_mae"]["mean"] < report["dsire_mae"]["mean"]
+    assert report["coverage"]["mean"] >= 50
+
+
+def test_confusion_matrix_and_png(medium, tmp_path):
+    (res,) = ev.evaluate(medium, ("dsire",), repeats=2)
+    labels, counts = ev.confusion(res)
+    assert labels.tolist() == [1, 10, 20, 30, 40, 50]
+    assert counts.sum() == 2 * 35 * 6
+    assert np.trace(counts) / counts.sum() * 100 == pytest.approx(res.accuracy[0])
+    path = ev.plot_confusion(res, tmp_path / "cm.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_factory_folder_of_real_peft_loras_becomes_a_table(factory):
+    table = ev.load_table(factory)
+    assert table.a.shape == (4 * 3 * 2, 128, 4)
+    assert sorted(set(table.step.tolist())) == [100, 200]
+    assert sorted(set(table.size.tolist())) == [1, 10, 20]
+    assert table.layers[0].startswith("unet.down_blocks.0.attentions.0")
+    # the helper made B's scale fall with size: the norm ordering must survive the round trip
+    per_size = [table.fro[(table.size == n) & (table.step == 200)].mean() for n in (1, 10, 20)]
+    assert per_size[0] > per_size[1] > per_size[2]
+    assert len(ev.load_table(factory, config="medium-tiny_sd-r4")) == 24
+    with pytest.raises(LoraWiseError, match="configs found: medium-tiny_sd-r4"):
+        ev.load_table(factory, config="low-sd15-r8")
+
+
+def test_half_written_snapshots_are_skipped_and_bad_sidecars_refused(factory, tmp_path):
+    import shutil
+
+    copy = tmp_path / "f"
+    shutil.copytree(factory, copy)
+    victim = next(copy.rglob("step-00200.safetensors"))
+    victim.unlink()  # a killed run: the sidecar without its LoRA is not read
+    assert len(ev.table_from_factory(copy)) == 23
+    victim.with_suffix(".json").write_text("{broken")
+    shutil.copy(next(copy.rglob("step-00100.safetensors")), victim)
+    with pytest.raises(InvalidLoraFile, match="not a factory sidecar"):
+        ev.table_from_factory(copy)
+
+
+def test_registered_loaders_are_tried_first(medium, tmp_path):
+    seen = []
+
+    def loader(source, config):
+        seen.append((source, config))
+        return medium if source.endswith(".parquet") else None
+
+    ev.register_table_loader(loader)
+    try:
+        assert ev.load_table("x.parquet", "medium") is medium
+        with pytest.raises(LoraWiseError, match="cannot read spectra"):
+            ev.load_table(tmp_path / "missing.parquet-not")
+    finally:
+        ev._LOADERS.remove(loader)
+    assert seen[0] == ("x.parquet", "medium")
+
+
+def test_evaluate_command_json_markdown_and_table(factory, tmp_path):
+    runner = CliRunner()
+    out = runner.invoke(evaluate_command, [str(factory), "--json", "--repeats", "3", "--methods", "frobenius-nn,dsire"])
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)
+    assert [r["method"] for r in rows] == ["frobenius-nn", "dsire"]
+    for r in rows:
+        assert r["config"] and all(set(r[k]) == {"mean", "std"} for k in ("mae", "mape", "accuracy"))
+    md = runner.invoke(evaluate_command, [str(factory), "--markdown", "--repeats", "2", "--step", "100"])
+    assert md.exit_code == 0 and md.stdout.startswith("| Method | Config |") and "step 100" in md.stdout
+    png = tmp_path / "cm.png"
+    rich = runner.invoke(evaluate_command, [str(factory), "--repeats", "2", "--confusion", str(png)])
+    assert rich.exit_code == 0 and "dsire" in rich.stdout and png.is_file()
+
+
+def test_evaluate_command_reports_and_usage_errors(factory):
+    runner = CliRunner()
+    cross = runner.invoke(evaluate_command, [str(factory), "--cross", "200:100", "--repeats", "2", "--json"])
+    assert cross.exit_code == 0, cross.output
+    assert set(json.loads(cross.stdout)) >= {"in", "cross", "fit", "test"}
+    bad = runner.invoke(evaluate_command, [str(factory), "--methods", "oracle"])
+    assert bad.exit_code == 2 and "unknown" in bad.output
+    bad = runner.invoke(evaluate_command, [str(factory), "--cross", "soon"])
+    assert bad.exit_code == 2 and "FIT:TEST" in bad.output
