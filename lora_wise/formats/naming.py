@@ -10,7 +10,6 @@ string functions: no tensor is touched, so naming costs nothing next to reading.
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from types import SimpleNamespace
 
@@ -31,6 +30,7 @@ KOHYA_PREFIXES = {
 _OLD_UNET = {"to_q_lora": "to_q", "to_k_lora": "to_k", "to_v_lora": "to_v", "to_out_lora": "to_out.0"}
 _OLD_TEXT = {"to_q_lora": "q_proj", "to_k_lora": "k_proj", "to_v_lora": "v_proj", "to_out_lora": "out_proj"}
 
+_CLIP_ROOTS = ("encoder.layers.", "embeddings.", "final_layer_norm")
 _UNET_ROOTS = ("down_blocks", "mid_block", "up_blocks", "conv_in", "conv_out", "time_embedding", "add_embedding")
 _TRANSFORMER_ROOTS = (
     "transformer_blocks", "single_transformer_blocks", "double_blocks", "single_blocks", "joint_blocks",
@@ -47,6 +47,7 @@ _BIG_MODEL_WORDS = (
     "vector_in", "guidance_in", "txt_in", "img_in", "x_embedder", "t_embedder", "y_embedder",
     "context_embedder", "in_layer", "out_layer",
 )  # fmt: skip
+_BIG_MODEL_WORDS_BY_LENGTH = sorted(_BIG_MODEL_WORDS, key=lambda w: -w.count("_"))
 
 
 def split_component(module: str) -> tuple[str, str]:
@@ -77,6 +78,9 @@ def normalize_dotted(component: str, path: str) -> str:
     path = path.replace(".processor.", ".")
     if path.endswith(".processor"):
         path = path[: -len(".processor")]
+    if component in TEXT_COMPONENTS and path.startswith(_CLIP_ROOTS):
+        # transformers 5 dropped CLIPTextModel's ``text_model`` level; published files keep it.
+        path = f"text_model.{path}"
     head, _, last = path.rpartition(".")
     table = _OLD_TEXT if component in TEXT_COMPONENTS else _OLD_UNET
     if last in table:
@@ -105,12 +109,19 @@ def _strip_known_tail(name: str) -> str:
 
 
 def _kohya_big_model(rest: str) -> str:
-    """Flux / SD3 kohya names, best effort: protect multi-word tokens, then ``_`` -> ``.``."""
-    protected = rest
-    for i, word in enumerate(_BIG_MODEL_WORDS):
-        protected = re.sub(rf"(^|_){re.escape(word)}(?=_|$)", rf"\g<1>\x00{i}\x00", protected)
-    dotted = protected.replace("_", ".")
-    return re.sub(r"\x00(\d+)\x00", lambda m: _BIG_MODEL_WORDS[int(m.group(1))], dotted)
+    """Flux / SD3 kohya names, best effort: keep multi-word tokens whole, join the rest with dots."""
+    tokens, parts, i = rest.split("_"), [], 0
+    while i < len(tokens):
+        for word in _BIG_MODEL_WORDS_BY_LENGTH:
+            n = word.count("_") + 1
+            if "_".join(tokens[i : i + n]) == word:
+                parts.append(word)
+                i += n
+                break
+        else:
+            parts.append(tokens[i])
+            i += 1
+    return ".".join(parts)
 
 
 def kohya_unet_paths(rests: list[str]) -> dict[str, str]:
