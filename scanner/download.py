@@ -45,7 +45,6 @@ from .errors import (
 
 DEFAULT_MAX_SIZE = 2 * 1024**3  # the largest public LoRAs (Flux, high-rank SDXL) stay well under 2 GiB
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
-CHUNK = 1024 * 1024
 MAX_JSON_BYTES = 32 * 1024 * 1024
 _FILENAME_RE = re.compile(r"""filename\*?=(?:UTF-8'')?["']?([^"';]+)""", re.IGNORECASE)
 
@@ -364,7 +363,7 @@ def _stream_resuming(
 def _copy_body(response: httpx2.Response, out: Any, hasher: Any, meter: ByteMeter) -> bool:
     """Copy the body; False when the connection broke before its end."""
     try:
-        for chunk in response.iter_raw(CHUNK):
+        for chunk in response.iter_raw():  # unbuffered: a cut keeps every byte received
             out.write(chunk)
             hasher.update(chunk)
             meter.update(len(chunk))

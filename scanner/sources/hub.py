@@ -12,6 +12,8 @@ import functools
 import hashlib
 import os
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.repocard import metadata_load
 from huggingface_hub.utils import SafetensorsFileMetadata
 
-from ..download import ByteMeter, sha256_file
+from ..download import DEFAULT_RETRY, ByteMeter, RetryPolicy, retry_after_seconds, sha256_file
 from ..errors import AuthRequired, FetchError, HashMismatch, NotFound, RateLimited, TruncatedDownload
 from ..targets import Target
 from .base import FetchedFile, RepoEntry, companions_of, pick_candidates
@@ -62,7 +64,8 @@ def settings(cache_dir: str | Path | None = None) -> HubSettings:
 
 
 def fetch(
-    target: Target, *, file: str | None, max_size: int, cache_dir: str | Path | None, progress: bool
+    target: Target, *, file: str | None, max_size: int, cache_dir: str | Path | None, progress: bool,
+    policy: RetryPolicy = DEFAULT_RETRY,
 ) -> list[FetchedFile]:
     """Every LoRA candidate of the repo (or ``file``), downloaded into the Hub cache and hash-checked."""
     assert target.repo_id is not None
@@ -72,7 +75,8 @@ def fetch(
         if hub.offline:
             commit, entries, card = _offline_listing(hub, repo_id, target.revision)
         else:
-            commit, entries, card = _online_listing(hub, repo_id, target.revision)
+            commit, entries, card = _with_retries(lambda: _online_listing(hub, repo_id, target.revision), policy)
+            _remember_ref(hub, repo_id, target.revision or "main", commit)
         chosen, notes = pick_candidates(entries, max_size=max_size, file=file or target.filename, where=repo_id)
         info = {"repo_id": repo_id, "commit": commit, "revision": target.revision or "main"}
         info.update({k: card[k] for k in CARD_KEYS if card.get(k) is not None})
@@ -120,6 +124,26 @@ def _online_listing(hub: HubSettings, repo_id: str, revision: str | None) -> tup
     return info.sha or revision or "main", entries, card
 
 
+def _with_retries(call: Callable[[], Any], policy: RetryPolicy) -> Any:
+    """Retry a Hub API call on 429/5xx, honouring Retry-After up to ``policy.max_wait``.
+
+    huggingface_hub retries downloads itself but not ``model_info``: a busy Hub would fail a crawl.
+    """
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return call()
+        except HfHubHTTPError as exc:
+            response = exc.response
+            if response is None or response.status_code not in policy.statuses or attempt == policy.attempts:
+                raise
+            wait = retry_after_seconds(response.headers)
+            wait = policy.base_wait * 2 ** (attempt - 1) if wait is None else wait
+            if wait > policy.max_wait:
+                raise
+            time.sleep(wait)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
 def _offline_listing(hub: HubSettings, repo_id: str, revision: str | None) -> tuple[str, list[RepoEntry], dict]:
     storage = Path(hub.cache_dir) / repo_folder_name(repo_id=repo_id, repo_type="model")
     revision = revision or "main"
@@ -134,6 +158,25 @@ def _offline_listing(hub: HubSettings, repo_id: str, revision: str | None) -> tu
     readme = snapshot / "README.md"
     card = (metadata_load(readme) or {}) if readme.is_file() else {}
     return commit, entries, card
+
+
+def _remember_ref(hub: HubSettings, repo_id: str, revision: str, commit: str) -> None:
+    """Record branch -> commit in the cache (refs/<revision>), as hf_hub_download does for a branch.
+
+    Downloads are pinned to the listed commit so that every file comes from the same one; without
+    this ref an offline run would not find what an online run cached.
+    """
+    if _HEX40.match(revision) or not _HEX40.match(commit):
+        return
+    ref = Path(hub.cache_dir) / repo_folder_name(repo_id=repo_id, repo_type="model") / "refs" / revision
+    try:
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        if not ref.is_file() or ref.read_text() != commit:
+            tmp = ref.with_name(f".{ref.name}.tmp")
+            tmp.write_text(commit)
+            os.replace(tmp, ref)
+    except OSError:
+        pass  # a read-only cache still serves this run; only the offline shortcut is lost
 
 
 def _read_ref(path: Path) -> str | None:
@@ -229,6 +272,8 @@ def _translate(exc: Exception, where: str) -> FetchError:
         return FetchError(f"{where}: the Hub answered HTTP {status}; retry later")
     if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
         return TruncatedDownload(f"{where}: the download ended early (size mismatch); retry")
+    if isinstance(exc, (httpx2.RemoteProtocolError, httpx2.ReadError)):
+        return TruncatedDownload(f"{where}: the connection ended mid-file after huggingface_hub's resumes; retry later")
     if isinstance(exc, httpx2.TransportError):
         return FetchError(f"{where}: cannot reach the Hub ({exc}); check the network or HF_ENDPOINT")
     return FetchError(f"{where}: {type(exc).__name__}: {exc}")

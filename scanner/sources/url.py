@@ -13,7 +13,6 @@ import httpx2
 from huggingface_hub.utils import SafetensorsFileMetadata, TensorInfo
 
 from ..download import (
-    CHUNK,
     DEFAULT_MAX_SIZE,
     DEFAULT_RETRY,
     RetryPolicy,
@@ -101,7 +100,7 @@ def _read_range(
     skip = start if response.status_code == 200 else 0
     out = bytearray()
     try:
-        for chunk in response.iter_raw(CHUNK):
+        for chunk in response.iter_raw():  # unbuffered: a cut keeps every byte received
             if skip:
                 dropped = min(skip, len(chunk))
                 chunk, skip = chunk[dropped:], skip - dropped
