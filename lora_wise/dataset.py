@@ -209,9 +209,11 @@ class ConfigWriter:
         features = spectra_features(len(layers), width, precision)
         self._spectra = {s: _Shards(self._fresh(config), s, features, max_shard_bytes) for s in SPLITS}
         self._weights = None
+        folder = self._fresh(f"{config}-weights")  # a rebuild without weights must not keep old ones
         if with_weights:
-            folder = self._fresh(f"{config}-weights")
             self._weights = {s: _Shards(folder, s, weights_features(), max_shard_bytes) for s in SPLITS}
+        else:
+            folder.rmdir()
         self._stats = {s: {"models": set(), "micro_datasets": set(), "steps": set(), "sizes": set()} for s in SPLITS}
 
     def _fresh(self, config: str) -> Path:
@@ -235,8 +237,8 @@ class ConfigWriter:
         stats["steps"].add(row["step"])
         stats["sizes"].add(row["dataset_size"])
 
-    def close(self) -> dict[str, dict]:
-        """Finish the shards; return the manifest entries of the config (and of its -weights config)."""
+    def close(self) -> dict[str, dict | None]:
+        """Finish the shards; the manifest entries of the config and of its -weights config (None: gone)."""
         splits = {}
         for split, shards in self._spectra.items():
             files = shards.close()
@@ -253,7 +255,7 @@ class ConfigWriter:
             "dataset_sizes": sorted({s for st in self._stats.values() for s in st["sizes"]}),
             "weights_config": None,
         }
-        entries = {self.config: entry}
+        entries: dict[str, dict | None] = {self.config: entry, f"{self.config}-weights": None}
         if self._weights is not None:
             name = f"{self.config}-weights"
             entry["weights_config"] = name
@@ -290,14 +292,18 @@ def read_manifest(folder: str | Path) -> dict:
         raise DatasetBuildError(f"{path}: unreadable manifest ({exc})") from exc
 
 
-def update_manifest(folder: str | Path, entries: dict[str, dict]) -> dict:
-    """Merge config entries into the manifest, write it atomically, re-render the card."""
+def update_manifest(folder: str | Path, entries: dict[str, dict | None]) -> dict:
+    """Merge config entries (None removes one) into the manifest, write it atomically, re-render the card."""
     from .card import write_card
 
     folder = Path(folder)
     manifest = read_manifest(folder)
     manifest["version"] = MANIFEST_VERSION
-    manifest["configs"].update(entries)
+    for name, entry in entries.items():
+        if entry is None:
+            manifest["configs"].pop(name, None)
+        else:
+            manifest["configs"][name] = entry
     manifest["configs"] = dict(sorted(manifest["configs"].items()))
     _atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=False))
     write_card(folder, manifest)
@@ -413,7 +419,7 @@ def build_dataset(factory_dir: str | Path, out_dir: str | Path, weights: bool = 
     for config, members in sorted(by_config.items()):
         entries.update(_build_config(out, config, members, wanted, weights, precision, notes))
     update_manifest(out, entries)
-    return BuildSummary(out, entries, notes)
+    return BuildSummary(out, {k: v for k, v in entries.items() if v is not None}, notes)
 
 
 def _build_config(out: Path, config: str, members: list[FactoryJob], wanted: set[int] | None,
