@@ -215,3 +215,23 @@ def test_remote_header_of_the_primary_file(civitai):
     header = read_remote_header("civitai:7")
     assert header.metadata == {"ss_network_dim": "4"} and set(header.tensors) == set(load(data))
     assert all("range" in r.headers for r in civitai.seen("/api/download/"))
+
+
+def test_token_never_leaves_the_api_host(civitai):
+    data = lora_bytes(seed=12)
+    with LoopbackServer() as cdn:  # another origin: another port
+        cdn.route("/blob", Reply(200, data))
+        entry = civitai_file(civitai, "x.safetensors", data)
+        entry["downloadUrl"] = f"{cdn.url}/blob"
+        serve_civitai(civitai, 7, [civitai_version(civitai, 11, 7, [entry])], {})
+        [got] = resolve("civitai:7", progress=False)
+        assert got.path.read_bytes() == data
+        assert "authorization" not in cdn.seen("/blob")[0].headers
+    assert civitai.seen("/api/v1/models/7")[0].headers["authorization"] == "Bearer civitai-loopback-token"
+
+
+def test_progress_bar_on(civitai, capsys):
+    data = lora_bytes(seed=13)
+    _one_version(civitai, data)
+    [got] = resolve("civitai:7", progress=True)
+    assert got.path.read_bytes() == data

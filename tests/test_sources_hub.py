@@ -263,3 +263,17 @@ def test_hub_target_paths_are_real_files(hub):
     hub_repo(hub, "user/p", {"lora.safetensors": lora_bytes()})
     [got] = resolve("user/p", progress=False)
     assert isinstance(got.path, Path) and got.path.is_file() and got.size == got.path.stat().st_size
+
+
+def test_many_candidates_are_capped_with_a_note(offline_cache):
+    hub_cache_repo(offline_cache, "user/epochs", {f"epoch-{i:02d}.safetensors": lora_bytes(seed=i) for i in range(20)})
+    got = resolve("user/epochs", progress=False)
+    assert len(got) == 16 and got[-1].name == "epoch-15.safetensors"
+    assert any("4 more candidates" in n and "--file" in n for n in got[0].notes)
+
+
+def test_online_download_with_progress_bar(hub):
+    data = lora_bytes(seed=10)
+    hub_repo(hub, "user/bar", {"lora.safetensors": data})
+    [got] = resolve("user/bar", progress=True)
+    assert got.path.read_bytes() == data

@@ -77,7 +77,8 @@ def read_remote_header(target: str | Target, *, file: str | None = None) -> Safe
     if parsed.kind == "civitai":
         version, _ = civitai.fetch_version(parsed)
         entry, _ = civitai.pick_file(version, file, parsed.text)
-        return url.read_header(str(entry.get("downloadUrl")), headers=civitai.auth_headers())
+        download_url = str(entry.get("downloadUrl") or version.get("downloadUrl"))
+        return url.read_header(download_url, headers=civitai.auth_headers(download_url))
     if parsed.kind == "url":
         return url.read_header(parsed.url or "")
     raise TargetError(f"{parsed.text}: a local file; read it with lora_wise.read_lora")

@@ -62,6 +62,7 @@ class RepoEntry:
     git_sha1: str | None = None
 
 
+MAX_CANDIDATES = 16  # a repo of every epoch's checkpoint should not turn one scan into 50 downloads
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 # Full models that sit in LoRA repos (diffusers pipelines, transformers): never LoRA weights.
@@ -89,7 +90,8 @@ def pick_candidates(
     """The LoRA weight files of a listing, plus notes on what was skipped and why.
 
     With ``file``, exactly that file (or that PEFT folder's weights). Without, every safetensors
-    file that is not a full checkpoint and fits under ``max_size``. Raises a typed error when nothing
+    file that is not a full checkpoint and fits under ``max_size`` (the first ``MAX_CANDIDATES`` in
+    path order). Raises a typed error when nothing
     is left: too large, only pickle files, or no candidate at all.
     """
     if file is not None:
@@ -111,6 +113,10 @@ def pick_candidates(
         else:
             chosen.append(entry)
     notes += [f"skipped {p}: unsafe format, not scanned (pickle)" for p in pickles]
+    if len(chosen) > MAX_CANDIDATES:
+        rest = chosen[MAX_CANDIDATES:]
+        notes.append(f"{len(rest)} more candidates not scanned ({rest[0].path}, ...): name one with --file")
+        chosen = chosen[:MAX_CANDIDATES]
     if chosen:
         return chosen, notes
     if oversize:

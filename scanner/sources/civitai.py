@@ -1,7 +1,8 @@
 """CivitAI source: the REST API's model / model-version JSON, the version's primary LoRA file, its SHA-256.
 
 ``CIVITAI_ENDPOINT`` overrides the base URL (tests, mirrors); ``CIVITAI_TOKEN`` is sent as a Bearer
-token to the API and the download (httpx drops it if the download redirects to another host).
+token to the API and to downloads on the API's own host, never elsewhere (httpx also drops it when a
+download redirects to another host, as CivitAI's do to their CDN).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..download import (
     DEFAULT_MAX_SIZE,
@@ -38,9 +40,12 @@ def endpoint() -> str:
     return (os.environ.get("CIVITAI_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
-def auth_headers() -> dict[str, str]:
+def auth_headers(url: str | None = None) -> dict[str, str]:
+    """The Bearer token, only for the API's own host: a downloadUrl elsewhere never sees it."""
     token = os.environ.get("CIVITAI_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
+    if not token or (url is not None and urlsplit(url).netloc.lower() != urlsplit(endpoint()).netloc.lower()):
+        return {}
+    return {"Authorization": f"Bearer {token}"}
 
 
 def fetch_version(target: Target, policy: RetryPolicy = DEFAULT_RETRY) -> tuple[dict[str, Any], str | None]:
@@ -119,7 +124,7 @@ def fetch(
     dest = Path(tempfile.mkdtemp(prefix="lora-scan-"))
     try:
         got = download(
-            str(url), dest, filename=name, headers=auth_headers(), max_size=max_size,
+            str(url), dest, filename=name, headers=auth_headers(str(url)), max_size=max_size,
             sha256=sha256.lower() if sha256 else None, progress=progress, policy=policy, auth_hint=AUTH_HINT,
         )
     except BaseException:
