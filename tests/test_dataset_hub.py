@@ -274,6 +274,22 @@ def test_publish_without_a_valid_token_is_a_one_line_error(hub, folder, monkeypa
     assert "\n" not in str(info.value)
 
 
+def test_publish_command_dry_run_then_real(hub, folder, capsys):
+    import click
+
+    from lora_wise.clitools import run
+    from lora_wise.commands.dataset import publish as publish_command
+
+    cli = click.Group("lora-wise", commands={"publish": publish_command})
+    assert run(cli, ["publish", str(folder), "--repo-id", REPO, "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["dry_run"] and len(plan["uploads"]) == len(local_files(folder)) and REPO not in hub.repos
+    assert run(cli, ["publish", str(folder), "--repo-id", REPO]) == 0
+    assert remote_equals_local(hub, folder)
+    assert run(cli, ["publish", str(folder), "--repo-id", REPO]) == 0
+    assert "is up to date" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- offline download / load
 
 
