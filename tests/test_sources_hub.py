@@ -277,3 +277,21 @@ def test_online_download_with_progress_bar(hub):
     hub_repo(hub, "user/bar", {"lora.safetensors": data})
     [got] = resolve("user/bar", progress=True)
     assert got.path.read_bytes() == data
+
+
+def test_offline_plain_snapshot_files_and_tag_refs(offline_cache):
+    # The minimal layout of REFERENCE §6: refs/<name> holding a commit, snapshots/<commit>/<file> as plain files.
+    data = lora_bytes(seed=11)
+    storage = offline_cache / "models--user--plain"
+    (storage / "refs").mkdir(parents=True)
+    (storage / "refs" / "main").write_text("d" * 40)
+    (storage / "refs" / "v1").write_text("e" * 40)
+    for commit, payload in (("d" * 40, data), ("e" * 40, lora_bytes(seed=12))):
+        (storage / "snapshots" / commit).mkdir(parents=True)
+        (storage / "snapshots" / commit / "lora.safetensors").write_bytes(payload)
+    [main] = resolve("user/plain", progress=False)
+    assert main.path.read_bytes() == data and not main.verified  # no blob name, so no hash to check
+    [tagged] = resolve("user/plain@v1", progress=False)
+    assert tagged.info["commit"] == "e" * 40 and tagged.path.read_bytes() != data
+    with pytest.raises(NotFound, match="user/plain@v2"):
+        resolve("user/plain@v2", progress=False)
