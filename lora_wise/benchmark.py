@@ -16,8 +16,9 @@ from .dataset import MANIFEST, DatasetBuildError, read_manifest
 from .table import SpectraTable
 
 
-def resolve_dataset(path_or_repo: str | Path, config: str, revision: str | None = None) -> Path:
-    """A local folder holding ``config``: the path itself, or the Hub snapshot of the repo."""
+def resolve_dataset(path_or_repo: str | Path, config: str | None, revision: str | None = None) -> Path:
+    """A local folder holding ``config``: the path itself, or the Hub snapshot of the repo
+    (with ``config=None``, a snapshot of the manifest and card only)."""
     path = Path(path_or_repo)
     if path.is_dir():
         return path
@@ -25,7 +26,7 @@ def resolve_dataset(path_or_repo: str | Path, config: str, revision: str | None 
         raise DatasetBuildError(f"{path_or_repo}: neither a dataset folder nor a Hub repo id (user/name)")
     from .hub import download
 
-    patterns = [MANIFEST, "README.md", f"data/{config}/*"]
+    patterns = [MANIFEST, "README.md"] + ([f"data/{config}/*"] if config else [])
     return download(str(path_or_repo), revision=revision, allow_patterns=patterns)
 
 
@@ -72,3 +73,24 @@ def _to_table(ds, layers: list[str]) -> SpectraTable:
         backbone=np.asarray(ds["backbone"]).astype(str),
         model_id=np.asarray(ds["model_id"]).astype(str),
     )
+
+
+def table_loader(source: str, config: str | None) -> SpectraTable | None:
+    """The dataset as a source for ``lora_wise.evaluation.register_table_loader``.
+
+    Takes a dataset folder (one with ``lora_wise.json``) or a Hub repo id; returns None for
+    anything else (a factory folder, say) so that the next loader can try. Without ``config``
+    the dataset must hold exactly one spectra config.
+    """
+    path = Path(source)
+    if path.exists() and not (path / MANIFEST).is_file():
+        return None
+    if not path.exists() and source.count("/") != 1:
+        return None
+    if config is None:
+        folder = resolve_dataset(source, None)
+        spectra = sorted(k for k, v in read_manifest(folder)["configs"].items() if v.get("kind") == "spectra")
+        if len(spectra) != 1:
+            raise DatasetBuildError(f"{source} holds {len(spectra)} spectra configs ({', '.join(spectra)}): choose one")
+        config = spectra[0]
+    return load_benchmark(source, config)

@@ -166,3 +166,12 @@ def test_load_benchmark_sees_a_rebuild_in_place(tmp_path):
     assert set(load_benchmark(tmp_path / "ds", CONFIG, cache_dir=cache).step) == {100, 200}
     build_dataset(tmp_path / "factory", tmp_path / "ds", steps=[100])
     assert set(load_benchmark(tmp_path / "ds", CONFIG, cache_dir=cache).step) == {100}
+
+
+def test_table_loader_serves_dataset_folders_and_passes_on_the_rest(built, tmp_path):
+    from lora_wise.benchmark import table_loader
+
+    folder, truth, _ = built
+    table = table_loader(str(folder), None)  # one spectra config: chosen without asking
+    assert len(table) == len(truth)
+    assert table_loader(str(tmp_path), CONFIG) is None  # not a dataset folder: the next loader's turn
