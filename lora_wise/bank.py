@@ -99,21 +99,24 @@ class Bank:
         spectra = compute_spectra(target) if isinstance(target, LoraWeights) else target
         aligned = spectra.align(self.header["layers"], self.header["width"])
         missing = float(np.isnan(aligned.ba).any(axis=1).mean())
+        # the voter features once, shared by the three estimators (all fitted on the same kinds)
+        X = voter_features(aligned, tuple(self.header["kinds"]), layers=self.header["layers"], width=self.header["width"])
         if step is not None:
             chosen, source = self.nearest_step(step), "declared"
         else:
-            scores = {s: float(self.fitted(s).applicability.score_samples(aligned)[0]) for s in self.steps}
+            scores = {s: float(self.fitted(s).applicability.score_samples(X)[0]) for s in self.steps}
             chosen, source = max(scores, key=lambda s: (scores[s], s)), "best-match"
         fit = self.fitted(chosen)
-        est, lo, hi = fit.interval.predict_interval(aligned)
+        est, lo, hi = fit.interval.predict_interval(X)
+        votes = fit.dsire.vote_histogram(X)[0]
         return Estimate(
-            size=int(fit.dsire.predict(aligned)[0]),
+            size=int(fit.dsire.predict(X)[0]),
             estimate=float(est[0]),
             low=float(lo[0]),
             high=float(hi[0]),
             coverage=float(fit.interval.coverage),
-            votes=fit.dsire.vote_histogram(aligned)[0],
-            applicability=float(fit.applicability.score_samples(aligned)[0]),
+            votes=votes,
+            applicability=float(fit.applicability.score_samples(X)[0]),
             step=int(chosen),
             step_source=source,
             missing_fraction=missing,

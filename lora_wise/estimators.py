@@ -324,8 +324,12 @@ class NNFullModel(_VoterEnsemble):
         present = ~np.isnan(X).any(axis=2)  # (M, V)
         tr = np.nan_to_num(self.train_)
         out = np.empty(X.shape[0], dtype=np.int64)
-        for i, x in enumerate(np.nan_to_num(X)):  # one vector product per target model
-            diff = (tr - x[None]) * present[i][None, :, None]
+        whole = present.all(axis=1)
+        if whole.any():  # complete targets: one batched search over the flattened model
+            idx, _ = nearest_references(tr.reshape(len(tr), 1, -1), X[whole].reshape(int(whole.sum()), 1, -1))
+            out[whole] = self.y_index_[idx[:, 0]]
+        for i in np.flatnonzero(~whole):  # targets with missing layers: compare on what they have
+            diff = (tr - np.nan_to_num(X[i])[None]) * present[i][None, :, None]
             out[i] = self.y_index_[np.argmin(np.einsum("nvw,nvw->n", diff, diff))]
         # every present voter "votes" the model's single answer, so histograms stay comparable
         return np.where(present, out[:, None], -1)
@@ -401,15 +405,16 @@ class GDAVote(_VoterEnsemble):
             counts = np.bincount(yi, minlength=c) / len(yi)
             covs = np.broadcast_to(np.einsum("vcwu,c->vwu", covs, counts)[:, None], covs.shape)
         covs = (1 - self.reg) * covs + self.reg * np.eye(w)
-        self.chol_ = np.linalg.cholesky(covs)  # (V, C, W, W)
+        chol = np.linalg.cholesky(covs)  # (V, C, W, W)
+        self.chol_inv_ = np.linalg.inv(chol)  # applied to every target: invert once, multiply after
         self.means_ = means
-        self.logdet_ = 2 * np.log(np.diagonal(self.chol_, axis1=2, axis2=3)).sum(axis=2)
+        self.logdet_ = 2 * np.log(np.diagonal(chol, axis1=2, axis2=3)).sum(axis=2)
         self.logprior_ = np.log(np.bincount(yi, minlength=c) / len(yi))
 
     def _voter_classes(self, X: np.ndarray) -> np.ndarray:
         z = np.nan_to_num((X - self.mu_) / self.sd_)  # (M, V, W)
         diff = z[:, :, None, :] - self.means_[None]  # (M, V, C, W)
-        sol = np.linalg.solve(self.chol_[None], diff[..., None])[..., 0]  # L⁻¹(x-μ)
+        sol = np.einsum("vcwu,mvcu->mvcw", self.chol_inv_, diff)  # L⁻¹(x-μ)
         score = -0.5 * (np.einsum("mvcw,mvcw->mvc", sol, sol) + self.logdet_[None]) + self.logprior_
         return np.where(np.isnan(X).any(axis=2), -1, np.argmax(score, axis=2))
 
