@@ -146,11 +146,15 @@ class ByteMeter:
                 "wrong or missing); download stopped. Pass a larger --max-size if you really mean to fetch it"
             )
 
-    def reset(self, total: int | None = None) -> None:
-        self.n = 0
+    def set_total(self, total: int | None) -> None:
         self.total = total
         if self._bar is not None:
-            self._bar.update(self._task, completed=0, total=total)
+            self._bar.update(self._task, total=total)
+
+    def reset(self) -> None:
+        self.n = 0
+        if self._bar is not None:
+            self._bar.update(self._task, completed=0)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -343,10 +347,12 @@ def _stream_resuming(
                     hasher = hashlib.sha256()
                     meter.reset()
                     have = 0
+                elif have and not response.headers.get("content-range", "").startswith(f"bytes {have}-"):
+                    raise TruncatedDownload(f"{what}: the server resumed at the wrong offset; retry the download")
                 length = _content_length(response)
                 total = have + length if length is not None else None
                 check_size(total, max_size, name)
-                meter.total = total
+                meter.set_total(total)
                 complete = _copy_body(response, out, hasher, meter)
             finally:
                 response.close()

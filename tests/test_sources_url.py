@@ -114,3 +114,11 @@ def test_read_remote_header_rejects_non_safetensors(web, body):
     web.route("/bad.safetensors", Reply(200, body))
     with pytest.raises(FetchError, match="safetensors"):
         read_remote_header(f"{web.url}/bad.safetensors")
+
+
+def test_resume_restarts_when_the_server_ignores_range(web, tmp_path):
+    data = lora_bytes(seed=8)
+    web.route("/r.safetensors", Reply(200, data, truncate_at=len(data) // 2), Reply(200, data, ranges=False))
+    got = download(f"{web.url}/r.safetensors", tmp_path / "out", sha256=sha256(data), progress=False)
+    assert got.path.read_bytes() == data and got.verified
+    assert [r.headers.get("range") for r in web.seen("/r.safetensors")] == [None, f"bytes={len(data) // 2}-"]
