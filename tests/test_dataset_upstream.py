@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+
 import datasets
 import numpy as np
 import pyarrow.parquet as pq
@@ -94,3 +100,25 @@ def test_bad_upstream_input_is_a_one_line_error(tmp_path):
     write_upstream_parquet(tmp_path / "medium_32" / "train.parquet", bad)
     with pytest.raises(InvalidLoraFile, match="do not divide by rank"):
         import_upstream(tmp_path, "medium_32", tmp_path / "ds", batch_size=1)
+
+
+def test_import_from_the_hub_repo_id_through_an_offline_cache(imported, tmp_path):
+    root, rows, entry = imported
+    revision = "b" * 40
+    repo = tmp_path / "hub" / "datasets--MoSalama98--LoRA-WiSE"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    shutil.copytree(root / "release", repo / "snapshots" / revision)
+    script = (
+        "import json, sys; from lora_wise.upstream import import_upstream\n"
+        "e = import_upstream('MoSalama98/LoRA-WiSE', 'medium_32', sys.argv[1])\n"
+        "print(json.dumps({s: v['rows'] for s, v in e['splits'].items()}))"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ds")], env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {s: v["rows"] for s, v in entry["splits"].items()}
+    local = pq.read_table(root / "ds" / entry["splits"]["test"]["files"][0]).column("ba").to_pylist()
+    hub = pq.read_table(tmp_path / "ds" / entry["splits"]["test"]["files"][0]).column("ba").to_pylist()
+    assert local == hub
