@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import InvalidLoraFile, LoraWiseError
 from .estimators import Applicability, SizeInterval, make_method
-from .jobs import TrainJob
+from .jobs import RANGES, SCHEDULES, TrainJob
 from .spectra import compute_spectra
 from .table import SpectraTable
 from .weights import LoraLayer, LoraWeights
@@ -107,12 +107,22 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
+def default_step(table: SpectraTable) -> int:
+    """The paper's evaluated step for the table's range (1200 for low/medium, 1000 for high)
+    when the table's sizes are one range's and that step is stored; else the last step."""
+    steps, sizes = set(np.unique(table.step).tolist()), set(np.unique(table.size).tolist())
+    for name, range_sizes in RANGES.items():
+        if sizes <= set(range_sizes) and SCHEDULES[name][2] in steps:
+            return SCHEDULES[name][2]
+    return max(steps)
+
+
 def select_step(table: SpectraTable, step: int | None) -> tuple[SpectraTable, str | None]:
-    """The snapshots at ``step`` (the nearest stored step), or at the last step if None."""
+    """The snapshots at ``step`` (the nearest stored step), or at ``default_step`` if None."""
     steps = np.unique(table.step)
     if len(steps) == 1 and step is None:
         return table, None
-    want = int(steps.max()) if step is None else int(steps[np.argmin(np.abs(steps - step))])
+    want = default_step(table) if step is None else int(steps[np.argmin(np.abs(steps - step))])
     note = f"step {want}" + ("" if step in (None, want) else f" (nearest stored to {step})")
     return table.subset(table.step == want), note
 
@@ -142,7 +152,10 @@ def evaluate(
     step: int | None = None,
     seed: int = PAPER_SEED,
 ) -> list[MethodResult]:
-    """Every method under the same splits; one ``MethodResult`` per method."""
+    """Every method under the same splits; one ``MethodResult`` per method.
+
+    A table of several snapshot steps is evaluated at ``step`` (default: ``default_step``).
+    """
     table, step_note = select_step(table, step)
     n_tr, n_te, note = split_counts(len(np.unique(table.micro_dataset)), n_train)
     splits = micro_splits(table.micro_dataset, n_tr, n_te, repeats, seed)

@@ -188,3 +188,11 @@ def test_evaluate_command_reports_and_usage_errors(factory):
     assert bad.exit_code == 2 and "unknown" in bad.output
     bad = runner.invoke(evaluate_command, [str(factory), "--cross", "soon"])
     assert bad.exit_code == 2 and "FIT:TEST" in bad.output
+
+
+def test_default_step_is_the_papers_evaluated_checkpoint():
+    table = synthetic_table(n_micro=3, seed=10, steps=(1000, 1200, 1400))
+    assert ev.default_step(table) == 1200  # medium range: the paper evaluates step 1200 of 1400
+    assert ev.default_step(table.subset(table.step != 1200)) == 1400
+    high = synthetic_table(n_micro=3, seed=10, sizes=(1, 50, 100, 500, 1000), steps=(900, 1000))
+    assert ev.default_step(high) == 1000
