@@ -56,22 +56,23 @@ def load_benchmark(path_or_repo: str | Path, config: str, split: str | None = No
         if keep.size == 0:
             raise DatasetBuildError(f"{path_or_repo}: no snapshot at step {step} in {config!r} (steps: {entry['steps']})")
         loaded = loaded.select(keep)
-    return _to_table(loaded.with_format("numpy"), entry["layers"])
+    return _to_table(loaded, entry["layers"])
 
 
 def _to_table(ds, layers: list[str]) -> SpectraTable:
     n, n_layers = len(ds), len(layers)
-    arrays = {kind: np.asarray(ds[kind], dtype=np.float64).reshape(n, n_layers, -1) for kind in ("a", "b", "ba")}
+    columns = ["a", "b", "ba", "fro", "dataset_size", "micro_dataset", "step", "rank", "backbone", "model_id"]
+    batch = ds.select_columns(columns).with_format("numpy")[:]  # one Arrow -> numpy conversion per column
     return SpectraTable(
         layers=list(layers),
-        **arrays,
-        fro=np.asarray(ds["fro"], dtype=np.float64).reshape(n, n_layers),
-        size=np.asarray(ds["dataset_size"], dtype=np.int64),
-        micro_dataset=np.asarray(ds["micro_dataset"]).astype(str),
-        step=np.asarray(ds["step"], dtype=np.int64),
-        rank=np.asarray(ds["rank"], dtype=np.int64),
-        backbone=np.asarray(ds["backbone"]).astype(str),
-        model_id=np.asarray(ds["model_id"]).astype(str),
+        **{kind: np.asarray(batch[kind], dtype=np.float64).reshape(n, n_layers, -1) for kind in ("a", "b", "ba")},
+        fro=np.asarray(batch["fro"], dtype=np.float64).reshape(n, n_layers),
+        size=np.asarray(batch["dataset_size"], dtype=np.int64),
+        micro_dataset=np.asarray(batch["micro_dataset"]).astype(str),
+        step=np.asarray(batch["step"], dtype=np.int64),
+        rank=np.asarray(batch["rank"], dtype=np.int64),
+        backbone=np.asarray(batch["backbone"]).astype(str),
+        model_id=np.asarray(batch["model_id"]).astype(str),
     )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from safetensors.numpy import save_file
 
 from lora_wise import LoraLayer, LoraWeights
@@ -113,3 +114,12 @@ def write_upstream_parquet(path: Path, rows: list[tuple[int, str, dict]], row_gr
         + [(c, pa.list_(pa.float64())) for c in columns if c not in ("label", "name")]
     )
     pq.write_table(pa.table(columns, schema=schema), path, row_group_size=row_group_size)
+
+
+@pytest.fixture(autouse=True)
+def isolated_datasets_cache(tmp_path, monkeypatch):
+    """Each test's ``datasets`` cache in its own tmp folder (imported into the test modules):
+    ``datasets`` keys a local folder's cache by folder name and config, not content."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))

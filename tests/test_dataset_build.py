@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 import pytest
 import yaml
-from dataset_helpers import make_factory, weights_of, write_job
+from dataset_helpers import isolated_datasets_cache, make_factory, weights_of, write_job  # noqa: F401
 from safetensors.numpy import load as load_safetensors
 
 from lora_wise import compute_spectra
@@ -175,3 +175,19 @@ def test_table_loader_serves_dataset_folders_and_passes_on_the_rest(built, tmp_p
     table = table_loader(str(folder), None)  # one spectra config: chosen without asking
     assert len(table) == len(truth)
     assert table_loader(str(tmp_path), CONFIG) is None  # not a dataset folder: the next loader's turn
+
+
+def test_the_cards_python_examples_run(built, tmp_path, monkeypatch):
+    import re
+
+    from lora_wise.card import render_card
+
+    folder, _, _ = built
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    text = render_card(read_manifest(folder), repo_id=str(folder))
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        namespace: dict = {}
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own rendered card
+    assert namespace["train"]["ba"].shape[1:] == (len(read_manifest(folder)["configs"][CONFIG]["layers"]), 8)

@@ -6,7 +6,7 @@ import json
 
 import click
 import numpy as np
-from dataset_helpers import make_factory, random_lora, write_upstream_parquet
+from dataset_helpers import isolated_datasets_cache, make_factory, random_lora, write_upstream_parquet  # noqa: F401
 
 from lora_wise.clitools import run
 from lora_wise.commands.dataset import COMMANDS

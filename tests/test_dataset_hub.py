@@ -27,7 +27,7 @@ import huggingface_hub.constants
 import numpy as np
 import pytest
 import yaml
-from dataset_helpers import make_factory
+from dataset_helpers import isolated_datasets_cache, make_factory  # noqa: F401
 
 from lora_wise.benchmark import load_benchmark
 from lora_wise.dataset import build_dataset

@@ -12,7 +12,14 @@ import datasets
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from dataset_helpers import TINY_LAYERS, random_lora, upstream_column, weights_of, write_upstream_parquet
+from dataset_helpers import (  # noqa: F401
+    TINY_LAYERS,
+    isolated_datasets_cache,
+    random_lora,
+    upstream_column,
+    weights_of,
+    write_upstream_parquet,
+)
 
 from lora_wise import InvalidLoraFile, compute_spectra
 from lora_wise.benchmark import load_benchmark
