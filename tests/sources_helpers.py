@@ -229,11 +229,14 @@ def hub_repo(
     listed_sha256: dict[str, str] | None = None,
     listed_size: dict[str, int] | None = None,
     file_replies: dict[str, list[Reply]] | None = None,
+    cdn: LoopbackServer | None = None,
 ) -> None:
     """Serve a model repo the way huggingface_hub 2.4 reads it: model info (with blobs), HEAD and GET
     on ``/<repo>/resolve/<rev>/<file>`` with X-Repo-Commit, ETag and Content-Length, Range on GET.
 
     ``listed_*`` make the listing lie (hash, size); ``file_replies`` script a file's GET answers.
+    With ``cdn`` (another origin), LFS files answer as on the real Hub: a 302 to the CDN carrying
+    X-Linked-Etag / X-Linked-Size, the bytes served by the CDN.
     """
     listed_sha256, listed_size = listed_sha256 or {}, listed_size or {}
     siblings = []
@@ -252,9 +255,14 @@ def hub_repo(
         etag = sha256(data) if is_lfs else git_sha1(data)
         headers = {"X-Repo-Commit": commit, "ETag": f'"{etag}"'}
         scripted = (file_replies or {}).get(name)
+        route = _resolve_route(data, headers, list(scripted) if scripted else None)
+        if cdn is not None and is_lfs:
+            cdn.route(f"/blobs/{etag}", route)
+            redirect = {**headers, "X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data)),
+                        "Location": f"{cdn.url}/blobs/{etag}?signature=loopback"}
+            route = _redirect_route(redirect)
         for rev in ("main", commit):
-            path = f"/{repo_id}/resolve/{rev}/{name}"
-            server.route(path, _resolve_route(data, headers, list(scripted) if scripted else None))
+            server.route(f"/{repo_id}/resolve/{rev}/{name}", route)
 
 
 def _resolve_route(data: bytes, headers: dict[str, str], scripted: list[Reply] | None) -> Callable[[Seen], Reply]:
@@ -265,6 +273,10 @@ def _resolve_route(data: bytes, headers: dict[str, str], scripted: list[Reply] |
         return Reply(reply.status, reply.body, {**headers, **reply.headers}, reply.truncate_at, reply.chunked, reply.ranges)
 
     return answer
+
+
+def _redirect_route(headers: dict[str, str]) -> Callable[[Seen], Reply]:
+    return lambda seen: Reply(302, b"", dict(headers), ranges=False)
 
 
 def hub_cache_repo(cache: Path, repo_id: str, files: dict[str, bytes], commit: str = "b" * 40) -> Path:

@@ -295,3 +295,16 @@ def test_offline_plain_snapshot_files_and_tag_refs(offline_cache):
     assert tagged.info["commit"] == "e" * 40 and tagged.path.read_bytes() != data
     with pytest.raises(NotFound, match="user/plain@v2"):
         resolve("user/plain@v2", progress=False)
+
+
+def test_online_lfs_files_through_a_cdn_redirect(hub, tmp_path):
+    data = lora_bytes(seed=13, metadata={"ss_num_train_images": "30"})
+    with LoopbackServer() as cdn:
+        hub_repo(hub, "user/cdn", {"lora.safetensors": data, "README.md": b"# card"}, cdn=cdn)
+        [got] = resolve("user/cdn", progress=False)
+        assert got.path.read_bytes() == data and got.verified
+        header = read_remote_header("hf://user/cdn/lora.safetensors")
+        assert header.metadata["ss_num_train_images"] == "30"
+        cdn_gets = cdn.seen("/blobs/", method="GET")
+        assert len(cdn_gets) >= 2 and all("authorization" not in r.headers for r in cdn_gets)
+    assert leftovers(tmp_path / "hub") == []
