@@ -308,3 +308,11 @@ def test_online_lfs_files_through_a_cdn_redirect(hub, tmp_path):
         cdn_gets = cdn.seen("/blobs/", method="GET")
         assert len(cdn_gets) >= 2 and all("authorization" not in r.headers for r in cdn_gets)
     assert leftovers(tmp_path / "hub") == []
+
+
+def test_one_bad_candidate_does_not_hide_the_others(hub):
+    good, bad = lora_bytes(seed=14), lora_bytes(seed=15)
+    hub_repo(hub, "user/mixed", {"a.safetensors": bad, "b.safetensors": good}, listed_sha256={"a.safetensors": "1" * 64})
+    [got] = resolve("user/mixed", progress=False)
+    assert got.name == "b.safetensors" and got.path.read_bytes() == good
+    assert any(n.startswith("not fetched:") and "a.safetensors" in n and "published hash" in n for n in got.notes)

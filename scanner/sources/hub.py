@@ -80,22 +80,35 @@ def fetch(
         chosen, notes = pick_candidates(entries, max_size=max_size, file=file or target.filename, where=repo_id)
         info = {"repo_id": repo_id, "commit": commit, "revision": target.revision or "main"}
         info.update({k: card[k] for k in CARD_KEYS if card.get(k) is not None})
-        fetched = []
+        fetched: list[FetchedFile] = []
+        failures: list[FetchError] = []
         for entry in chosen:
-            path = _download(hub, repo_id, entry, commit, max_size=max_size, progress=progress)
-            companions = {
-                Path(c.path).name: _download(hub, repo_id, c, commit, max_size=max_size, progress=False)
-                for c in companions_of(entry, entries)
-            }
-            fetched.append(
-                FetchedFile(
-                    path=path, source="hub", source_id=f"{repo_id}@{commit}:{entry.path}", name=entry.path,
-                    size=path.stat().st_size, url=f"{hub.endpoint}/{repo_id}/blob/{commit}/{entry.path}",
-                    sha256=entry.sha256, verified=entry.sha256 is not None or entry.git_sha1 is not None,
-                    info=dict(info), companions=companions, notes=list(notes),
-                )
-            )
+            try:
+                fetched.append(_fetch_entry(hub, repo_id, entry, entries, commit, max_size=max_size, progress=progress))
+            except Exception as exc:  # one bad candidate must not hide the repo's other LoRAs
+                failures.append(exc if isinstance(exc, FetchError) else _translate(exc, f"{repo_id}:{entry.path}"))
+        if not fetched:
+            raise failures[0]
+        notes += [f"not fetched: {failure}" for failure in failures]
+        for f in fetched:
+            f.info, f.notes = dict(info), list(notes)
         return fetched
+
+
+def _fetch_entry(
+    hub: HubSettings, repo_id: str, entry: RepoEntry, entries: list[RepoEntry], commit: str, *, max_size: int,
+    progress: bool,
+) -> FetchedFile:
+    path = _download(hub, repo_id, entry, commit, max_size=max_size, progress=progress)
+    companions = {
+        Path(c.path).name: _download(hub, repo_id, c, commit, max_size=max_size, progress=False)
+        for c in companions_of(entry, entries)
+    }
+    return FetchedFile(
+        path=path, source="hub", source_id=f"{repo_id}@{commit}:{entry.path}", name=entry.path,
+        size=path.stat().st_size, url=f"{hub.endpoint}/{repo_id}/blob/{commit}/{entry.path}",
+        sha256=entry.sha256, verified=entry.sha256 is not None or entry.git_sha1 is not None, companions=companions,
+    )
 
 
 def read_header(repo_id: str, filename: str, revision: str | None = None) -> SafetensorsFileMetadata:
