@@ -20,9 +20,9 @@ import numpy as np
 from .errors import InvalidLoraFile, LoraWiseError
 from .estimators import Applicability, SizeInterval, make_method
 from .jobs import RANGES, SCHEDULES, TrainJob
+from .reader import read_lora
 from .spectra import compute_spectra
 from .table import SpectraTable
-from .weights import LoraLayer, LoraWeights
 
 PAPER_TRAIN, PAPER_TEST = 15, 35
 PAPER_SEED = 42
@@ -368,7 +368,7 @@ def table_from_factory(folder: str | Path, config: str | None = None) -> Spectra
         configs.add(job.config_name)
         if config is not None and job.config_name != config:
             continue
-        spectra = compute_spectra(_read_snapshot(lora_path, float(meta.get("alpha", job.alpha))))
+        spectra = compute_spectra(read_lora(lora_path))
         items.append((spectra, {"size": meta["dataset_size"], "micro_dataset": meta["micro_dataset"],
                                 "step": meta["step"], "rank": meta["rank"], "backbone": meta["backbone"],
                                 "model_id": f"{meta['model_id']}@{meta['step']}", "config": job.config_name}))
@@ -378,35 +378,3 @@ def table_from_factory(folder: str | Path, config: str | None = None) -> Spectra
     if config is None and len(configs) > 1:
         raise LoraWiseError(f"{folder} holds several configs ({', '.join(sorted(configs))}): choose one with --config")
     return SpectraTable.from_spectra(items)
-
-
-_PAIRS = {".lora_A.weight": ".lora_B.weight", ".lora.down.weight": ".lora.up.weight"}
-
-
-def _read_snapshot(path: Path, alpha: float) -> LoraWeights:
-    """A factory snapshot (diffusers keys ``<module>.lora_A.weight`` / ``.lora_B.weight``, or
-    the older ``.lora.down.weight`` / ``.lora.up.weight``).
-
-    Kept private and minimal: the general reader (``lora_wise.read_lora``) handles every
-    format in the wild; this reads only what the factory writes.
-    """
-    from safetensors.numpy import load_file
-
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:  # safetensors raises several types for bad bytes
-        raise InvalidLoraFile(f"{path}: unreadable safetensors ({exc})") from None
-    layers = {}
-    for key, down in tensors.items():
-        suffix = next((s for s in _PAIRS if key.endswith(s)), None)
-        if suffix is None:
-            continue
-        name = key[: -len(suffix)]
-        up = tensors.get(name + _PAIRS[suffix])
-        if up is None:
-            raise InvalidLoraFile(f"{path}: {name} has a down matrix but no up matrix")
-        down2, up2 = down.reshape(down.shape[0], -1), up.reshape(up.shape[0], -1)
-        layers[name] = LoraLayer(name, "lora", down2.astype(np.float32), up2.astype(np.float32), alpha, alpha / down.shape[0])
-    if not layers:
-        raise InvalidLoraFile(f"{path}: no lora_A/lora_B pairs")
-    return LoraWeights(layers, "diffusers", source=str(path))

@@ -186,8 +186,7 @@ def test_fit_bank_script_on_a_factory_folder_of_real_loras(tmp_path):
 
     from estimator_helpers import write_factory_folder
 
-    from lora_wise.evaluation import _read_snapshot
-    from lora_wise.weights import Backbone
+    from lora_wise import read_lora
 
     factory = tmp_path / "factory"
     files = write_factory_folder(factory, concepts=3, sizes=(1, 10, 20), steps=(100, 200), rank=4)
@@ -197,10 +196,9 @@ def test_fit_bank_script_on_a_factory_folder_of_real_loras(tmp_path):
     (info,) = available_banks(tmp_path / "banks")
     assert (info["name"], info["steps"], info["sizes"]) == ("tiny-sd-r4", [100, 200], [1, 10, 20])
     assert load_bank_file(info["path"]).header["recipe"]["learning_rate"] == 1e-4
-    weights = _read_snapshot(files[0], alpha=4.0)  # a real PEFT LoRA file, as LoraWeights
-    weights.backbone = Backbone("tiny-sd", ["test"])
+    weights = read_lora(files[0])  # the scanner's path: a real PEFT LoRA file, read and fingerprinted
     chosen, reason = bank_for(weights, directory=tmp_path / "banks")
     assert chosen is not None, reason
-    result = chosen.estimate(weights, step=100)
+    result = chosen.estimate(weights, step=weights.declared.steps)
     assert result.size in (1, 10, 20) and result.step == 100 and result.missing_fraction == 0.0
     assert main([str(tmp_path / "nowhere")]) == 2

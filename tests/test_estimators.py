@@ -230,3 +230,10 @@ def test_applicability_counts_missing_layers_against_the_target(medium):
     partial = app.score_samples(one)
     assert (partial < full).all()
     assert (partial <= 0.25 + 1e-9).all()  # a quarter of the voters present: at most a quarter
+
+
+def test_log_metric_weighs_small_singular_values_and_bad_metrics_are_refused(medium):
+    train, test = medium
+    assert DSiRe(metric="log").fit(train).score(test) > 1 / 6 + 0.1
+    with pytest.raises(ValueError, match="metric"):
+        DSiRe(metric="cosine").fit(train)

@@ -186,6 +186,8 @@ def test_evaluate_command_reports_and_usage_errors(factory):
     assert set(json.loads(cross.stdout)) >= {"in", "cross", "fit", "test"}
     bad = runner.invoke(evaluate_command, [str(factory), "--methods", "oracle"])
     assert bad.exit_code == 2 and "unknown" in bad.output
+    bad = runner.invoke(evaluate_command, [str(factory), "--kinds", "a,q"])
+    assert bad.exit_code == 2 and "--kinds" in bad.output
     bad = runner.invoke(evaluate_command, [str(factory), "--cross", "soon"])
     assert bad.exit_code == 2 and "FIT:TEST" in bad.output
 

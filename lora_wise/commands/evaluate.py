@@ -92,8 +92,11 @@ def evaluate(source, config, methods, step, kinds, repeats, n_train, seed, ablat
     MAE, MAPE and accuracy as mean ± std.
     """
     from .. import evaluation as ev
+    from ..estimators import KINDS
 
     names, kind_list = _methods(methods), _csv(kinds)
+    if kind_list is not None and (not kind_list or not set(kind_list) <= set(KINDS)):
+        raise click.BadParameter(f"{kinds!r}: choose from {', '.join(KINDS)}", param_hint="--kinds")
     table = ev.load_table(source, config)
     config_name = config or source.rstrip("/").rsplit("/", 1)[-1]
     common = {"repeats": repeats, "n_train": n_train, "seed": seed}
