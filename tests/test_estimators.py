@@ -237,3 +237,17 @@ def test_log_metric_weighs_small_singular_values_and_bad_metrics_are_refused(med
     assert DSiRe(metric="log").fit(train).score(test) > 1 / 6 + 0.1
     with pytest.raises(ValueError, match="metric"):
         DSiRe(metric="cosine").fit(train)
+
+
+def test_a_table_with_layers_in_another_order_is_realigned(medium):
+    from lora_wise.table import SpectraTable
+
+    train, test = medium
+    order = np.random.default_rng(0).permutation(len(test.layers))
+    shuffled = SpectraTable(
+        [test.layers[i] for i in order],
+        test.a[:, order], test.b[:, order], test.ba[:, order], test.fro[:, order],
+        test.size, test.micro_dataset, test.step, test.rank, test.backbone, test.model_id,
+    )
+    est = DSiRe().fit(train)
+    np.testing.assert_array_equal(est.predict_votes(shuffled), est.predict_votes(test))

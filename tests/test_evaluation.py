@@ -198,3 +198,21 @@ def test_default_step_is_the_papers_evaluated_checkpoint():
     assert ev.default_step(table.subset(table.step != 1200)) == 1400
     high = synthetic_table(n_micro=3, seed=10, sizes=(1, 50, 100, 500, 1000), steps=(900, 1000))
     assert ev.default_step(high) == 1000
+
+
+def test_cross_rank_applicability_falls_for_the_other_rank():
+    from lora_wise.spectra import Spectra
+    from lora_wise.table import SpectraTable
+
+    def rows(table):
+        return [
+            (Spectra(table.layers, table.a[i], table.b[i], table.ba[i], table.fro[i], np.ones(128, bool)),
+             {"size": table.size[i], "micro_dataset": table.micro_dataset[i], "step": table.step[i],
+              "rank": table.rank[i], "backbone": "tiny-sd"})
+            for i in range(len(table))
+        ]
+
+    r8, r16 = synthetic_table(n_micro=10, seed=14, rank=8), synthetic_table(n_micro=10, seed=14, rank=16)
+    both = SpectraTable.from_spectra(rows(r8) + rows(r16))  # rank 8 zero-padded to width 16
+    report = ev.cross_condition(both, "rank", 16, 8, repeats=2)
+    assert report["cross"]["applicability"]["mean"] < 0.1 < report["in"]["applicability"]["mean"]
