@@ -102,7 +102,7 @@ def retry_after_seconds(headers: httpx2.Headers) -> float | None:
 class ByteMeter:
     """Counts streamed bytes against the cap and draws a rich progress bar.
 
-    Duck-types the part of tqdm that huggingface_hub's ``http_get`` uses, so that
+    Duck-types the part of tqdm that huggingface_hub's ``http_get`` and Xet reporter use, so that
     ``functools.partial(ByteMeter, max_size=..., progress=...)`` passed as ``tqdm_class`` enforces
     the same streaming cap on Hub downloads (raising inside its loop, whose temp file it then removes).
     """
@@ -155,6 +155,14 @@ class ByteMeter:
         self.n = 0
         if self._bar is not None:
             self._bar.update(self._task, completed=0)
+
+    # The rest of the tqdm surface huggingface_hub touches (its Xet download reporter).
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        pass
+
+    def refresh(self) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.n, total=self.total)
 
     def close(self) -> None:
         if self._bar is not None:

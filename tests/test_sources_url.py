@@ -122,3 +122,24 @@ def test_resume_restarts_when_the_server_ignores_range(web, tmp_path):
     got = download(f"{web.url}/r.safetensors", tmp_path / "out", sha256=sha256(data), progress=False)
     assert got.path.read_bytes() == data and got.verified
     assert [r.headers.get("range") for r in web.seen("/r.safetensors")] == [None, f"bytes={len(data) // 2}-"]
+
+
+def test_byte_meter_fits_huggingface_hubs_xet_progress_reporter():
+    # Real Hub files are mostly Xet-backed: hf_hub_download then drives tqdm_class through this reporter.
+    from functools import partial
+    from types import SimpleNamespace
+
+    from huggingface_hub.utils._xet_progress_reporting import XetDownloadProgressReporter
+
+    def report(done, transferred):  # the fields hf_xet's group report carries
+        return SimpleNamespace(total_bytes_completed=done, total_transfer_bytes_completed=transferred,
+                               total_bytes=1000, total_bytes_completion_rate=1.0,
+                               total_transfer_bytes_completion_rate=1.0)
+
+    meter = partial(ByteMeter, max_size=1500, progress=True)
+    with XetDownloadProgressReporter(reconstruction_desc="r", total=1000, log_level=30, tqdm_class=meter) as rep:
+        rep.update_progress(report(400, 300))
+        rep.update_progress(report(1000, 900))
+        assert rep.reconstruction_bar.n == 1000
+        with pytest.raises(TooLarge):
+            rep.update_progress(report(2000, 900))
