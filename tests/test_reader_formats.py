@@ -281,3 +281,21 @@ def test_flux_kohya_names_kept_under_transformer(tmp_path):
     weights = read_lora(save(tmp_path / "flux.safetensors", tensors, {"ss_base_model_version": "flux1"}))
     assert sorted(weights.layers) == ["transformer.double_blocks.0.img_attn.qkv", "transformer.single_blocks.3.linear1"]
     assert weights.backbone.name == "flux"
+
+
+def test_dotted_sgm_names_and_t5_only_text_encoder(tmp_path):
+    rng = np.random.default_rng(3)
+    tensors = {}
+    for module, (d, k) in {
+        "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k": (640, 2048),
+        "lora_te3_encoder_block_0_layer_0_SelfAttention_q": (64, 64),
+    }.items():
+        down, up = _lowrank(rng, d, k)
+        tensors |= {f"{module}.lora_down.weight": down, f"{module}.lora_up.weight": up}
+    weights = read_lora(save(tmp_path / "x.safetensors", tensors))
+    assert sorted(weights.layers) == [
+        "text_encoder_3.encoder.block.0.layer.0.SelfAttention.q",
+        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k",
+    ]
+    assert weights.backbone.name == "sdxl"  # the 2048-wide cross attention; T5 alone decides nothing
+    assert any("T5" in clue for clue in weights.backbone.evidence)

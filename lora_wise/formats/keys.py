@@ -52,6 +52,10 @@ _PATTERNS: list[tuple[re.Pattern, str | None, str]] = [
 ]
 _AB = {"A": "down", "B": "up"}
 _PREFIXES_LONGEST_FIRST = sorted(KOHYA_PREFIXES, key=len, reverse=True)
+_SGM_DOTTED = tuple(
+    f"{prefix}{block}." for prefix in ("", "model.diffusion_model.", "diffusion_model.")
+    for block in ("input_blocks", "middle_block", "output_blocks")
+)  # fmt: skip
 
 
 @dataclass
@@ -83,6 +87,10 @@ def _kohya_parts(module: str) -> tuple[str, str, bool] | None:
         component, rest, mangled = "unet", module[len("unet_") :], True
     elif "." not in module and module.startswith("text_encoder_"):
         component, rest, mangled = "text_encoder", module[len("text_encoder_") :], True
+    elif module.startswith(_SGM_DOTTED):
+        # sgm block names spelled with dots (e.g. ``model.diffusion_model.input_blocks.4.1...``)
+        path = module.removeprefix("model.diffusion_model.").removeprefix("diffusion_model.")
+        component, rest, mangled = "unet", path.replace(".", "_"), False
     else:
         return None
     for doubled in ("unet_", "text_encoder_", "te_"):

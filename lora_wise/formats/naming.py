@@ -139,14 +139,17 @@ def kohya_unet_paths(rests: list[str]) -> dict[str, str]:
         else:
             plain.append(rest)
     keyed = {f"lora_unet_{rest}.lora_down.weight": rest for rest in plain}
-    # diffusers moves each value to its renamed key, so values = old keys give us the map.
+    sgm = {k: k for k in keyed if any(block in k for block in ("input_blocks", "middle_block", "output_blocks"))}
+    renamed = {k: k for k in keyed if k not in sgm}
+    # Only the sgm names go through the block map (diffusers drops them when both spellings mix);
+    # it moves each value to its renamed key, so values = old keys give us the map.
     try:
-        mapped = _maybe_map_sgm_blocks_to_diffusers({k: k for k in keyed}, _sgm_config())
+        renamed.update({new: old for new, old in _maybe_map_sgm_blocks_to_diffusers(sgm, _sgm_config()).items()})
     except (ValueError, IndexError, KeyError):
-        mapped = {k: k for k in keyed}  # unusual sgm names: keep them as they are
-    if len(mapped) != len(keyed):  # diffusers drops sgm keys when both spellings are present
-        mapped = {k: k for k in keyed}
-    for new, old in mapped.items():
+        renamed.update({k: k for k in sgm})  # unusual sgm names: keep them as they are
+    for key, rest in keyed.items():  # a default for any key the block map might have dropped
+        out[rest] = _strip_known_tail(_convert_unet_lora_key(key))
+    for new, old in renamed.items():
         out[keyed[old]] = _strip_known_tail(_convert_unet_lora_key(new))
     return out
 
