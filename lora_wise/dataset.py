@@ -40,7 +40,7 @@ PRECISIONS = ("float32", "float64")
 #: Shards are cut near this size so the Hub and ``datasets`` can fetch them in parallel.
 MAX_SHARD_BYTES = 500 * 1024 * 1024
 #: Rows are flushed to a parquet row group past either bound: small groups keep memory flat.
-FLUSH_ROWS, FLUSH_BYTES = 256, 64 * 1024 * 1024
+FLUSH_ROWS, FLUSH_BYTES = 256, 16 * 1024 * 1024
 
 
 class DatasetBuildError(LoraWiseError):
@@ -159,22 +159,35 @@ class _Shards:
             self.flush()
 
     def flush(self) -> None:
+        import pyarrow as pa
         import pyarrow.parquet as pq
         from datasets import Dataset
 
         if not self._buffer:
             return
         columns = {key: [row[key] for row in self._buffer] for key in self._buffer[0]}
-        table = Dataset.from_dict(columns, features=self.features).data.table
+        schema = self.features.arrow_schema
+        if any(isinstance(t, pa.ExtensionType) for t in schema.types):
+            table = Dataset.from_dict(columns, features=self.features).data.table  # Array2D needs datasets
+        else:
+            table = pa.Table.from_pydict(columns, schema=schema)  # plain types: no extra copies
         if self._writer is None or self._written >= self.max_bytes:
             self._close_writer()
             path = self.folder / f"{self.split}-{len(self.paths):05d}.parquet.tmp"
-            self._writer = pq.ParquetWriter(path, table.schema)
+            # Dictionary-encode strings only: hashing multi-MB safetensors blobs costs memory for nothing.
+            # and store blobs uncompressed (float weights barely compress; snappy would buffer a copy).
+            strings = [f.name for f in schema if pa.types.is_string(f.type)]
+            codecs = {f.name: "none" if pa.types.is_binary(f.type) else "snappy" for f in schema}
+            small = [f.name for f in schema if not pa.types.is_binary(f.type)]  # no min/max copies of blobs
+            self._writer = pq.ParquetWriter(path, table.schema, use_dictionary=strings, compression=codecs,
+                                            write_statistics=small)  # fmt: skip
             self.paths.append(path)
             self._written = 0
         self._writer.write_table(table)
         self._written += self._buffer_bytes
         self._buffer, self._buffer_bytes = [], 0
+        del table, columns
+        pa.default_memory_pool().release_unused()
 
     def _close_writer(self) -> None:
         if self._writer is not None:

@@ -156,7 +156,7 @@ def import_upstream(repo_or_folder: str | Path, config: str, out_dir: str | Path
     range_name, backbone, rank = _config_info(config)
     files = _fetch(repo_or_folder, config, revision)
     layers = upstream_layers(files)
-    names = [n for f in files for n in pq.read_table(f, columns=["name"]).column("name").to_pylist()]
+    names = [str(n) for f in files for n in pq.read_table(f, columns=["name"]).column("name").to_pylist()]
     splits = split_micro_datasets(names)
     step = SCHEDULES[range_name][2]
     name = our_config(config)
