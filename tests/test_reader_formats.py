@@ -299,3 +299,37 @@ def test_dotted_sgm_names_and_t5_only_text_encoder(tmp_path):
     ]
     assert weights.backbone.name == "sdxl"  # the 2048-wide cross attention; T5 alone decides nothing
     assert any("T5" in clue for clue in weights.backbone.evidence)
+
+
+def _sdxl_kohya_tensors():
+    rng = np.random.default_rng(4)
+    modules = {
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k": (640, 2048),
+        "lora_unet_input_blocks_8_1_transformer_blocks_3_attn1_to_v": (1280, 1280),
+        "lora_unet_middle_block_1_transformer_blocks_9_attn2_to_out_0": (1280, 1280),
+        "lora_unet_output_blocks_2_1_transformer_blocks_0_attn1_to_q": (1280, 1280),
+        "lora_unet_output_blocks_8_1_transformer_blocks_1_attn2_to_v": (640, 2048),
+        "lora_te1_text_model_encoder_layers_3_self_attn_v_proj": (768, 768),
+        "lora_te2_text_model_encoder_layers_5_self_attn_out_proj": (1280, 1280),
+    }
+    tensors = {}
+    for kohya, (d, k) in modules.items():
+        down, up = _lowrank(rng, d, k)
+        tensors |= {f"{kohya}.lora_down.weight": torch.from_numpy(down), f"{kohya}.lora_up.weight": torch.from_numpy(up)}
+    return tensors
+
+
+def test_kohya_names_agree_with_diffusers_own_lora_state_dict(tmp_path):
+    """Cross-check against the whole diffusers loading path (SDXL pipeline, real SDXL unet_config)."""
+    from types import SimpleNamespace
+
+    from diffusers import StableDiffusionXLPipeline
+
+    from lora_wise.formats.keys import split_key
+    from lora_wise.formats.naming import canonical_dotted
+
+    tensors = _sdxl_kohya_tensors()
+    converted, _ = StableDiffusionXLPipeline.lora_state_dict(dict(tensors), unet_config=SimpleNamespace(layers_per_block=2))
+    theirs = sorted({canonical_dotted(split_key(key)[0]) for key in converted})
+    mine = sorted(read_lora(save(tmp_path / "sdxl.safetensors", tensors)).layers)
+    assert mine == theirs

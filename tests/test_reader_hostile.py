@@ -265,3 +265,21 @@ def test_random_key_and_shape_soup(tmp_path, names, suffixes, shapes):
     for i, suffix in enumerate(suffixes):
         tensors[names[i % len(names)] + suffix] = np.ones(shapes[i % len(shapes)], np.float32)
     _only_documented_errors(save(tmp_path / "x.safetensors", tensors))
+
+
+@_SETTINGS
+@given(
+    prefix=st.sampled_from(["lora_unet_", "lora_te_", "lora_te2_", "lora_unet_unet_", "unet.", "base_model.model.", ""]),
+    body=st.lists(
+        st.sampled_from(["input", "output", "middle", "blocks", "block", "0", "1", "4", "99", "attn2", "to", "k",
+                         "emb", "layers", "out", "in", "transformer", "double", "op", "skip", "connection", "", "x"]),
+        min_size=1, max_size=9,
+    ),
+    sep=st.sampled_from(["_", "."]),
+    role=st.sampled_from([".lora_down.weight", ".lora_A.weight", "_lora.down.weight", ".hada_w1_a"]),
+)  # fmt: skip
+def test_random_module_names_through_the_name_converters(tmp_path, prefix, body, sep, role):
+    module = prefix + sep.join(body)
+    tensors = {module + role: np.ones((2, 3), np.float32)}
+    tensors[module + role.replace("down", "up").replace("_A", "_B").replace("w1_a", "w1_b")] = np.ones((4, 2), np.float32)
+    _only_documented_errors(save(tmp_path / "x.safetensors", tensors))
