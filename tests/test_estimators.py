@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from estimator_helpers import synthetic_table
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import Ridge
@@ -251,3 +253,18 @@ def test_a_table_with_layers_in_another_order_is_realigned(medium):
     )
     est = DSiRe().fit(train)
     np.testing.assert_array_equal(est.predict_votes(shuffled), est.predict_votes(test))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n_train=st.integers(2, 30), n_test=st.integers(1, 80), voters=st.integers(1, 12), width=st.integers(1, 9),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_votes_equal_the_naive_loop_for_any_shape(n_train, n_test, voters, width, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.exponential(1.0, (n_train, voters, width))
+    y = rng.choice([1, 2, 3, 4, 5, 6], n_train)
+    T = rng.exponential(1.0, (n_test, voters, width))
+    votes = DSiRe().fit(X, y).voter_predictions(T)
+    for v in range(voters):
+        np.testing.assert_array_equal(votes[:, v], KNeighborsClassifier(n_neighbors=1).fit(X[:, v], y).predict(T[:, v]))
