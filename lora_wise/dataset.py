@@ -19,7 +19,7 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from .spectra import Spectra, compute_spectra, natural_key
 from .weights import LoraLayer, LoraWeights
 
 MANIFEST = "lora_wise.json"
+#: ``progress(config, done, total)``: called by :func:`build_dataset` after each snapshot.
+Progress = Callable[[str, int, int], None]
 MANIFEST_VERSION = 1
 #: The paper's split: 15 of 50 micro-datasets train, 35 test, ``random.seed(42)``.
 PAPER_TRAIN, PAPER_TOTAL, SPLIT_SEED = 15, 50, 42
@@ -414,11 +416,13 @@ class BuildSummary:
 
 
 def build_dataset(factory_dir: str | Path, out_dir: str | Path, weights: bool = False,
-                  steps: Iterable[int] | None = None, precision: str = "float32") -> BuildSummary:  # fmt: skip
+                  steps: Iterable[int] | None = None, precision: str = "float32",
+                  progress: Progress | None = None) -> BuildSummary:  # fmt: skip
     """Turn a factory output folder into a LoRA-WiSE dataset folder (spectra, card, manifest).
 
     One config per (range, backbone, rank); ``steps`` picks the snapshots (all when None);
-    ``weights=True`` adds the ``<config>-weights`` configs. Streams one snapshot at a time.
+    ``weights=True`` adds the ``<config>-weights`` configs. Streams one snapshot at a time;
+    ``progress(config, done, total)`` is called after each.
     """
     _check_precision(precision)
     out = Path(out_dir)
@@ -430,13 +434,13 @@ def build_dataset(factory_dir: str | Path, out_dir: str | Path, weights: bool = 
         by_config.setdefault(fjob.job.config_name, []).append(fjob)
     entries = {}
     for config, members in sorted(by_config.items()):
-        entries.update(_build_config(out, config, members, wanted, weights, precision, notes))
+        entries.update(_build_config(out, config, members, wanted, weights, precision, notes, progress))
     update_manifest(out, entries)
     return BuildSummary(out, {k: v for k, v in entries.items() if v is not None}, notes)
 
 
-def _build_config(out: Path, config: str, members: list[FactoryJob], wanted: set[int] | None,
-                  weights: bool, precision: str, notes: list[str]) -> dict[str, dict]:  # fmt: skip
+def _build_config(out: Path, config: str, members: list[FactoryJob], wanted: set[int] | None, weights: bool,
+                  precision: str, notes: list[str], progress: Progress | None) -> dict[str, dict | None]:  # fmt: skip
     splits = split_micro_datasets(m.job.micro_dataset for m in members)
     snapshots = [(m, step) for m in members for step in sorted(m.sidecars) if wanted is None or step in wanted]
     if not snapshots:
@@ -449,12 +453,14 @@ def _build_config(out: Path, config: str, members: list[FactoryJob], wanted: set
     info = {"source": "factory", "range": job.range_name, "backbone": job.backbone, "rank": job.rank,
             "split_seed": SPLIT_SEED, "evaluated_step": SCHEDULES.get(job.range_name, (0, 0, None))[2]}  # fmt: skip
     writer = ConfigWriter(out, config, layers, width, precision=precision, with_weights=weights, info=info)
-    for member, step in snapshots:
+    for done, (member, step) in enumerate(snapshots, 1):
         path = _snapshot_path(member, step)
         spectra = compute_spectra(_read_snapshot(path), width=width)
         meta = _row_meta(member, step)
         writer.add(splits[member.job.micro_dataset], spectra_row(spectra, layers, width, meta, precision),
                    path.read_bytes() if weights else None)  # fmt: skip
+        if progress is not None:
+            progress(config, done, len(snapshots))
     if wanted is not None:
         missing = sorted(wanted - {s for m in members for s in m.sidecars})
         if missing:

@@ -118,7 +118,9 @@ def test_unfinished_jobs_are_skipped_and_reported(tmp_path):
     make_factory(tmp_path / "factory", n_micro=2, sizes=(1,), steps=(100,))
     job = TrainJob(backbone="tiny-sd", range_name="medium", dataset_size=10, micro_dataset="pool:half", rank=8)
     write_job(tmp_path / "factory", job, [100], done=False)
-    summary = build_dataset(tmp_path / "factory", tmp_path / "ds")
+    calls = []
+    summary = build_dataset(tmp_path / "factory", tmp_path / "ds", progress=lambda *a: calls.append(a))
+    assert calls == [(CONFIG, 1, 2), (CONFIG, 2, 2)]
     assert any("unfinished" in note for note in summary.notes)
     ids = {r for split in datasets.load_dataset(str(tmp_path / "ds"), CONFIG, cache_dir=str(tmp_path / "cache")).values() for r in split["model_id"]}
     assert job.job_id not in ids and len(ids) == 2

@@ -27,6 +27,8 @@ def test_build_from_the_command_line(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert set(out["configs"]) == {"medium-tiny_sd-r8"}
     assert read_manifest(tmp_path / "ds")["configs"]["medium-tiny_sd-r8"]["steps"] == [200]
+    assert run(group(), ["build", str(tmp_path / "factory"), str(tmp_path / "ds"), "--weights"]) == 0
+    assert "medium-tiny_sd-r8-weights" in capsys.readouterr().out
 
 
 def test_import_upstream_from_a_local_folder(tmp_path, capsys):

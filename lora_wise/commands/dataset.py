@@ -7,6 +7,8 @@ typed errors become exit code 2 through :func:`lora_wise.clitools.run`.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import click
 from rich.console import Console
 from rich.table import Table
@@ -35,6 +37,24 @@ def _configs_table(configs: dict[str, dict], title: str) -> Table:
     return table
 
 
+@contextmanager
+def _progress_bar(disable: bool):
+    """A rich bar per config, fed by build_dataset's ``progress(config, done, total)`` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True), disable=disable, transient=True)  # fmt: skip
+    tasks: dict[str, int] = {}
+
+    def update(config: str, done: int, total: int) -> None:
+        if config not in tasks:
+            tasks[config] = bar.add_task(config, total=total)
+        bar.update(tasks[config], completed=done)
+
+    with bar:
+        yield update
+
+
 @click.command(epilog="\b\nExample:\n  lora-wise build runs/factory runs/dataset --steps 1200\n\n" + EXIT_CODES_HELP)
 @click.argument("factory_dir", type=click.Path(file_okay=False))
 @click.argument("out_dir", type=click.Path(file_okay=False))
@@ -52,7 +72,9 @@ def build(factory_dir: str, out_dir: str, weights: bool, steps: list[int] | None
     """
     from ..dataset import build_dataset
 
-    summary = build_dataset(factory_dir, out_dir, weights=weights, steps=steps, precision=precision)
+    with _progress_bar(disable=as_json) as progress:
+        summary = build_dataset(factory_dir, out_dir, weights=weights, steps=steps, precision=precision,
+                                progress=progress)  # fmt: skip
     if as_json:
         print_json({"out_dir": str(summary.out_dir), "configs": summary.configs, "notes": summary.notes})
         return
