@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -285,7 +286,17 @@ def load_bank(backbone: str, rank: int | None = None, directory: str | Path | No
         have = ", ".join(b["name"] for b in available_banks(directory)) or "none"
         want = f"{backbone}" + (f" rank {rank}" if rank is not None else "")
         raise BankError(f"no reference bank for {want} (available: {have})")
-    return load_bank_file(min(banks, key=lambda b: b["rank"])["path"])
+    return _cached(min(banks, key=lambda b: b["rank"])["path"])
+
+
+def _cached(path: str) -> Bank:
+    """Packaged banks are loaded once per process (and refit once per step), keyed by mtime."""
+    return _load_cached(path, Path(path).stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _load_cached(path: str, mtime_ns: int) -> Bank:
+    return load_bank_file(path)
 
 
 def target_rank(spectra: Spectra) -> int:
@@ -327,8 +338,18 @@ def bank_for(
     if not fitting:
         ranks = ", ".join(str(b["rank"]) for b in candidates)
         return None, f"LoRA rank {rank} has no bank for {backbone} (bank ranks: {ranks})"
-    bank = load_bank_file(fitting[0]["path"])
+    bank = _cached(fitting[0]["path"])
     overlap = len(set(spectra.layers) & set(bank.header["layers"])) / len(bank.header["layers"])
     if overlap < min_layer_overlap:
         return None, f"the LoRA has only {overlap:.0%} of the {bank.name} bank's layers"
     return bank, f"{bank.name}: backbone and rank match, {overlap:.0%} of its layers present"
+
+
+def estimate_lora(weights: LoraWeights, directory: str | Path | None = None) -> tuple[Estimate | None, str]:
+    """The scanner's one call: pick the fitting packaged bank and estimate, comparing with the
+    reference snapshots nearest the declared step count when the file declares one."""
+    bank, reason = bank_for(weights, directory=directory)
+    if bank is None:
+        return None, reason
+    step = weights.declared.steps if weights.declared is not None else None
+    return bank.estimate(weights, step=step), reason

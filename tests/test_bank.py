@@ -13,6 +13,7 @@ from lora_wise.bank import (
     HEADER_KEY,
     available_banks,
     bank_for,
+    estimate_lora,
     fit_bank,
     load_bank,
     load_bank_file,
@@ -201,4 +202,9 @@ def test_fit_bank_script_on_a_factory_folder_of_real_loras(tmp_path):
     assert chosen is not None, reason
     result = chosen.estimate(weights, step=weights.declared.steps)
     assert result.size in (1, 10, 20) and result.step == 100 and result.missing_fraction == 0.0
+    same, _ = estimate_lora(weights, directory=tmp_path / "banks")
+    assert same.to_dict() == result.to_dict() and same.step_source == "declared"
+    weights.backbone.name = "sdxl"
+    none, why = estimate_lora(weights, directory=tmp_path / "banks")
+    assert none is None and "sdxl" in why
     assert main([str(tmp_path / "nowhere")]) == 2
