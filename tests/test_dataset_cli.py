@@ -20,7 +20,8 @@ def group() -> click.Group:
     return cli
 
 
-def test_build_from_the_command_line(tmp_path, capsys):
+def test_build_from_the_command_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # rich would wrap the table at 80
     make_factory(tmp_path / "factory", n_micro=2, sizes=(1, 10), steps=(100, 200))
     code = run(group(), ["build", str(tmp_path / "factory"), str(tmp_path / "ds"), "--steps", "200", "--json"])
     assert code == 0
