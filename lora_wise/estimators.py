@@ -96,8 +96,9 @@ def _as_xy(est, X, y=None, groups=None, fitting: bool = False):
     if isinstance(X, SpectraTable):
         y = X.size if y is None else y
         groups = X.micro_dataset if groups is None else groups
-        if fitting:
-            est.layers_ = list(X.layers)
+    if fitting:  # the layer order every later input is aligned to (None for raw arrays)
+        first = X[0] if isinstance(X, (list, tuple)) and X else X
+        est.layers_ = list(first.layers) if isinstance(first, (SpectraTable, Spectra)) else None
     if isinstance(X, (SpectraTable, Spectra, list, tuple)) and not isinstance(X, np.ndarray):
         layers = getattr(est, "layers_", None)
         width = getattr(est, "width_", None) if not fitting else None
@@ -106,8 +107,6 @@ def _as_xy(est, X, y=None, groups=None, fitting: bool = False):
         X = voter_features(X, est.kinds, layers=layers, width=width)
     else:
         X = np.asarray(X, dtype=np.float64)
-        if fitting:
-            est.layers_ = None
     if X.ndim != 3:
         raise ValueError(f"expected features of shape (models, voters, width), got {X.shape}")
     if not fitting:

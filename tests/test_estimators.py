@@ -268,3 +268,20 @@ def test_votes_equal_the_naive_loop_for_any_shape(n_train, n_test, voters, width
     votes = DSiRe().fit(X, y).voter_predictions(T)
     for v in range(voters):
         np.testing.assert_array_equal(votes[:, v], KNeighborsClassifier(n_neighbors=1).fit(X[:, v], y).predict(T[:, v]))
+
+
+def test_fit_on_spectra_lists_and_refit_reset_the_layer_order(medium):
+    from lora_wise.spectra import Spectra
+
+    train, test = medium
+
+    def spectra(table, i, keep):
+        return Spectra([table.layers[j] for j in keep], table.a[i, keep], table.b[i, keep], table.ba[i, keep],
+                       table.fro[i, keep], np.ones(len(keep), bool))
+
+    est = DSiRe().fit(train)
+    half = list(range(0, 128, 2))
+    est.fit([spectra(train, i, half) for i in range(len(train))], train.size)
+    assert est.layers_ == [train.layers[j] for j in half] and est.n_voters_ == 3 * 64
+    full_target = spectra(test, 0, list(range(128)))  # extra layers are ignored, order is realigned
+    assert est.predict_votes(full_target).sum() == 3 * 64
