@@ -23,6 +23,9 @@ from .errors import InvalidLoraFile, UnsafeFormatError
 #: Header cap: real LoRA headers (kohya metadata with tag frequencies included) stay far below.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
+#: Longest tensor name we accept: real keys stay under 300 characters; this bounds name parsing.
+MAX_NAME_CHARS = 4096
+
 #: dtypes we accept, with their item sizes. Anything else is refused rather than guessed.
 ITEMSIZE = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2,
@@ -125,6 +128,8 @@ def _parse_metadata(path: Path, meta: object) -> dict[str, str]:
 
 
 def _parse_entry(path: Path, name: str, entry: object) -> TensorInfo:
+    if len(name) > MAX_NAME_CHARS:
+        raise _bad(path, f"tensor name of {len(name)} characters (more than {MAX_NAME_CHARS})")
     if not isinstance(entry, dict):
         raise _bad(path, f"tensor {name!r}: entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")

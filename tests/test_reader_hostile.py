@@ -114,6 +114,7 @@ def _header(dtype="F32", shape=(2, 3), offsets=(0, 24), extra=None):
          "overlap"),
         (raw_file(_header(offsets=(24, 0)), b"\x00" * 24), "end before"),
         (raw_file({"x": [1, 2]}), "not an object"),
+        (raw_file({"a" * 5000: {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}}), "characters"),
         (struct.pack("<Q", 4000) + b"[" * 2000 + b"]" * 2000, "not valid JSON"),
     ],
 )  # fmt: skip

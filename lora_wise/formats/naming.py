@@ -147,8 +147,8 @@ def kohya_unet_paths(rests: list[str]) -> dict[str, str]:
         renamed.update({new: old for new, old in _maybe_map_sgm_blocks_to_diffusers(sgm, _sgm_config()).items()})
     except (ValueError, IndexError, KeyError):
         renamed.update({k: k for k in sgm})  # unusual sgm names: keep them as they are
-    for key, rest in keyed.items():  # a default for any key the block map might have dropped
-        out[rest] = _strip_known_tail(_convert_unet_lora_key(key))
+    for key in keyed.keys() - set(renamed.values()):  # any key the block map might have dropped
+        renamed[key] = key
     for new, old in renamed.items():
         out[keyed[old]] = _strip_known_tail(_convert_unet_lora_key(new))
     return out
