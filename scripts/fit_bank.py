@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", action="append", default=None, help="config(s) to pool; repeat the flag")
     parser.add_argument("--steps", default=DEFAULT_STEPS, help="snapshot steps to keep ('all' for every one)")
     parser.add_argument("--kinds", default="a,b,ba")
+    parser.add_argument("--base", choices=("ridge", "votes"), default="ridge",
+                        help="continuous estimate: per-layer log-log ridge, or the mean of the 1-NN votes")
     parser.add_argument("--out", default=str(BANKS_DIR))
     parser.add_argument("--repeats", type=int, default=10, help="repeats of the self-check protocol (0: skip)")
     args = parser.parse_args(argv)
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe = recipe_from_factory(Path(args.source)) if Path(args.source).is_dir() else {}
         recipe["configs"] = args.config or []
         bank = fit_bank(table, recipe=recipe, steps=steps, kinds=tuple(args.kinds.split(",")),
-                        created_by="scripts/fit_bank.py")
+                        params={"base": args.base, "coverage": 0.8, "tie": "median"}, created_by="scripts/fit_bank.py")
         path = save_bank(bank, Path(args.out) / f"{bank.name}.safetensors")
         loaded = load_bank_file(path)
     except LoraWiseError as exc:
