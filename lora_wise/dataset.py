@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,10 +31,13 @@ from .jobs import SCHEDULES, TrainJob
 from .spectra import Spectra, compute_spectra, natural_key
 from .weights import LoraLayer, LoraWeights
 
+if TYPE_CHECKING:
+    from datasets import Features
+
 MANIFEST = "lora_wise.json"
+MANIFEST_VERSION = 1
 #: ``progress(config, done, total)``: called by :func:`build_dataset` after each snapshot.
 Progress = Callable[[str, int, int], None]
-MANIFEST_VERSION = 1
 #: The paper's split: 15 of 50 micro-datasets train, 35 test, ``random.seed(42)``.
 PAPER_TRAIN, PAPER_TOTAL, SPLIT_SEED = 15, 50, 42
 SPLITS = ("train", "test")
@@ -52,7 +55,7 @@ class DatasetBuildError(LoraWiseError):
 # --------------------------------------------------------------------------- schema
 
 
-def spectra_features(n_layers: int, width: int, precision: str = "float32"):
+def spectra_features(n_layers: int, width: int, precision: str = "float32") -> Features:
     """The declared ``datasets.Features`` of a spectra config (fixed shapes: (L, W) and (L,))."""
     from datasets import Array2D, Features, Sequence, Value
 
@@ -76,7 +79,7 @@ def spectra_features(n_layers: int, width: int, precision: str = "float32"):
     )
 
 
-def weights_features():
+def weights_features() -> Features:
     """The ``-weights`` config: the snapshot's safetensors file, byte for byte."""
     from datasets import Features, Value
 
@@ -123,13 +126,14 @@ def spectra_row(spectra: Spectra, layers: list[str], width: int, meta: dict[str,
 def split_micro_datasets(names: Iterable[str], seed: int = SPLIT_SEED) -> dict[str, str]:
     """Micro-dataset -> ``train``/``test``: the paper's 15 of 50 with ``random.seed(42)``, scaled.
 
-    With 50 names this is exactly ``random.seed(42); random.sample(sorted(names), 15)``. With
-    fewer, the train share stays 15/50 (at least one train and, from two names on, one test).
+    From 50 names on this is exactly ``random.seed(42); random.sample(sorted(names), 15)`` (the
+    rest is test, as in ``lora_wise.evaluation``'s first repeat). With fewer, the train share
+    stays 15/50 (at least one train and, from two names on, one test).
     """
     pool = sorted(set(names))
     if not pool:
         return {}
-    n_train = round(len(pool) * PAPER_TRAIN / PAPER_TOTAL)
+    n_train = PAPER_TRAIN if len(pool) >= PAPER_TOTAL else round(len(pool) * PAPER_TRAIN / PAPER_TOTAL)
     n_train = max(1, min(n_train, len(pool) - 1)) if len(pool) > 1 else 1
     train = set(random.Random(seed).sample(pool, n_train))
     return {name: ("train" if name in train else "test") for name in pool}

@@ -80,6 +80,18 @@ def test_fifty_micro_datasets_split_exactly_like_random_seed_42():
     split = split_micro_datasets(reversed(names))
     assert {n for n, s in split.items() if s == "train"} == paper_train
     assert sum(s == "test" for s in split.values()) == 35
+    many = split_micro_datasets(f"c{i:03d}" for i in range(80))
+    assert sum(s == "train" for s in many.values()) == 15
+
+
+def test_the_first_split_is_the_evaluation_protocols_first_repeat():
+    from lora_wise.evaluation import micro_splits
+
+    names = [f"concept-{i}" for i in range(12)]
+    split = split_micro_datasets(names)
+    train = sorted(n for n, s in split.items() if s == "train")
+    (first_train, _), *_ = micro_splits(names, len(train), len(names) - len(train))
+    assert train == first_train
 
 
 def test_card_declares_configs_and_real_counts(built):
