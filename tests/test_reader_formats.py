@@ -143,6 +143,21 @@ def test_peft_alpha_rslora_and_alpha_pattern(tmp_path):
     assert plain.declared.target_modules == sorted(["to_q", "to_k", "to_v", "to_out.0"])
 
 
+def test_peft_rank_pattern_uses_each_layers_own_rank(tmp_path):
+    from peft import get_peft_model
+    from reader_helpers import lora_config, randomise_lora, tiny_unet
+
+    config = lora_config(RANK, ["to_q", "to_k", "to_v", "to_out.0"], lora_alpha=8, rank_pattern={"attn2.to_k": 2})
+    model = get_peft_model(tiny_unet(), config)
+    randomise_lora(model, 0)
+    model.save_pretrained(tmp_path)
+    weights = read_lora(tmp_path)
+    k2 = weights.layers["unet.up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"]
+    q = weights.layers["unet.up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"]
+    assert (k2.rank, k2.scale) == (2, 4.0) and (q.rank, q.scale) == (RANK, 2.0)
+    assert weights.rank == RANK
+
+
 def test_diffusers_adapter_metadata_sets_scale(tmp_path):
     from peft import LoraConfig
 
