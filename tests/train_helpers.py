@@ -1,0 +1,69 @@
+"""Shared fixtures of the trainer tests: the tiny-sd backbone and the plain reference trainer."""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from lora_wise.backbones import DiffusionBackbone, load_backbone
+from lora_wise.jobs import TrainJob
+from lora_wise.micro_datasets import open_micro_dataset
+from lora_wise.train import ADAM_BETAS, ADAM_EPS, MAX_GRAD_NORM, WEIGHT_DECAY, init_lora, target_module_names
+
+
+@lru_cache(maxsize=1)
+def tiny() -> DiffusionBackbone:
+    torch.set_num_threads(1)
+    return load_backbone("tiny-sd")
+
+
+def job(micro: str, n: int, steps: int = 20, every: int = 10, batch: int = 1, rank: int = 4) -> TrainJob:
+    return TrainJob("tiny-sd", "low", n, micro, rank=rank, steps=steps, snapshot_every=every, batch_size=batch)
+
+
+def train_alone_reference(j: TrainJob, bb: DiffusionBackbone) -> dict[str, torch.Tensor]:
+    """One job through a plain PEFT-wrapped UNet, written like train_dreambooth_lora.py's loop.
+
+    No caching: the VAE encodes each batch and samples its posterior, the prompt goes through
+    the text encoder every step. Returns {"<module>.lora_A.weight": ..., ...}.
+    """
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = copy.deepcopy(bb.unet)
+    names = target_module_names(unet, j.target_modules)
+    unet.add_adapter(LoraConfig(r=j.rank, lora_alpha=j.rank, init_lora_weights="gaussian",
+                                target_modules=list(j.target_modules)))  # fmt: skip
+    modules = dict(unet.named_modules())
+    init = init_lora({n: tuple(modules[n].base_layer.weight.shape) for n in names}, j.rank, j.seed)
+    with torch.no_grad():  # the same init values copied in
+        for n in names:
+            modules[n].lora_A["default"].weight.copy_(init[n])
+            modules[n].lora_B["default"].weight.zero_()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=j.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=WEIGHT_DECAY)
+    md = open_micro_dataset(j.micro_dataset)
+    pixels = torch.from_numpy(md.load(md.choose(j.dataset_size), bb.resolution))
+    noise_gen, order_gen = torch.Generator().manual_seed(j.seed), torch.Generator().manual_seed(j.seed)
+    order: list[int] = []
+    for _ in range(j.steps):
+        if not order:
+            order = torch.randperm(len(pixels), generator=order_gen).tolist()
+        idx, order = order[: j.batch_size], order[j.batch_size :]
+        with torch.no_grad():
+            latents = bb.vae.encode(pixels[idx]).latent_dist.sample(generator=noise_gen)
+            latents = latents * bb.vae.config.scaling_factor
+            embeds, _ = bb.encode_prompt(md.instance_prompt)
+        noise = torch.randn(latents.shape, generator=noise_gen)
+        t = torch.randint(0, bb.scheduler.config.num_train_timesteps, (len(idx),), generator=noise_gen)
+        noisy = bb.scheduler.add_noise(latents, noise, t)
+        pred = unet(noisy, t, embeds.expand(len(idx), -1, -1)).sample
+        loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        opt.step()
+        opt.zero_grad()
+    return get_peft_model_state_dict(unet)
