@@ -68,7 +68,13 @@ def _dominant_dtype(dtypes: dict[str, str], used: set[str]) -> str:
 
 def read_lora(path: str | os.PathLike) -> LoraWeights:
     """Read a LoRA from a ``.safetensors`` file or a PEFT adapter folder into canonical form."""
-    path = Path(path)
+    try:
+        return _read(Path(path))
+    except OSError as exc:  # unreadable file, vanished mid-read, I/O error: still a one-line input error
+        raise InvalidLoraFile(f"{Path(path).name}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+
+
+def _read(path: Path) -> LoraWeights:
     if not path.exists():
         raise InvalidLoraFile(f"{path}: no such file or folder")
     peft_config = None

@@ -284,3 +284,8 @@ def test_random_module_names_through_the_name_converters(tmp_path, prefix, body,
     tensors = {module + role: np.ones((2, 3), np.float32)}
     tensors[module + role.replace("down", "up").replace("_A", "_B").replace("w1_a", "w1_b")] = np.ones((4, 2), np.float32)
     _only_documented_errors(save(tmp_path / "x.safetensors", tensors))
+
+
+def test_os_errors_become_one_line_input_errors(tmp_path):
+    with pytest.raises(InvalidLoraFile, match="cannot be read"):
+        read_lora(tmp_path / ("a" * 300 + ".safetensors"))  # ENAMETOOLONG
