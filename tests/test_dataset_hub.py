@@ -2,8 +2,9 @@
 
 ``HubStandIn`` is a real HTTP server on 127.0.0.1 answering the calls huggingface_hub 2.4.0 makes
 for ``list_repo_tree``, ``create_repo``, ``create_commit`` (README validation, preupload, the
-git-LFS batch API with basic single-part PUTs, the ndjson commit). It stores what it receives,
-so the tests compare the "remote" repo with the local folder byte for byte. hf_xet is disabled
+git-LFS batch API with basic single-part PUTs, the ndjson commit), plus ``repo_info`` and
+``resolve`` so that a published folder downloads back through ``snapshot_download``. It stores
+what it receives, so the tests compare the "remote" repo with the local folder byte for byte. hf_xet is disabled
 for these tests (the stand-in does not speak the Xet CAS protocol): the real Hub takes Xet
 uploads for the same commit, and that path was not exercised here.
 """
@@ -21,7 +22,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import huggingface_hub.constants
 import numpy as np
@@ -54,6 +55,9 @@ class HubStandIn(ThreadingHTTPServer):
         self.commits: dict[str, list[str]] = {}
         self.log: list[tuple[str, str]] = []
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+    def head(self, repo_id: str) -> str:
+        return self.commits[repo_id][-1] if self.commits[repo_id] else "0" * 40
 
     def tree(self, repo_id: str) -> list[dict]:
         files, entries, folders = self.repos[repo_id], [], set()
@@ -105,15 +109,44 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def do_GET(self):
-        path = urlsplit(self.path).path
+        path = unquote(urlsplit(self.path).path)
         self.server.log.append(("GET", path))
-        match = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path)
+        if match := re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
+            return self._resolve(match.group(1), match.group(3), body=True)
+        match = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)(?:/revision/([^/]+)|/tree/([^/]+)(/.*)?)?", path)
         if not match:
             return self._send(404, {"error": "not found"}, {"X-Error-Code": "EntryNotFound"})
         repo_id = match.group(1)
         if repo_id not in self.server.repos:
             return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+        if match.group(3) is None:  # repo_info
+            files = [{"rfilename": p} for p in sorted(self.server.repos[repo_id])]
+            return self._send(200, {"id": repo_id, "sha": self.server.head(repo_id), "siblings": files, "private": False})
         self._send(200, self.server.tree(repo_id))
+
+    def do_HEAD(self):
+        path = unquote(urlsplit(self.path).path)
+        self.server.log.append(("HEAD", path))
+        if match := re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
+            return self._resolve(match.group(1), match.group(3), body=False)
+        self._send(404, {"error": "not found"}, {"X-Error-Code": "EntryNotFound"})
+
+    def _resolve(self, repo_id: str, file: str, body: bool):
+        data = self.server.repos.get(repo_id, {}).get(file)
+        if data is None:
+            return self._send(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
+        lfs = file in self.server.lfs_paths[repo_id]
+        etag = hashlib.sha256(data).hexdigest() if lfs else git_blob_id(data)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("ETag", f'"{etag}"')
+        self.send_header("X-Repo-Commit", self.server.head(repo_id))
+        if lfs:
+            self.send_header("X-Linked-Etag", f'"{etag}"')
+            self.send_header("X-Linked-Size", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
 
     def do_PUT(self):
         path = urlsplit(self.path).path
@@ -288,6 +321,17 @@ def test_publish_command_dry_run_then_real(hub, folder, capsys):
     assert remote_equals_local(hub, folder)
     assert run(cli, ["publish", str(folder), "--repo-id", REPO]) == 0
     assert "is up to date" in capsys.readouterr().out
+
+
+def test_published_dataset_downloads_and_loads_back(hub, folder, tmp_path, monkeypatch):
+    publish(folder, REPO)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    table = load_benchmark(REPO, CONFIG, split="train")  # only this config's shards come down
+    fetched = [p for m, p in hub.log if m == "GET" and "/resolve/" in p]
+    assert fetched and not any("-weights/" in p for p in fetched)
+    local = load_benchmark(folder, CONFIG, split="train")
+    assert table.model_id.tolist() == local.model_id.tolist()
+    np.testing.assert_array_equal(table.ba, local.ba)
 
 
 # --------------------------------------------------------------------------- offline download / load
