@@ -214,3 +214,91 @@ def test_killing_a_pool_run_kills_its_workers_and_the_rerun_completes(tmp_path):
     rerun = subprocess.run(args, env=env | {"FAKE_TRAIN_SLEEP": "0"}, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     check_outputs(out, expand_grid(tiny_grid(micros=("pool:a", "pool:b"), sizes=(1, 2), steps=30, every=5)))
+
+
+# --- with the real trainer (lora_wise.train.train_group on tiny-sd) -------------------------------
+
+def tiny_sd_ready() -> bool:
+    from lora_wise.backbones.tiny_sd import data_dir
+
+    return all((data_dir() / f"{n}.safetensors").is_file() for n in ("unet", "vae", "text_encoder"))
+
+
+def real_trainer(test):
+    skip = pytest.mark.skipif(not tiny_sd_ready(), reason="tiny-sd weights not built yet")
+    return pytest.mark.slow(skip(test))
+REAL_GRID = dict(micros=("pool:digit-3-ink",), sizes=(1, 2), steps=10, every=5)
+
+
+def check_real_outputs(out: Path, jobs: list[TrainJob]) -> None:
+    """Exactly the snapshots and done.json; every snapshot a 128-layer rank-4 LoRA readable by lora-wise."""
+    from lora_wise import compute_spectra, read_lora
+
+    for job in jobs:
+        folder = out / job.job_id
+        expected = {f"step-{s:05d}.{ext}" for s in (5, 10) for ext in ("safetensors", "json")} | {"done.json"}
+        assert {p.name for p in folder.iterdir()} == expected, job.job_id
+        for step in (5, 10):
+            sidecar = json.loads((folder / f"step-{step:05d}.json").read_text())
+            assert (sidecar["model_id"], sidecar["step"], sidecar["dataset_size"]) == (job.job_id, step, job.dataset_size)
+            assert len(sidecar["image_ids"]) == job.dataset_size
+            spectra = compute_spectra(read_lora(folder / f"step-{step:05d}.safetensors"))
+            assert len(spectra.layers) == 128 and spectra.width == 4
+            assert (spectra.fro > 0).all()  # B moved away from its zero init
+
+
+@real_trainer
+def test_generate_end_to_end_with_the_real_trainer(tmp_path, capsys):
+    grid = write_grid(tmp_path, **REAL_GRID)
+    out = tmp_path / "out"
+    assert run(generate, [str(grid), "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["completed"] == 2 and summary["failed"] == {} and summary["model_steps"] == 20
+    check_real_outputs(out, expand_grid(tiny_grid(**REAL_GRID)))
+
+
+def final_tensors(out: Path, job: TrainJob) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(out / job.job_id / f"step-{job.steps:05d}.safetensors")
+
+
+@real_trainer
+def test_a_killed_real_run_resumes_to_the_same_models_as_an_uninterrupted_one(tmp_path):
+    grid = write_grid(tmp_path, **REAL_GRID)
+    jobs = expand_grid(tiny_grid(**REAL_GRID))
+    out, clean = tmp_path / "out", tmp_path / "clean"
+    args = [sys.executable, "-c", GENERATE, str(grid), "--group-size", "1"]
+    proc = subprocess.Popen(args + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(out.glob("*/*/*/step-00005.json")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not all(is_done(out, j) for j in jobs), "the kill must land midway"
+
+    rerun = subprocess.run(args + ["--out", str(out)], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    check_real_outputs(out, jobs)
+    assert run(generate, [str(grid), "--out", str(clean), "--group-size", "1"]) == 0
+    for job in jobs:  # nothing of the killed run leaked into the result
+        got, want = final_tensors(out, job), final_tensors(clean, job)
+        assert got.keys() == want.keys()
+        assert all(torch_allclose(got[k], want[k]) for k in want)
+
+
+def torch_allclose(a, b) -> bool:
+    import torch
+
+    return bool(torch.allclose(a, b, rtol=1e-5, atol=1e-7))
+
+
+@real_trainer
+def test_ray_local_trains_two_tiny_jobs_with_the_real_trainer(tmp_path):
+    ray = pytest.importorskip("ray")
+    jobs = expand_grid(tiny_grid(**REAL_GRID))
+    plan = make_plan(jobs, tmp_path, group_size=1)  # two groups: two Ray tasks
+    summary = run_plan(plan, executor="ray", workers=2, ray_address="local")
+    assert summary.ok and sorted(summary.completed) == sorted(j.job_id for j in jobs), summary.failed
+    check_real_outputs(tmp_path, jobs)
+    assert not ray.is_initialized()
