@@ -109,9 +109,10 @@ class Bank:
             chosen, source = max(scores, key=lambda s: (scores[s], s)), "best-match"
         fit = self.fitted(chosen)
         est, lo, hi = fit.interval.predict_interval(X)
-        votes = fit.dsire.vote_histogram(X)[0]
+        size, counts = fit.dsire.predict_with_votes(X)
+        votes = dict(zip(fit.dsire.classes_.tolist(), counts[0].tolist(), strict=True))
         return Estimate(
-            size=int(fit.dsire.predict(X)[0]),
+            size=int(size[0]),
             estimate=float(est[0]),
             low=float(lo[0]),
             high=float(hi[0]),

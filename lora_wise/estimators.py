@@ -22,6 +22,7 @@ Tie rules, all deterministic:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -139,7 +140,22 @@ def _realign_table(table: SpectraTable, layers: list[str]) -> SpectraTable:
 # --------------------------------------------------------------------------- distances
 
 
-def nearest_references(train: np.ndarray, test: np.ndarray, exclude: np.ndarray | None = None):
+@dataclass(frozen=True)
+class References:
+    """A reference set laid out for the batched search, prepared once per fit."""
+
+    tr_t: np.ndarray  # (V, W, N)
+    tr_sq: np.ndarray  # (V, N), +inf where the reference lacks the voter
+
+    @classmethod
+    def of(cls, train: np.ndarray) -> References:
+        tr = np.ascontiguousarray(np.swapaxes(np.nan_to_num(train), 0, 1))  # (V, N, W)
+        tr_sq = np.einsum("vnw,vnw->vn", tr, tr)
+        tr_sq[np.isnan(train).any(axis=2).T] = np.inf  # a reference's missing voter is never nearest
+        return cls(np.ascontiguousarray(np.swapaxes(tr, 1, 2)), tr_sq)
+
+
+def nearest_references(train: np.ndarray | References, test: np.ndarray, exclude: np.ndarray | None = None):
     """Per voter, the nearest reference of every test model (euclidean).
 
     ``train`` (N, V, W), ``test`` (M, V, W); ``exclude`` (M, N) bool forbids pairs (used to
@@ -149,10 +165,8 @@ def nearest_references(train: np.ndarray, test: np.ndarray, exclude: np.ndarray 
     |x − t|² = |t|² − 2 x·t + |x|², where |x|² is the same for every reference and so is
     added only to the winners.
     """
-    tr = np.ascontiguousarray(np.swapaxes(np.nan_to_num(train), 0, 1))  # (V, N, W)
-    tr_t = np.ascontiguousarray(np.swapaxes(tr, 1, 2))  # (V, W, N)
-    tr_sq = np.einsum("vnw,vnw->vn", tr, tr)
-    tr_sq[np.isnan(train).any(axis=2).T] = np.inf  # a reference's missing voter is never nearest
+    ref = train if isinstance(train, References) else References.of(train)
+    tr_t, tr_sq = ref.tr_t, ref.tr_sq
     v, n = tr_sq.shape
     block = max(1, int(_BLOCK_ELEMENTS // max(v * n, 1)))
     idx = np.empty(test.shape[:2], dtype=np.int64)
@@ -249,9 +263,16 @@ class _VoterEnsemble(ClassifierMixin, BaseEstimator):
         return [dict(zip(self.classes_.tolist(), row.tolist(), strict=True)) for row in self.predict_votes(X)]
 
     def predict(self, X) -> np.ndarray:
+        return self.predict_with_votes(X)[0]
+
+    def predict_with_votes(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """(sizes, (M, C) vote counts) from one search."""
         check_is_fitted(self, "train_")
         X, _, _ = _as_xy(self, X)
         ci = self._voter_classes(X)
+        return self._decide(ci), _tally(ci, self.classes_)
+
+    def _decide(self, ci: np.ndarray) -> np.ndarray:
         if getattr(self, "vote", "majority") == "average":
             sizes = np.where(ci >= 0, self.classes_[np.maximum(ci, 0)], np.nan).astype(float)
             if np.isnan(sizes).all(axis=1).any():
@@ -288,7 +309,7 @@ class DSiRe(_VoterEnsemble):
         raise ValueError(f"metric must be 'euclidean' or 'log', not {self.metric!r}")
 
     def _fit_voters(self, X, yi) -> None:
-        self.ref_ = self._transform(X)
+        self.ref_ = References.of(self._transform(X))
 
     def neighbours(self, X) -> tuple[np.ndarray, np.ndarray]:
         """(M, V) index of each voter's nearest reference (-1 abstains) and its distance."""
@@ -481,7 +502,7 @@ class SizeInterval(RegressorMixin, BaseEstimator):
 
     def _fit_state(self, X: np.ndarray, logy: np.ndarray) -> dict:
         if self.base == "votes":
-            return {"ref": X, "logy": logy}
+            return {"ref": References.of(X), "logy": logy}
         F = _log_features(X)
         mu, sd = _standardise(F)
         coef, icpt = _batched_ridge((F - mu) / sd, logy, self.alpha)
@@ -540,10 +561,11 @@ class Applicability(BaseEstimator):
     def fit(self, X, y=None, groups=None):
         X, _, groups = _as_xy(self, X, None, groups, fitting=True)
         self.train_, self.width_ = X, X.shape[2]
-        self.ref_ = _log_features(X)
+        logs = _log_features(X)
+        self.ref_ = References.of(logs)
         # with a single micro-dataset nothing is left when it is held out: leave out each model instead
         g = np.arange(len(X)) if groups is None or len(np.unique(groups)) < 2 else groups
-        _, dist = nearest_references(self.ref_, self.ref_, exclude=g[:, None] == g[None, :])
+        _, dist = nearest_references(self.ref_, logs, exclude=g[:, None] == g[None, :])
         scale = np.nanmedian(dist, axis=0)
         self.scale_ = np.where(np.isfinite(scale) & (scale > 0), scale, 1e-12)
         self.reference_stats_ = np.nanmedian(np.log(dist / self.scale_ + 1e-12), axis=1)
