@@ -404,7 +404,9 @@ class GDAVote(_VoterEnsemble):
     """The paper's GDA rival: per voter, a Gaussian class model on standardised spectra
     (``covariance="per-class"``: QDA; ``"shared"``: LDA), each covariance shrunk towards the
     identity by ``reg`` (spectra have more values than a class has references), then the
-    majority vote. All voters and classes are solved in one batched Cholesky."""
+    majority vote. All voters and classes are solved in one batched Cholesky. With more
+    references per class than values per voter, ``per-class`` is exactly scikit-learn's
+    ``QuadraticDiscriminantAnalysis(reg_param=reg)`` per voter (tested), without 384 objects."""
 
     def __init__(self, kinds=("a", "b", "ba"), reg=0.3, covariance="per-class", tie="median"):
         self.kinds = kinds

@@ -285,3 +285,16 @@ def test_fit_on_spectra_lists_and_refit_reset_the_layer_order(medium):
     assert est.layers_ == [train.layers[j] for j in half] and est.n_voters_ == 3 * 64
     full_target = spectra(test, 0, list(range(128)))  # extra layers are ignored, order is realigned
     assert est.predict_votes(full_target).sum() == 3 * 64
+
+
+def test_batched_gda_equals_sklearn_qda_per_voter(medium):
+    from sklearn.discriminant_analysis import QuadraticDiscriminantAnalysis
+
+    train, test = medium  # 15 references per size, 8 values per voter: full-rank class covariances
+    est = GDAVote(reg=0.3, covariance="per-class").fit(train)
+    Z_train = (voter_features(train, est.kinds) - est.mu_) / est.sd_
+    Z_test = (voter_features(test, est.kinds) - est.mu_) / est.sd_
+    votes = est.voter_predictions(test)
+    for v in (0, 150, 383):
+        qda = QuadraticDiscriminantAnalysis(reg_param=0.3).fit(Z_train[:, v], train.size)
+        np.testing.assert_array_equal(votes[:, v], qda.predict(Z_test[:, v]))
