@@ -205,3 +205,11 @@ def test_the_cards_python_examples_run(built, tmp_path, monkeypatch):
         namespace: dict = {}
         exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own rendered card
     assert namespace["train"]["ba"].shape[1:] == (len(read_manifest(folder)["configs"][CONFIG]["layers"]), 8)
+
+
+def test_a_corrupt_sidecar_is_a_one_line_error(tmp_path):
+    make_factory(tmp_path / "factory", n_micro=1, sizes=(1,), steps=(100,))
+    (sidecar,) = (tmp_path / "factory").rglob("step-00100.json")
+    sidecar.write_text("{not json")
+    with pytest.raises(DatasetBuildError, match="not a factory sidecar"):
+        build_dataset(tmp_path / "factory", tmp_path / "ds")

@@ -129,3 +129,19 @@ def test_import_from_the_hub_repo_id_through_an_offline_cache(imported, tmp_path
     local = pq.read_table(root / "ds" / entry["splits"]["test"]["files"][0]).column("ba").to_pylist()
     hub = pq.read_table(tmp_path / "ds" / entry["splits"]["test"]["files"][0]).column("ba").to_pylist()
     assert local == hub
+
+
+def test_import_into_a_built_folder_keeps_both_configs(imported, tmp_path):
+    from dataset_helpers import make_factory
+
+    from lora_wise.dataset import build_dataset
+
+    root, _, _ = imported
+    make_factory(tmp_path / "factory", n_micro=2, sizes=(1, 10), steps=(100,))
+    build_dataset(tmp_path / "factory", tmp_path / "ds")
+    import_upstream(root / "release", "medium_32", tmp_path / "ds")
+    assert set(read_manifest(tmp_path / "ds")["configs"]) == {"medium-tiny_sd-r8", "medium-sd15-r32"}
+    card = (tmp_path / "ds" / "README.md").read_text()
+    assert "config_name: medium-sd15-r32" in card and "config_name: medium-tiny_sd-r8" in card
+    for config in ("medium-tiny_sd-r8", "medium-sd15-r32"):
+        assert len(load_benchmark(tmp_path / "ds", config)) > 0
