@@ -178,13 +178,25 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
     return SafetensorsHeader(tensors, metadata, len(raw))
 
 
-def _load_tensors(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+def is_finite(flat: np.ndarray, zeros: np.ndarray) -> bool:
+    """Whether a 1-D float array holds no NaN/Inf.
+
+    ``x · 0`` is 0 for every finite x and NaN for NaN/±Inf, so one BLAS dot product against a
+    zero vector checks a whole tensor without the boolean mask ``isfinite`` would allocate.
+    """
+    if not flat.size:
+        return True
+    with np.errstate(invalid="ignore"):  # inf · 0 is the very NaN we are looking for
+        return bool(np.isfinite(flat @ zeros[: flat.size]))
+
+
+def _load_tensors(path: Path, header: SafetensorsHeader) -> dict[str, np.ndarray]:
     from safetensors import safe_open
 
     out: dict[str, np.ndarray] = {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
-            for name in names:
+            for name in header.tensors:
                 tensor = fh.get_tensor(name)
                 if tensor.dtype.is_floating_point and tensor.dtype.itemsize == 4:
                     out[name] = tensor.numpy()  # zero-copy: F32 is by far the common case
@@ -198,17 +210,12 @@ def _load_tensors(path: Path, names: list[str]) -> dict[str, np.ndarray]:
 def first_non_finite(tensors: dict[str, np.ndarray]) -> str | None:
     """Name of the first tensor holding NaN or Inf, else None.
 
-    ``x · 0`` is 0 for every finite x and NaN for NaN/±Inf, so one BLAS dot product against a
-    zero vector checks a whole tensor without allocating the boolean mask ``isfinite`` builds
-    (twice as fast on a 25 MB LoRA, which matters when the read is benchmarked against a plain load).
+    One pass after loading (measured faster than checking each tensor as it arrives).
     """
-    largest = max((a.size for a in tensors.values()), default=0)
-    zeros = np.zeros(largest, dtype=np.float32)
-    with np.errstate(invalid="ignore"):  # inf · 0 is the very NaN we are looking for
-        for name, array in tensors.items():
-            flat = array.reshape(-1)
-            if flat.size and not np.isfinite(flat @ zeros[: flat.size]):
-                return name
+    zeros = np.zeros(max((a.size for a in tensors.values()), default=0), dtype=np.float32)
+    for name, array in tensors.items():
+        if not is_finite(array.reshape(-1), zeros):
+            return name
     return None
 
 
@@ -219,7 +226,7 @@ def read_safetensors(path: str | os.PathLike) -> SafetensorsFile:
     """
     path = Path(path)
     header = read_header(path)
-    tensors = _load_tensors(path, list(header.tensors))
+    tensors = _load_tensors(path, header)
     name = first_non_finite(tensors)
     if name is not None:
         raise _bad(path, f"tensor {name!r} contains NaN or Inf values")
