@@ -72,6 +72,8 @@ def find_upstream_files(folder: str | Path, config: str) -> list[Path]:
 def _fetch(repo_or_folder: str | Path, config: str, revision: str | None) -> list[Path]:
     if Path(repo_or_folder).is_dir():
         return find_upstream_files(repo_or_folder, config)
+    if Path(repo_or_folder).exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", str(repo_or_folder)):
+        raise DatasetBuildError(f"{repo_or_folder}: neither a folder of parquet files nor a Hub repo id (user/name)")
     from .hub import download
 
     patterns = [f"{config}/*", f"*/{config}/*", f"{config}-*", f"*/{config}-*", f"{config}.parquet"]

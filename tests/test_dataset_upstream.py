@@ -98,6 +98,8 @@ def test_config_files_are_found_without_the_prefix_neighbour(imported):
 def test_bad_upstream_input_is_a_one_line_error(tmp_path):
     with pytest.raises(DatasetBuildError, match="unknown upstream config"):
         import_upstream(tmp_path, "medium_99", tmp_path / "ds")
+    with pytest.raises(DatasetBuildError, match="neither a folder"):
+        import_upstream(tmp_path / "no" / "such" / "folder", "medium_32", tmp_path / "ds")
     (tmp_path / "medium_32").mkdir()
     with pytest.raises(DatasetBuildError, match="no parquet file"):
         import_upstream(tmp_path, "medium_32", tmp_path / "ds")
