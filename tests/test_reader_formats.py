@@ -348,3 +348,40 @@ def test_kohya_names_agree_with_diffusers_own_lora_state_dict(tmp_path):
     theirs = sorted({canonical_dotted(split_key(key)[0]) for key in converted})
     mine = sorted(read_lora(save(tmp_path / "sdxl.safetensors", tensors)).layers)
     assert mine == theirs
+
+
+def _cp_by_loops(t, wa, wb):
+    """Tucker rebuild written out the slow way: ΔW[o, i, k, l] = Σ_a Σ_b t[a, b, k, l] wa[a, o] wb[b, i]."""
+    dim, _, kh, kw = t.shape
+    out = np.zeros((wa.shape[1], wb.shape[1], kh, kw))
+    for a in range(dim):
+        for b in range(dim):
+            out += t[a, b][None, None] * np.outer(wa[a], wb[b])[:, :, None, None]
+    return out
+
+
+def test_tucker_conv_layers_loha_and_locon_mid(tmp_path):
+    rng = np.random.default_rng(5)
+    dim, o, i = 2, 6, 5
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    t1, w1a, w1b, t2, w2a, w2b = f(dim, dim, 3, 3), f(dim, o), f(dim, i), f(dim, dim, 3, 3), f(dim, o), f(dim, i)
+    loha = "lora_unet_down_blocks_0_resnets_0_conv1"
+    up, mid, down = f(o, dim, 1, 1), f(dim, dim, 3, 3), f(dim, i, 1, 1)
+    locon = "lora_unet_down_blocks_0_resnets_1_conv2"
+    tensors = {
+        f"{loha}.hada_t1": t1, f"{loha}.hada_w1_a": w1a, f"{loha}.hada_w1_b": w1b,
+        f"{loha}.hada_t2": t2, f"{loha}.hada_w2_a": w2a, f"{loha}.hada_w2_b": w2b, f"{loha}.alpha": np.float32(1),
+        f"{locon}.lora_up.weight": up, f"{locon}.lora_mid.weight": mid, f"{locon}.lora_down.weight": down,
+    }  # fmt: skip
+    weights = read_lora(save(tmp_path / "tucker.safetensors", tensors))
+    expected_loha = (_cp_by_loops(t1, w1a, w1b) * _cp_by_loops(t2, w2a, w2b)).reshape(o, -1) * 0.5
+    got = weights.layers["unet.down_blocks.0.resnets.0.conv1"]
+    np.testing.assert_allclose(got.delta * got.scale, expected_loha, rtol=1e-4, atol=1e-5)
+    # LoCon Tucker: ΔW[o, i] = Σ up[o, a] mid[a, b, k, l] down[b, i]
+    expected_locon = np.zeros((o, i, 3, 3))
+    for a in range(dim):
+        for b in range(dim):
+            expected_locon += np.outer(up[:, a, 0, 0], down[b, :, 0, 0])[:, :, None, None] * mid[a, b][None, None]
+    got = weights.layers["unet.down_blocks.0.resnets.1.conv2"]
+    assert got.kind == "full" and got.scale == 1.0
+    np.testing.assert_allclose(got.delta, expected_locon.reshape(o, -1), rtol=1e-4, atol=1e-5)
