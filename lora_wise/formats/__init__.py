@@ -27,7 +27,6 @@ class ParsedLora:
     format: str
     layers: dict[str, LoraLayer]
     warnings: list[str] = field(default_factory=list)
-    used_keys: int = 0
 
 
 def _alpha_value(roles: dict[str, np.ndarray], name: str, source: str) -> float | None:
