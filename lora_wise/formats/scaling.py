@@ -50,6 +50,8 @@ class AlphaConfig:
     def alpha_for(self, path: str) -> float | None:
         """``alpha_pattern`` entry matching ``path`` the way PEFT matches it, else ``lora_alpha``."""
         for pattern, alpha in self.alpha_pattern.items():
+            if len(pattern) > 256:  # PEFT keys are module names; a long regex is a hostile config
+                raise InvalidLoraFile(f"alpha_pattern key of {len(pattern)} characters in the LoRA config")
             try:
                 if re.match(rf"(.*\.)?({pattern})$", path):
                     return alpha
