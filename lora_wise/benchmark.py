@@ -77,7 +77,7 @@ def _to_table(ds, layers: list[str]) -> SpectraTable:
 
 
 def table_loader(source: str, config: str | None) -> SpectraTable | None:
-    """The dataset as a source for ``lora_wise.evaluation.register_table_loader``.
+    """The dataset as a source for ``lora_wise.evaluation.load_table``.
 
     Takes a dataset folder (one with ``lora_wise.json``) or a Hub repo id; returns None for
     anything else (a factory folder, say) so that the next loader can try. Without ``config``

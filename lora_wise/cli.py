@@ -44,5 +44,17 @@ def spectra(path: str, as_json: bool) -> None:
     Console().print(table)
 
 
+def _register() -> None:
+    from .commands.dataset import COMMANDS
+    from .commands.evaluate import evaluate
+    from .commands.generate import generate
+
+    for command in (generate, *COMMANDS, evaluate):
+        cli.add_command(command)
+
+
+_register()
+
+
 def main() -> None:
     main_for(cli, "lora-wise")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .benchmark import table_loader
 from .errors import InvalidLoraFile, LoraWiseError
 from .estimators import Applicability, SizeInterval, make_method
 from .jobs import RANGES, SCHEDULES, TrainJob
@@ -327,24 +328,13 @@ def _plain(value: Any) -> Any:
 # --------------------------------------------------------------------------- sources
 
 
-TableLoader = Callable[[str, "str | None"], "SpectraTable | None"]
-_LOADERS: list[TableLoader] = []
-
-
-def register_table_loader(loader: TableLoader) -> None:
-    """Plug in another source of tables (the dataset's parquet loader): ``loader(source,
-    config)`` returns a table, or None if the source is not its kind. Tried before the
-    built-in factory-folder reader, latest registered first."""
-    _LOADERS.insert(0, loader)
-
-
 def load_table(source: str | Path, config: str | None = None) -> SpectraTable:
-    """The hook every evaluation reads through: registered loaders first, then a factory
-    output folder (one folder per job with ``step-SSSSS.safetensors`` + ``.json``)."""
-    for loader in _LOADERS:
-        table = loader(str(source), config)
-        if table is not None:
-            return table
+    """The source every evaluation reads through: a built LoRA-WiSE dataset (folder or Hub
+    repo id), else a factory output folder (one folder per job with ``step-SSSSS.safetensors``
+    + ``.json``)."""
+    table = table_loader(str(source), config)
+    if table is not None:
+        return table
     path = Path(source)
     if path.is_dir():
         return table_from_factory(path, config)

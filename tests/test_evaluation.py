@@ -147,21 +147,19 @@ def test_half_written_snapshots_are_skipped_and_bad_sidecars_refused(factory, tm
         ev.table_from_factory(copy)
 
 
-def test_registered_loaders_are_tried_first(medium, tmp_path):
-    seen = []
+def test_load_table_reads_built_datasets_and_factory_folders_alike(factory, tmp_path):
+    from lora_wise.dataset import build_dataset
 
-    def loader(source, config):
-        seen.append((source, config))
-        return medium if source.endswith(".parquet") else None
-
-    ev.register_table_loader(loader)
-    try:
-        assert ev.load_table("x.parquet", "medium") is medium
-        with pytest.raises(LoraWiseError, match="cannot read spectra"):
-            ev.load_table(tmp_path / "missing.parquet-not")
-    finally:
-        ev._LOADERS.remove(loader)
-    assert seen[0] == ("x.parquet", "medium")
+    build_dataset(factory, tmp_path / "ds")
+    direct = ev.load_table(factory)
+    config = str(direct.model_id[0]).split("/")[0]
+    built = ev.load_table(tmp_path / "ds", config)
+    assert len(built) == len(direct)
+    order = np.lexsort((built.step, built.model_id))
+    ref = np.lexsort((direct.step, np.array([m.split("@")[0] for m in direct.model_id])))
+    np.testing.assert_allclose(built.ba[order], direct.ba[ref], rtol=1e-6)
+    with pytest.raises(LoraWiseError, match="cannot read spectra"):
+        ev.load_table(tmp_path / "missing.parquet-not")
 
 
 def test_evaluate_command_json_markdown_and_table(factory, tmp_path):
