@@ -51,6 +51,12 @@ class Estimate:
     step_source: str  # "declared" (nearest to the declared step) or "best-match"
     missing_fraction: float  # of the bank's layers absent from the LoRA
     bank: str
+    references: int = 0  # reference models at ``step``: applicability cannot go below 1/(references+1)
+
+    @property
+    def beyond_all_references(self) -> bool:
+        """Farther from the bank than every reference model is from the others: do not guess."""
+        return self.applicability <= 1.0 / (self.references + 1) + 1e-12
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
@@ -108,7 +114,8 @@ class Bank:
             scores = {s: float(self.fitted(s).applicability.score_samples(X)[0]) for s in self.steps}
             chosen, source = max(scores, key=lambda s: (scores[s], s)), "best-match"
         fit = self.fitted(chosen)
-        est, lo, hi = fit.interval.predict_interval(X)
+        # a fine-tuning set holds at least one image, whatever a regression extrapolates to
+        est, lo, hi = (np.maximum(v, 1.0) for v in fit.interval.predict_interval(X))
         size, counts = fit.dsire.predict_with_votes(X)
         votes = dict(zip(fit.dsire.classes_.tolist(), counts[0].tolist(), strict=True))
         return Estimate(
@@ -121,6 +128,7 @@ class Bank:
             applicability=float(fit.applicability.score_samples(X)[0]),
             step=int(chosen),
             step_source=source,
+            references=int(np.sum(self.table.step == chosen)),
             missing_fraction=missing,
             bank=self.name,
         )

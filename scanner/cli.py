@@ -73,12 +73,13 @@ def scan(target: str | None, file: str | None, max_size: str, bank_dir: str | No
     files (.bin/.ckpt/.pt/.pth) are never loaded. Tokens come from HF_TOKEN (or
     `huggingface-cli login`) and CIVITAI_TOKEN; HF_ENDPOINT and CIVITAI_ENDPOINT point at mirrors.
     """
-    from .example import scan_example
     from .report import render as render_report
     from .scan import scan_all
 
     options = {"bank_dir": bank_dir, "force_estimate": force_estimate}
     if target is None:
+        from .example import scan_example
+
         reports = [scan_example(**options)]
     else:
         reports = scan_all(target, file=file, max_size=parse_size(max_size), progress=not (quiet or as_json), **options)

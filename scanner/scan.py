@@ -22,8 +22,9 @@ from .errors import FetchError, TargetError
 from .report import ScanReport, estimate_label
 from .sources import FetchedFile, fetched
 
-#: Below this applicability the target is unlike every reference model: no number is given.
-MIN_APPLICABILITY = 0.1
+#: Below this applicability (a conformal p-value: ~1 % of LoRAs like the references fall under
+#: it) no number is given; nor when the LoRA is farther than every reference (see Estimate).
+MIN_APPLICABILITY = 0.01
 
 
 def scan_all(
@@ -121,10 +122,10 @@ def _estimate(
     declared_step = weights.declared.steps if weights.declared else None
     estimate = bank.estimate(spectra, step=declared_step)
     report.bank = _bank_summary(bank)
-    if estimate.applicability < MIN_APPLICABILITY and not force:
+    if (estimate.applicability < MIN_APPLICABILITY or estimate.beyond_all_references) and not force:
         report.estimate_absent_reason = (
             f"the LoRA is unlike every reference model of {bank.name} (applicability "
-            f"{estimate.applicability:.2f} < {MIN_APPLICABILITY}): other recipe, step count or data; "
+            f"{estimate.applicability:.3f}, {estimate.references} references): other recipe, step count or data; "
             "--force-estimate shows the number anyway"
         )
         return
