@@ -18,7 +18,8 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,33 @@ def run_plan(
     """Train every group of the plan, showing progress; a failed group is reported, the others go on."""
     load_trainer(trainer)  # fail now, with one line, rather than once per group in the workers
     plan.out_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(plan.out_dir, plan.shard):
+        return _run_locked(plan, executor, workers, ray_address, trainer, console)
+
+
+@contextmanager
+def run_lock(out_dir: Path, shard: tuple[int, int] | None) -> Iterator[None]:
+    """Refuse a second runner of the same plan on the same folder while the first is alive.
+
+    An OS lock (flock): the kernel drops it when its process dies, so a killed run never blocks
+    its rerun. Shards take separate locks so that an array of shards can share one folder.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: run unguarded
+        yield
+        return
+    name = f".generate-shard-{shard[0]}-of-{shard[1]}.lock" if shard else ".generate.lock"
+    with open(Path(out_dir) / name, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FactoryError(f"another generate is already running on {out_dir} ({name})") from None
+        yield
+
+
+def _run_locked(plan: Plan, executor: str, workers: int, ray_address: str | None, trainer: str,
+                console: Console | None) -> RunSummary:  # fmt: skip
     remove_partial_files(plan.out_dir, plan.todo)
     tasks = [{"trainer": trainer, "out_dir": str(plan.out_dir), "jobs": [j.to_dict() for j in g]} for g in plan.groups]
     summary = RunSummary()

@@ -302,3 +302,15 @@ def test_ray_local_trains_two_tiny_jobs_with_the_real_trainer(tmp_path):
     assert summary.ok and sorted(summary.completed) == sorted(j.job_id for j in jobs), summary.failed
     check_real_outputs(tmp_path, jobs)
     assert not ray.is_initialized()
+
+
+def test_a_second_runner_on_the_same_folder_is_refused_while_the_first_lives(tmp_path):
+    from lora_wise.factory import run_lock
+
+    plan = make_plan(expand_grid(tiny_grid()), tmp_path)
+    with run_lock(tmp_path, None):
+        with pytest.raises(FactoryError, match="already running"):
+            run_plan(plan, trainer=FAKE)
+        with run_lock(tmp_path, (0, 2)):  # another shard may share the folder
+            pass
+    assert run_plan(plan, trainer=FAKE).ok  # released with its holder
