@@ -13,6 +13,7 @@ Groups run through :func:`lora_wise.executors.run_tasks` (in-process, process po
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import re
 import threading
@@ -107,10 +108,12 @@ def make_plan(
     group_size: int = DEFAULT_GROUP_SIZE,
     shard: tuple[int, int] | None = None,
     limit: int | None = None,
+    workers: int = 1,
 ) -> Plan:
     """Shard the grid's jobs (by job id, so a shard's jobs never change), skip finished ones, group the rest.
 
     ``limit`` caps the number of jobs to run now (the first unfinished ones, in grid order).
+    With several ``workers``, groups shrink when there are too few jobs to give every worker one.
     """
     out_dir = Path(out_dir)
     mine = select_shard(jobs, shard, key=lambda job: job.job_id) if shard else list(jobs)
@@ -118,6 +121,8 @@ def make_plan(
     todo = [job for job in mine if not is_done(out_dir, job)]
     if limit is not None:
         todo = todo[: max(limit, 0)]
+    if todo and workers > 1:
+        group_size = max(1, min(group_size, math.ceil(len(todo) / workers)))
     return Plan(out_dir, mine, done, group_jobs(todo, group_size), shard)
 
 

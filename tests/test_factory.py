@@ -314,3 +314,10 @@ def test_a_second_runner_on_the_same_folder_is_refused_while_the_first_lives(tmp
         with run_lock(tmp_path, (0, 2)):  # another shard may share the folder
             pass
     assert run_plan(plan, trainer=FAKE).ok  # released with its holder
+
+
+def test_groups_shrink_so_that_every_worker_gets_one(tmp_path):
+    jobs = expand_grid(tiny_grid(micros=[f"pool:c{i}" for i in range(5)], sizes=(1, 2, 3)))  # 15 jobs
+    assert [len(g) for g in make_plan(jobs, tmp_path, group_size=16).groups] == [15]
+    assert [len(g) for g in make_plan(jobs, tmp_path, group_size=16, workers=2).groups] == [8, 7]
+    assert [len(g) for g in make_plan(jobs, tmp_path, group_size=4, workers=2).groups] == [4, 4, 4, 3]

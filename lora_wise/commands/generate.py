@@ -66,7 +66,7 @@ def generate(grid: str, out_dir: str, workers: int, group_size: int | None, shar
     from ..grid import load_grid
 
     plan = make_plan(load_grid(grid), Path(out_dir), group_size or DEFAULT_GROUP_SIZE,
-                     parse_shard(shard) if shard else None, limit)  # fmt: skip
+                     parse_shard(shard) if shard else None, limit, workers)  # fmt: skip
     if dry_run:
         if as_json:
             print_json(plan.as_dict())
