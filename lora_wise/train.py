@@ -126,6 +126,7 @@ def train_group(
 
 
 def _check_group(jobs: list[TrainJob]) -> None:
+    # seeds may differ (each job has its own generators); lora_wise.factory.group_key is stricter
     keys = {(j.backbone, j.rank, j.steps, j.snapshot_every, j.batch_size, j.learning_rate,
              tuple(j.target_modules), j.resolution) for j in jobs}  # fmt: skip
     if len(keys) != 1:

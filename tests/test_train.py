@@ -130,3 +130,26 @@ def test_gradient_clipping_is_per_job_as_torch_clips_each_model():
         for p, e in zip(params, expected[k], strict=True):
             assert torch.allclose(p.grad[k], e, rtol=1e-6, atol=0)
     assert torch.linalg.vector_norm(torch.cat([p.grad[0].flatten() for p in params])) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_sdxl_folder_trains_and_loads(tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+    from train_helpers import save_tiny_sdxl
+
+    from lora_wise.backbones import load_backbone
+    from lora_wise.jobs import TrainJob
+
+    save_tiny_sdxl(tmp_path / "sdxl")
+    bb = load_backbone(str(tmp_path / "sdxl"))
+    assert bb.is_sdxl and bb.resolution == 64
+    emb, added = bb.encode_prompt("a photo of sks cat")
+    assert emb.shape == (1, 77, 64) and added["text_embeds"].shape == (1, 32) and added["time_ids"].shape == (1, 6)
+    jobs = [TrainJob(str(tmp_path / "sdxl"), "low", n, "pool:face", rank=4, steps=4, snapshot_every=2) for n in (1, 2)]
+    folders = train_group(jobs, tmp_path / "out")
+    file = folders[1] / "step-00004.safetensors"
+    saved = load_file(file)
+    assert len(saved) == 2 * 8 * 2 * 4  # A, B x 8 transformer blocks (down 2, mid 2, up 4) x attn1/2 x q,k,v,out
+    pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path / "sdxl")
+    pipe.load_lora_weights(str(file))
+    name = "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k"
+    assert torch.equal(pipe.unet.get_submodule(name).lora_B["default_0"].weight, saved[f"unet.{name}.lora_B.weight"])

@@ -67,3 +67,26 @@ def train_alone_reference(j: TrainJob, bb: DiffusionBackbone) -> dict[str, torch
         opt.step()
         opt.zero_grad()
     return get_peft_model_state_dict(unet)
+
+
+def save_tiny_sdxl(folder) -> None:
+    """A tiny SDXL-shaped pipeline (two text encoders, pooled embeds, added time ids), saved to folder."""
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from lora_wise.backbones import tiny_sd
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=(1, 2), norm_num_groups=32, transformer_layers_per_block=(1, 2),
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
+    )  # fmt: skip
+    text = CLIPTextConfig(**tiny_sd.TEXT_CONFIG)
+    pipe = StableDiffusionXLPipeline(
+        vae=AutoencoderKL(**tiny_sd.VAE_CONFIG), text_encoder=CLIPTextModel(text),
+        text_encoder_2=CLIPTextModelWithProjection(text), tokenizer=tiny_sd.build_tokenizer(),
+        tokenizer_2=tiny_sd.build_tokenizer(), unet=unet, scheduler=tiny_sd.build_scheduler(),
+    )  # fmt: skip
+    pipe.save_pretrained(folder)
