@@ -1,7 +1,8 @@
 """How should the factory run on a small CPU machine? Measures model-steps/s of real tiny-sd training.
 
-Compares the obvious alternative (one process, torch using every core) with a process pool of
-single-threaded workers, at a few group sizes (jobs trained together in one batched pass).
+Compares training in this process (one torch thread: ``run_plan`` sets it, because torch's default
+threads made it 30x slower on 2 cores) with a process pool of single-threaded workers, at a few
+group sizes (jobs trained together in one batched pass).
 
     .venv/bin/python scripts/bench_executors.py --jobs 8 --steps 40
 """
