@@ -5,6 +5,10 @@
 One torch thread per process. With --procs P, P processes run the same measurement side by side
 (as the factory's process pool would) and each prints its own line. The ratio against K = 1 is
 the speed-up of training K LoRAs in one batched pass over training them one by one.
+
+Measured 2026-11-22 on the 2-core dev machine (tiny-sd, rank 8, 1 thread per process), two
+processes side by side, model-steps/s per process: K=1 16.5, K=4 35, K=8 48, K=16 54,
+K=32 63, K=48 63 (x3.8 over K=1 at K=32). One process alone: K=1 18.3, K=32 65.8.
 """
 
 from __future__ import annotations
