@@ -33,7 +33,7 @@ from .executors import TaskResult, run_tasks, select_shard
 from .jobs import TrainJob
 
 #: Jobs per trained group. The trainer batches a group into one forward pass; 16 is the starting point.
-DEFAULT_GROUP_SIZE = 16
+DEFAULT_GROUP_SIZE = 32
 DEFAULT_TRAINER = "lora_wise.train:train_group"
 DONE = "done.json"
 SNAPSHOT = re.compile(r"^step-(\d+)\.json$")

@@ -35,7 +35,7 @@ EPILOG = (
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Local processes, one torch thread each (1: train in this process). With --ray: CPUs of a local Ray.")
 @click.option("--group-size", type=click.IntRange(min=1), default=None,
-              help="Jobs trained together in one batched pass (default 16, the fastest measured on CPU).")
+              help="Jobs trained together in one batched pass (default 32, the fastest measured on CPU).")
 @click.option("--shard", default=None, metavar="I/N",
               help="Run only shard I of N (0-based), for batch schedulers; stable per job id.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
