@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from lora_wise.table import SpectraTable
+from reader_helpers import tiny_unet
 
 SIZES_MEDIUM = (1, 10, 20, 30, 40, 50)
 
@@ -85,24 +86,6 @@ def synthetic_table(
         rank=np.full(len(rows["size"]), rank, dtype=np.int64),
         backbone=np.array([backbone] * len(rows["size"])),
         model_id=np.array(rows["id"]),
-    )
-
-
-def tiny_unet():
-    """A tiny SD1.5-shaped UNet (the pilot's): 128 attention projections, built from config."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 32, 64, 64),
-        layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
     )
 
 

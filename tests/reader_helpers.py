@@ -150,24 +150,20 @@ def write_kohya(path: Path, rank: int = 4, seed: int = 0, alpha: float | None = 
 _OLD_PROC = {"to_q": "to_q_lora", "to_k": "to_k_lora", "to_v": "to_v_lora", "to_out.0": "to_out_lora"}
 
 
+def _renamed_unet(path: Path, rank: int, seed: int, name) -> Path:
+    """The PEFT UNet state saved under ``name(module, proj, role)`` keys."""
+    unet, _ = state_dicts(rank, seed)
+    return save(path, {name(*_split_peft(key)): value for key, value in unet.items()})
+
+
 def write_old_processor(path: Path, rank: int = 4, seed: int = 0) -> Path:
     """Old diffusers attention processors: ``<path>.processor.to_q_lora.down.weight`` (UNet only)."""
-    unet, _ = state_dicts(rank, seed)
-    out = {}
-    for key, value in unet.items():
-        module, proj, role = _split_peft(key)
-        out[f"{module}.processor.{_OLD_PROC[proj]}.{role}.weight"] = value
-    return save(path, out)
+    return _renamed_unet(path, rank, seed, lambda m, p, r: f"{m}.processor.{_OLD_PROC[p]}.{r}.weight")
 
 
 def write_lora_down_up(path: Path, rank: int = 4, seed: int = 0) -> Path:
     """diffusers' other spelling: ``unet.<path>.lora.down.weight`` / ``.lora.up.weight``."""
-    unet, _ = state_dicts(rank, seed)
-    out = {}
-    for key, value in unet.items():
-        module, proj, role = _split_peft(key)
-        out[f"unet.{module}.{proj}.lora.{role}.weight"] = value
-    return save(path, out)
+    return _renamed_unet(path, rank, seed, lambda m, p, r: f"unet.{m}.{p}.lora.{r}.weight")
 
 
 def write_mangled(path: Path, rank: int = 4, seed: int = 0) -> Path:
