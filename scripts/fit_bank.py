@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/fit_bank.py runs/mini --config low-tiny_sd-r8 --config medium-tiny_sd-r8
 
-SOURCE is anything ``lora_wise.evaluation.load_table`` reads (a factory output folder today,
-the parquet dataset once its loader is registered). Several ``--config`` of one backbone and
+SOURCE is anything ``lora_wise.evaluation.load_table`` reads: a LoRA-WiSE dataset folder or
+Hub repo id, or a factory output folder. Several ``--config`` of one backbone and
 rank are pooled into one bank (e.g. the low and medium ranges: sizes 1-6 and 1-50). The bank
 is written to ``<out>/<backbone>-r<rank>.safetensors`` (default: the packaged
 ``lora_wise/data/banks/``), then read back and checked, and the paper's protocol is run on
@@ -55,15 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", default="a,b,ba")
     parser.add_argument("--base", choices=("ridge", "votes"), default="ridge",
                         help="continuous estimate: per-layer log-log ridge, or the mean of the 1-NN votes")
+    parser.add_argument("--hold-out", action="append", default=[], metavar="MICRO_DATASET",
+                        help="leave this micro-dataset out of the bank (e.g. the one the bundled example comes from)")
     parser.add_argument("--out", default=str(BANKS_DIR))
     parser.add_argument("--repeats", type=int, default=10, help="repeats of the self-check protocol (0: skip)")
     args = parser.parse_args(argv)
     try:
         tables = [load_table(args.source, c) for c in (args.config or [None])]
         table = concat_tables(tables)
+        if args.hold_out:  # the scanner's bundled example must be a LoRA the bank has never seen
+            table = table.subset(~np.isin(table.micro_dataset, args.hold_out))
         steps = None if args.steps == "all" else [int(s) for s in args.steps.split(",")]
         recipe = recipe_from_factory(Path(args.source)) if Path(args.source).is_dir() else {}
         recipe["configs"] = args.config or []
+        recipe["held_out"] = args.hold_out
         bank = fit_bank(table, recipe=recipe, steps=steps, kinds=tuple(args.kinds.split(",")),
                         params={"base": args.base, "coverage": 0.8, "tie": "median"}, created_by="scripts/fit_bank.py")
         path = save_bank(bank, Path(args.out) / f"{bank.name}.safetensors")

@@ -87,9 +87,9 @@ def evaluate(source, config, methods, step, kinds, repeats, n_train, seed, ablat
              held_out_size, as_json, as_markdown) -> None:
     """Evaluate dataset-size estimators on SOURCE with the paper's protocol.
 
-    SOURCE is a factory output folder (or any source a registered table loader reads). Split
-    by micro-dataset, 15 train / 35 test of 50 (scaled when fewer), 10 repeats seeded 42;
-    MAE, MAPE and accuracy as mean ± std.
+    SOURCE is a LoRA-WiSE dataset folder or Hub repo id (`lora-wise build`, `import-upstream`),
+    or a factory output folder (`lora-wise generate`). Split by micro-dataset, 15 train / 35 test
+    of 50 (scaled when fewer), 10 repeats seeded 42; MAE, MAPE and accuracy as mean ± std.
     """
     from .. import evaluation as ev
     from ..estimators import KINDS
