@@ -46,10 +46,10 @@ def spectra(path: str, as_json: bool) -> None:
 
 def _register() -> None:
     from .commands.dataset import COMMANDS
-    from .commands.evaluate import evaluate
+    from .commands.evaluate import evaluate, norms
     from .commands.generate import generate
 
-    for command in (generate, *COMMANDS, evaluate):
+    for command in (generate, *COMMANDS, evaluate, norms):
         cli.add_command(command)
 
 

@@ -321,6 +321,40 @@ def held_out_size(table: SpectraTable, size: int, repeats: int = 10, n_train: in
     return out
 
 
+def norm_trend(table: SpectraTable, step: int | None = None) -> dict[str, Any]:
+    """Does the LoRA's overall norm ‖ΔW‖ (over all layers) fall with dataset size? (paper Fig. 2)
+
+    Per size: models, median and quartiles of ‖ΔW‖, and the median over concepts of the norm
+    relative to the same concept at the smallest size (a concept's own level is the confounder);
+    per concept: Spearman(size, ‖ΔW‖); and the spread of log‖ΔW‖ between concepts vs between sizes.
+    """
+    from scipy.stats import spearmanr  # scikit-learn's own dependency
+
+    sub, note = select_step(table, step)
+    norm = np.sqrt(np.nansum(sub.fro**2, axis=1))
+    sizes = np.unique(sub.size)
+    rhos, levels, rel = [], [], {int(n): [] for n in sizes}
+    for concept in np.unique(sub.micro_dataset):
+        mask = sub.micro_dataset == concept
+        levels.append(float(np.log(norm[mask]).mean()))
+        if len(np.unique(sub.size[mask])) > 2:
+            rhos.append(float(spearmanr(sub.size[mask], norm[mask]).statistic))
+        base = norm[mask & (sub.size == sizes[0])]
+        for n in sizes if base.size else ():
+            rel[int(n)] += list(norm[mask & (sub.size == n)] / base.mean())
+    rows = [{"size": int(n), "models": int(np.sum(sub.size == n)),
+             "norm_median": float(np.median(norm[sub.size == n])),
+             "norm_q25": float(np.quantile(norm[sub.size == n], 0.25)),
+             "norm_q75": float(np.quantile(norm[sub.size == n], 0.75)),
+             "relative_to_smallest": float(np.median(rel[int(n)])) if rel[int(n)] else None} for n in sizes]
+    size_means = [float(np.log(norm[sub.size == n]).mean()) for n in sizes]
+    return {"step": int(sub.step[0]), "note": note, "sizes": rows,
+            "spearman_median": float(np.nanmedian(rhos)) if rhos else None,
+            "concepts_falling": int(np.sum(np.array(rhos) < 0)), "concepts": len(rhos),
+            "log_norm_sd_between_concepts": float(np.std(levels)),
+            "log_norm_range_between_sizes": float(np.ptp(size_means))}
+
+
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 

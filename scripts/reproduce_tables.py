@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from lora_wise import evaluation as ev
 from lora_wise.errors import LoraWiseError
@@ -69,22 +68,15 @@ def results_table(rows, paper: dict, label=lambda r: r.method, head="Method") ->
 
 def diagnostics(table: SpectraTable) -> list[str]:
     """What explains the numbers: chance, the size effect inside concepts, the concept confound."""
-    sub, _ = ev.select_step(table, None)
-    norm = np.sqrt(np.nansum(sub.fro**2, axis=1))  # the model's overall ‖ΔW‖
-    rhos, levels = [], []
-    for concept in np.unique(sub.micro_dataset):
-        mask = sub.micro_dataset == concept
-        if len(np.unique(sub.size[mask])) > 2:
-            rhos.append(spearmanr(sub.size[mask], norm[mask]).statistic)
-        levels.append(np.log(norm[mask]).mean())
-    size_means = [np.log(norm[sub.size == n]).mean() for n in np.unique(sub.size)]
-    chance = 100 / len(np.unique(sub.size))
+    t = ev.norm_trend(table)
+    rel = ", ".join(f"{r['size']}: {r['relative_to_smallest']:.3f}" for r in t["sizes"] if r["relative_to_smallest"])
     return [
-        f"- chance accuracy: {chance:.1f} % ({len(np.unique(sub.size))} sizes)",
-        f"- Spearman(size, ‖ΔW‖) inside each concept: median {np.nanmedian(rhos):.2f} over {len(rhos)} concepts "
-        f"({np.mean(np.array(rhos) < 0) * 100:.0f} % negative)",
-        f"- spread of log‖ΔW‖ between concepts (sd of concept means): {np.std(levels):.3f}; "
-        f"between sizes (range of size means): {np.ptp(size_means):.3f}",
+        f"- chance accuracy: {100 / len(t['sizes']):.1f} % ({len(t['sizes'])} sizes)",
+        f"- Spearman(size, ‖ΔW‖) inside each concept: median {t['spearman_median']:.2f} over {t['concepts']} concepts "
+        f"({t['concepts_falling'] / max(t['concepts'], 1) * 100:.0f} % negative)",
+        f"- ‖ΔW‖ relative to the same concept at the smallest size (median): {rel}",
+        f"- spread of log‖ΔW‖ between concepts (sd of concept means): {t['log_norm_sd_between_concepts']:.3f}; "
+        f"between sizes (range of size means): {t['log_norm_range_between_sizes']:.3f}",
     ]
 
 

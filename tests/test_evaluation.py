@@ -231,3 +231,24 @@ def test_reproduce_tables_script_writes_results_and_plots(factory, tmp_path):
     assert "| dsire |" in text and "1.48 / 3.97 / 86.1" in text  # ours beside the paper's
     assert (tmp_path / "docs" / "results" / "confusion-medium-tiny_sd-r4.png").is_file()
     assert main([str(factory), "--config", "nope", "--out", str(out)]) == 2
+
+
+def test_norms_command_shows_the_norm_falling_with_size(factory):
+    # write_factory_folder scales B down as the size grows, so every concept's norm falls
+    from lora_wise.commands.evaluate import norms
+
+    runner = CliRunner()
+    out = runner.invoke(norms, [str(factory), "--json"])
+    assert out.exit_code == 0, out.output
+    trend = json.loads(out.stdout)
+    assert trend["step"] == 200 and [r["size"] for r in trend["sizes"]] == [1, 10, 20]
+    rel = [r["relative_to_smallest"] for r in trend["sizes"]]
+    assert rel[0] == pytest.approx(1.0) and rel[0] > rel[1] > rel[2]
+    assert trend["concepts"] == 4 and trend["concepts_falling"] == 4 and trend["spearman_median"] == pytest.approx(-1)
+    shown = runner.invoke(norms, [str(factory), "--step", "100"])
+    assert shown.exit_code == 0 and "by dataset size, step 100" in shown.stdout
+
+    from lora_wise.cli import cli
+    from lora_wise.clitools import run
+
+    assert run(cli, ["norms", str(factory / "nope")]) == 2  # a one-line error, no traceback

@@ -133,3 +133,39 @@ def evaluate(source, config, methods, step, kinds, repeats, n_train, seed, ablat
         print_json([r.to_dict() for r in results])
     else:
         _render(results, as_markdown, key)
+
+
+@click.command(epilog="\b\nExamples:\n"
+               "  lora-wise norms benchmark/mini-lora-wise --config medium-tiny_sd-r8\n"
+               "  lora-wise norms benchmark/mini-lora-wise --config low-tiny_sd-r8 --step 300 --json\n\n"
+               + EXIT_CODES_HELP)
+@click.argument("source")
+@click.option("--config", default=None, help="Dataset config, e.g. medium-tiny_sd-r8 (needed when SOURCE holds several).")
+@click.option("--step", type=int, default=None, help="Snapshot step (nearest stored; default: the last).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def norms(source, config, step, as_json) -> None:
+    """Does the LoRA's norm fall with dataset size? The paper's Fig. 2, as a table.
+
+    For every size: the median ‖ΔW‖ over all layers, its quartiles, and the median ratio to the
+    same micro-dataset's model at the smallest size (a concept's own norm level varies a lot, so
+    the within-concept ratio is the fair view). Below: Spearman(size, ‖ΔW‖) inside each concept.
+    SOURCE is read as by `lora-wise evaluate`.
+    """
+    from .. import evaluation as ev
+
+    trend = ev.norm_trend(ev.load_table(source, config), step)
+    if as_json:
+        print_json(trend)
+        return
+    caption = (f"Spearman(size, ‖ΔW‖) inside a concept: median {trend['spearman_median']:.2f}, falling in "
+               f"{trend['concepts_falling']} of {trend['concepts']} concepts. sd of log‖ΔW‖ between concepts "
+               f"{trend['log_norm_sd_between_concepts']:.3f} vs range between sizes "
+               f"{trend['log_norm_range_between_sizes']:.3f}" + (f". {trend['note']}" if trend["note"] else ""))
+    table = Table(title=f"‖ΔW‖ by dataset size, step {trend['step']}", caption=caption)
+    for h in ("size", "models", "median ‖ΔW‖", "quartiles", "× smallest size (same concept)"):
+        table.add_column(h, justify="right")
+    for r in trend["sizes"]:
+        rel = r["relative_to_smallest"]
+        table.add_row(str(r["size"]), str(r["models"]), f"{r['norm_median']:.4g}",
+                      f"{r['norm_q25']:.4g}-{r['norm_q75']:.4g}", "" if rel is None else f"{rel:.3f}")
+    Console().print(table)
