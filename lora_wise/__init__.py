@@ -1,7 +1,7 @@
 """lora-wise: recover how many images a LoRA was fine-tuned on, from its weights."""
 
-from .errors import InvalidLoraFile, LoraWiseError, NoLoraWeightsError, UnsafeFormatError
 from .benchmark import load_benchmark
+from .errors import InvalidLoraFile, LoraWiseError, NoLoraWeightsError, UnsafeFormatError
 from .reader import read_lora
 from .spectra import Spectra, compute_spectra
 from .weights import Backbone, DeclaredTraining, LoraLayer, LoraWeights

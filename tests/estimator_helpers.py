@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+from reader_helpers import tiny_unet
 
 from lora_wise.table import SpectraTable
-from reader_helpers import tiny_unet
 
 SIZES_MEDIUM = (1, 10, 20, 30, 40, 50)
 
