@@ -7,12 +7,15 @@ what they are: backbone, rank, recipe, steps, sizes, layer order, width, matrix 
 version, creator. Loading validates everything and raises ``BankError`` with one clear line;
 nothing is ever unpickled.
 
-Packaged banks live in ``lora_wise/data/banks/<backbone>-r<rank>.safetensors``.
+Banks are ``<backbone>-r<rank>.safetensors`` files, found in the user's bank folder
+(``$LORA_WISE_BANKS``, default ``~/.cache/lora-wise/banks``: where ``lora-wise fit-bank`` writes)
+and then in the packaged ``lora_wise/data/banks/``; a user's bank of the same name wins.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -32,6 +35,16 @@ from .weights import DeclaredTraining, LoraWeights
 BANK_VERSION = 1
 HEADER_KEY = "lora_wise_bank"
 BANKS_DIR = Path(__file__).parent / "data" / "banks"
+
+
+def user_banks_dir() -> Path:
+    """Where ``lora-wise fit-bank`` puts banks and the scanner looks first."""
+    return Path(os.environ.get("LORA_WISE_BANKS") or Path.home() / ".cache" / "lora-wise" / "banks")
+
+
+def bank_dirs(directory: str | Path | None = None) -> list[Path]:
+    """The folders searched for banks: ``directory`` alone when given, else the user's, then the packaged."""
+    return [Path(directory)] if directory else [user_banks_dir(), BANKS_DIR]
 _REQUIRED = ("version", "backbone", "rank", "layers", "width", "kinds", "sizes", "steps", "micro_datasets")
 
 
@@ -273,14 +286,18 @@ def _table_from_tensors(path: Path, header: dict, tensors: dict[str, np.ndarray]
 
 
 def available_banks(directory: str | Path | None = None) -> list[dict[str, Any]]:
-    """Packaged banks (name, backbone, rank, steps, sizes, path), read from headers only."""
-    out = []
-    for path in sorted(Path(directory or BANKS_DIR).glob("*.safetensors")):
+    """Banks (name, backbone, rank, steps, sizes, path) of :func:`bank_dirs`, read from headers only;
+    of two banks with one name, the first folder's."""
+    out, seen = [], set()
+    for path in (p for d in bank_dirs(directory) for p in sorted(d.glob("*.safetensors"))):
         try:
             with safe_open(str(path), framework="numpy") as f:
                 header = _parse_header(path, f.metadata() or {})
         except Exception:  # a broken file is not a bank; load_bank_file says why
             continue
+        if path.name in seen:
+            continue
+        seen.add(path.name)
         out.append({"name": f"{header['backbone']}-r{header['rank']}", "backbone": header["backbone"],
                     "rank": header["rank"], "steps": header["steps"], "sizes": header["sizes"], "path": str(path)})
     return out

@@ -45,11 +45,12 @@ def spectra(path: str, as_json: bool) -> None:
 
 
 def _register() -> None:
+    from .commands.bank import banks_command, fit_bank_command
     from .commands.dataset import COMMANDS
     from .commands.evaluate import evaluate, norms
     from .commands.generate import generate
 
-    for command in (generate, *COMMANDS, evaluate, norms):
+    for command in (generate, *COMMANDS, evaluate, norms, fit_bank_command, banks_command):
         cli.add_command(command)
 
 

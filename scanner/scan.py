@@ -116,7 +116,8 @@ def _estimate(
         if "no reference bank" in why and weights.backbone.name not in ("unknown", ""):
             report.warnings.append(
                 f"no reference bank for {weights.backbone.name}: build one with "
-                "`lora-wise import-upstream MoSalama98/LoRA-WiSE --config medium_32` and `lora-wise fit-bank`"
+                "`lora-wise import-upstream MoSalama98/LoRA-WiSE --config medium_32 --out DIR` and "
+                "`lora-wise fit-bank DIR --config medium-sd15-r32`"
             )
         return
     declared_step = weights.declared.steps if weights.declared else None

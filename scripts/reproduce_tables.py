@@ -112,7 +112,7 @@ def config_section(name: str, table: SpectraTable, out: Path, repeats: int) -> l
 def beyond(table: SpectraTable, repeats: int) -> list[str]:
     lines = ["### Sizes never seen (fit without one size, estimate it)", "",
              "Continuous estimate with `base=ridge` (the default) and `base=votes` (choose the bank's with "
-             "`scripts/fit_bank.py --base`).", "",
+             "`lora-wise fit-bank --base`).", "",
              "| held-out size | base | DSiRe MAE | continuous MAE | median estimate | coverage (80 %) | median width |",
              "|---|---|---|---|---|---|---|"]
     sizes = np.unique(ev.select_step(table, None)[0].size)

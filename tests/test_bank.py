@@ -181,18 +181,19 @@ def test_packaged_registry_is_readable():
         assert load_bank_file(info["path"]).name == info["name"]
 
 
-def test_fit_bank_script_on_a_factory_folder_of_real_loras(tmp_path):
-    import runpy
-    from pathlib import Path
-
+def test_fit_bank_command_on_a_factory_folder_of_real_loras(tmp_path):
     from estimator_helpers import write_factory_folder
 
     from lora_wise import read_lora
 
     factory = tmp_path / "factory"
     files = write_factory_folder(factory, concepts=3, sizes=(1, 10, 20), steps=(100, 200), rank=4)
-    script = Path(__file__).resolve().parents[1] / "scripts" / "fit_bank.py"
-    main = runpy.run_path(str(script))["main"]
+    from lora_wise.cli import cli
+    from lora_wise.clitools import run
+
+    def main(args):
+        return run(cli, ["fit-bank", *args])
+
     assert main([str(factory), "--steps", "100,200", "--out", str(tmp_path / "banks"), "--repeats", "2"]) == 0
     (info,) = available_banks(tmp_path / "banks")
     assert (info["name"], info["steps"], info["sizes"]) == ("tiny-sd-r4", [100, 200], [1, 10, 20])
@@ -208,3 +209,21 @@ def test_fit_bank_script_on_a_factory_folder_of_real_loras(tmp_path):
     none, why = estimate_lora(weights, directory=tmp_path / "banks")
     assert none is None and "sdxl" in why
     assert main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_user_bank_folder_is_searched_first_and_wins_by_name(bank_dir, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from lora_wise.bank import BANKS_DIR, bank_dirs
+    from lora_wise.commands.bank import banks_command
+
+    monkeypatch.setenv("LORA_WISE_BANKS", str(bank_dir))
+    assert bank_dirs() == [bank_dir, BANKS_DIR] and bank_dirs(bank_dir / "x") == [bank_dir / "x"]
+    found = available_banks()
+    assert [b["name"] for b in found][:2] == ["tiny-sd-r16", "tiny-sd-r8"]
+    assert len({b["name"] for b in found}) == len(found)  # a packaged bank of the same name is shadowed
+    assert load_bank("tiny-sd", 16).header["rank"] == 16
+    listed = json.loads(CliRunner().invoke(banks_command, ["--json"]).stdout)
+    assert [b["path"] for b in listed] == [b["path"] for b in found]
