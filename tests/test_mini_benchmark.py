@@ -1,0 +1,76 @@
+"""The committed mini LoRA-WiSE (benchmark/mini-lora-wise), the packaged tiny-sd bank and the
+bundled example: present, consistent with each other, and reproducible by the factory."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lora_wise import compute_spectra, load_benchmark, read_lora
+from lora_wise.bank import BANKS_DIR, bank_for, load_bank_file
+
+ROOT = Path(__file__).resolve().parents[1]
+MINI = ROOT / "benchmark" / "mini-lora-wise"
+CONFIGS = {"low-tiny_sd-r8": [1, 2, 3, 4, 5, 6], "medium-tiny_sd-r8": [1, 10, 20, 30, 40, 50]}
+EXAMPLE = ROOT / "scanner" / "data" / "example.safetensors"
+RETRAIN_STEP = 300
+# Relative to each layer's largest singular value. Measured between a group of 32 (the committed
+# run) and a group of 2 (this test): <= 7.5e-7 after 300 steps (float32 reduction order differs
+# with the batch), plus float32 storage (6e-8). The size signal the estimators read is far larger:
+# ‖ΔW‖ differs by ~9 % between 1 and 2 images and ~0.3 % between 5 and 6 of the same concept.
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    return json.loads((MINI / "lora_wise.json").read_text())
+
+
+def test_committed_benchmark_holds_600_models_of_50_micro_datasets(manifest):
+    for config, sizes in CONFIGS.items():
+        table = load_benchmark(MINI, config)
+        assert sorted(np.unique(table.size).tolist()) == sizes
+        assert len(np.unique(table.micro_dataset)) == 50
+        per_step = {int(s): int(np.sum(table.step == s)) for s in np.unique(table.step)}
+        assert set(per_step.values()) == {300}, per_step  # every model at every committed step
+        assert table.layers == manifest["configs"][config]["layers"] and len(table.layers) == 128
+        assert np.isfinite(table.ba).all() and (table.fro > 0).all()
+    size = sum(p.stat().st_size for p in MINI.rglob("*") if p.is_file())
+    assert size <= 50e6, size
+
+
+@pytest.mark.slow
+def test_two_models_retrained_from_scratch_match_the_committed_spectra(tmp_path):
+    from lora_wise.grid import load_grid
+    from lora_wise.train import train_group
+
+    wanted = {"low-tiny_sd-r8/pool-photo-coffee/n0001", "medium-tiny_sd-r8/pool-photo-coffee/n0050"}
+    jobs = [dataclasses.replace(j, steps=RETRAIN_STEP, snapshot_every=RETRAIN_STEP)  # constant lr: the first
+            for j in load_grid("mini") if j.job_id in wanted]  # 300 steps do not depend on the total
+    assert len(jobs) == 2
+    train_group(jobs, tmp_path)
+    for job in jobs:
+        committed = load_benchmark(MINI, job.config_name, step=RETRAIN_STEP)
+        (row,) = np.flatnonzero(committed.model_id == job.job_id)
+        ours = compute_spectra(read_lora(tmp_path / job.job_id / f"step-{RETRAIN_STEP:05d}.safetensors"))
+        ours = ours.align(committed.layers, committed.ba.shape[2])
+        for kind in ("a", "b", "ba"):
+            ref = getattr(committed, kind)[row]
+            scale = ref.max(axis=1, keepdims=True)  # each layer's largest singular value
+            assert (np.abs(ours.matrix(kind) - ref) <= TOLERANCE * scale).all(), (job.job_id, kind)
+        np.testing.assert_allclose(ours.fro, committed.fro[row], rtol=TOLERANCE)
+
+
+def test_packaged_bank_never_saw_the_bundled_example():
+    sidecar = json.loads(EXAMPLE.with_suffix(".json").read_text())
+    weights = read_lora(EXAMPLE)
+    bank, why = bank_for(weights, directory=BANKS_DIR)
+    assert bank is not None, why
+    assert bank.header["backbone"] == "tiny-sd" and bank.header["rank"] == 8
+    assert sidecar["micro_dataset"] not in bank.header["micro_datasets"]
+    assert sidecar["micro_dataset"] in bank.header["recipe"]["held_out"]
+    assert sidecar["step"] in bank.steps and load_bank_file(BANKS_DIR / "tiny-sd-r8.safetensors").name == bank.name
