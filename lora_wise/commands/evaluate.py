@@ -44,7 +44,8 @@ def _render(results, as_markdown: bool, key: str | None) -> None:
     for r in results:
         extra = [str(r.extra.get(key, ""))] if key else []
         rows.append([r.method, r.config] + extra + [_pm(r.mae), _pm(r.mape), _pm(r.accuracy)])
-    notes = sorted({n for r in results for n in r.notes})
+    # a note that only restates the row's own --by value ("step 300") belongs to that row, not the caption
+    notes = sorted({n for r in results for n in r.notes if not (key and n.startswith(f"{key} "))})
     caption = f"{results[0].repeats} repeats, {results[0].n_train} train / {results[0].n_test} test micro-datasets"
     if as_markdown:
         click.echo("| " + " | ".join(head) + " |")
