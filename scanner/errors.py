@@ -38,6 +38,10 @@ class RateLimited(FetchError):
         self.retry_after = retry_after
 
 
+class InvalidHeader(FetchError):
+    """The bytes do not start with a valid safetensors header: a fault of the file, not of the network."""
+
+
 class TooLarge(FetchError):
     """The file is over ``--max-size`` (by its declared size, its Content-Length, or its stream)."""
 

@@ -36,7 +36,15 @@ from huggingface_hub.repocard import metadata_load
 from huggingface_hub.utils import SafetensorsFileMetadata
 
 from ..download import DEFAULT_RETRY, ByteMeter, RetryPolicy, retry_after_seconds, sha256_file
-from ..errors import AuthRequired, FetchError, HashMismatch, NotFound, RateLimited, TruncatedDownload
+from ..errors import (
+    AuthRequired,
+    FetchError,
+    HashMismatch,
+    InvalidHeader,
+    NotFound,
+    RateLimited,
+    TruncatedDownload,
+)
 from ..targets import Target
 from .base import FetchedFile, RepoEntry, companions_of, pick_candidates
 
@@ -72,11 +80,7 @@ def fetch(
     repo_id = target.repo_id
     hub = settings(cache_dir)
     with hub_errors(repo_id, target.revision):
-        if hub.offline:
-            commit, entries, card = _offline_listing(hub, repo_id, target.revision)
-        else:
-            commit, entries, card = _with_retries(lambda: _online_listing(hub, repo_id, target.revision), policy)
-            _remember_ref(hub, repo_id, target.revision or "main", commit)
+        commit, entries, card = list_repo(repo_id, target.revision, cache_dir=cache_dir, policy=policy)
         chosen, notes = pick_candidates(entries, max_size=max_size, file=file or target.filename, where=repo_id)
         info = {"repo_id": repo_id, "commit": commit, "revision": target.revision or "main"}
         info.update({k: card[k] for k in CARD_KEYS if card.get(k) is not None})
@@ -93,6 +97,20 @@ def fetch(
         for f in fetched:
             f.info, f.notes = dict(info), list(notes)
         return fetched
+
+
+def list_repo(
+    repo_id: str, revision: str | None = None, *, cache_dir: str | Path | None = None,
+    policy: RetryPolicy = DEFAULT_RETRY,
+) -> tuple[str, list[RepoEntry], dict]:
+    """The repo's commit, files (sizes, published hashes) and card data; from the cache when offline."""
+    hub = settings(cache_dir)
+    with hub_errors(repo_id, revision):
+        if hub.offline:
+            return _offline_listing(hub, repo_id, revision)
+        commit, entries, card = _with_retries(lambda: _online_listing(hub, repo_id, revision), policy)
+        _remember_ref(hub, repo_id, revision or "main", commit)
+        return commit, entries, card
 
 
 def _fetch_entry(
@@ -118,7 +136,7 @@ def read_header(repo_id: str, filename: str, revision: str | None = None) -> Saf
         try:
             return HfApi(endpoint=hub.endpoint).parse_safetensors_file_metadata(repo_id, filename, revision=revision)
         except SafetensorsParsingError as exc:
-            raise FetchError(f"{repo_id}/{filename}: not a valid safetensors header ({exc})") from exc
+            raise InvalidHeader(f"{repo_id}/{filename}: not a valid safetensors header ({exc})") from exc
 
 
 def _online_listing(hub: HubSettings, repo_id: str, revision: str | None) -> tuple[str, list[RepoEntry], dict]:

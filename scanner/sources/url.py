@@ -23,7 +23,7 @@ from ..download import (
     open_stream,
     safe_filename,
 )
-from ..errors import FetchError, UnsafeFormat
+from ..errors import FetchError, InvalidHeader, UnsafeFormat
 from ..targets import Target
 from .base import FetchedFile
 
@@ -63,13 +63,13 @@ def read_header(
         # Like huggingface_hub: one GET of the first 64 KB holds most LoRA headers whole.
         head = _read_range(http, url, 0, PROBE_BYTES, headers, policy)
         if len(head) < 8:
-            raise FetchError(f"{url}: fewer than 8 bytes: not a safetensors file")
+            raise InvalidHeader(f"{url}: fewer than 8 bytes: not a safetensors file")
         (length,) = struct.unpack("<Q", head[:8])
         if length > MAX_HEADER_BYTES:
-            raise FetchError(f"{url}: header length {format_size(length)} is implausible: not a safetensors file")
+            raise InvalidHeader(f"{url}: header length {format_size(length)} is implausible: not a safetensors file")
         raw = head[8 : 8 + length] if 8 + length <= len(head) else _read_range(http, url, 8, length, headers, policy)
     if len(raw) < length:
-        raise FetchError(f"{url}: the file ends inside its safetensors header: truncated or not safetensors")
+        raise InvalidHeader(f"{url}: the file ends inside its safetensors header: truncated or not safetensors")
     return parse_header(raw, url)
 
 
@@ -88,7 +88,7 @@ def parse_header(raw: bytes, where: str) -> SafetensorsFileMetadata:
             },
         )
     except (ValueError, KeyError, TypeError) as exc:
-        raise FetchError(f"{where}: not a valid safetensors header ({exc})") from exc
+        raise InvalidHeader(f"{where}: not a valid safetensors header ({exc})") from exc
 
 
 def _read_range(
