@@ -1,7 +1,7 @@
 """The ``lora-scan`` command: a thin click layer over ``scanner``'s functions.
 
-``lora-scan TARGET`` scans; ``lora-scan`` alone scans the bundled example; ``inspect`` (and later
-``crawl``/``report``) are subcommands. A first argument that is not a subcommand is a target.
+``lora-scan TARGET`` scans; ``lora-scan`` alone scans the bundled example; ``inspect``, ``crawl``
+and ``report`` are subcommands. A first argument that is not a subcommand is a target.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from rich.console import Console
 
 from lora_wise.clitools import EXIT_CODES_HELP, main_for, print_json
 
+from .crawl.cli import register as register_crawl
 from .inspect import inspect_path, render
 
 _SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3}
@@ -49,6 +50,8 @@ def cli() -> None:
     lora-scan civitai:12345        scan a CivitAI model's primary LoRA file
     lora-scan ./my_lora.safetensors
     lora-scan inspect FILE         describe a file without estimating
+    lora-scan crawl hf --limit 50  audit many LoRAs (hf, civitai or a list), resumable
+    lora-scan report STATE.db      parquet, CSV, JSON and HTML report of a crawl
     """
 
 
@@ -113,6 +116,9 @@ def inspect(path: str, as_json: bool) -> None:
         print_json(summary)
     else:
         render(summary, Console())
+
+
+register_crawl(cli)
 
 
 def main() -> None:

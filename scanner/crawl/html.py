@@ -1,0 +1,107 @@
+"""The self-contained HTML report: totals, two plots as embedded PNGs, a sortable table of every row.
+
+Self-contained: no CDN, no external request; the plots are base64 PNGs drawn with matplotlib's Agg
+canvas (no pyplot, no display). Everything from a crawl is untrusted (model names, file names,
+errors quoting server answers): jinja2 autoescapes it, links are kept only when http(s), and a
+Content-Security-Policy allows only our own script (by its hash), inline styles and data: images.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from matplotlib.figure import Figure
+
+from ..download import format_size
+
+TEMPLATES = Path(__file__).parent / "templates"
+MAX_GROUPS = 12  # base models shown in the distribution plot (the rest are "other")
+TABLE_COLUMNS = ("target", "name", "file", "status", "base_model", "format", "backbone", "rank",
+                 "declared_images", "estimate", "interval", "applicability", "size_bytes", "reason")  # fmt: skip
+
+
+def render_html(rows: list[dict[str, Any]], summary: dict[str, Any], *, max_rows: int) -> str:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True))
+    env.filters["size"] = lambda n: format_size(n) if n is not None else ""
+    script = (TEMPLATES / "report.js").read_text()
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    return env.get_template("report.html.j2").render(
+        summary=summary, rows=[table_row(r) for r in rows[:max_rows]], hidden=max(0, len(rows) - max_rows),
+        columns=TABLE_COLUMNS, sizes_png=sizes_plot(rows), scatter_png=scatter_plot(rows, summary),
+        script=script, script_hash=f"sha256-{digest}",
+    )
+
+
+def table_row(r: dict[str, Any]) -> dict[str, Any]:
+    """What one table row shows; ``sort`` values make numeric columns sort as numbers."""
+    link = r["link"] if (r["link"] or "").startswith(("https://", "http://")) else None
+    interval = f"{r['low']:.0f}–{r['high']:.0f}" if r["low"] is not None and r["high"] is not None else ""
+    return {
+        **r, "link": link, "interval": interval,
+        "reason": (r["error"] or r["no_estimate_reason"] or "")[:300],
+        "estimate_text": f"{r['estimate']:.0f}" if r["estimate"] is not None else "",
+        "applicability_text": f"{r['applicability']:.2f}" if r["applicability"] is not None else "",
+    }
+
+
+def _png(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=96, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def sizes_plot(rows: list[dict[str, Any]]) -> str | None:
+    """The distribution of estimated dataset sizes per base model (log scale), or None without estimates."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        if r["estimate"] is not None:
+            groups[r["base_model"] or "unknown"].append(max(r["estimate"], 1.0))
+    if not groups:
+        return None
+    ordered = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    if len(ordered) > MAX_GROUPS:
+        rest = [v for _, values in ordered[MAX_GROUPS - 1:] for v in values]
+        ordered = [*ordered[: MAX_GROUPS - 1], ("other", rest)]
+    fig = Figure(figsize=(max(6.0, 0.8 * len(ordered) + 2), 4.5))
+    ax = fig.subplots()
+    ax.boxplot([values for _, values in ordered], showfliers=False)
+    for i, (_, values) in enumerate(ordered, start=1):
+        jitter = [i + 0.15 * math.sin(7.3 * k) for k in range(len(values))]  # deterministic spread
+        ax.scatter(jitter, values, s=8, alpha=0.5, color="tab:blue")
+    ax.set_xticks(range(1, len(ordered) + 1), [f"{name[:32]}\n(n={len(values)})" for name, values in ordered],
+                  rotation=30, ha="right", parse_math=False)  # names are untrusted: no $mathtext$
+    ax.set_yscale("log")
+    ax.set_ylabel("estimated fine-tuning images")
+    ax.set_title("Estimated dataset size per base model")
+    return _png(fig)
+
+
+def scatter_plot(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str | None:
+    """Estimated vs declared unique images (log-log, interval bars, y = x), or None without pairs."""
+    pairs = [r for r in rows if r["estimate"] is not None and r["declared_images"] is not None]
+    if not pairs:
+        return None
+    x = [max(float(r["declared_images"]), 1.0) for r in pairs]
+    y = [max(r["estimate"], 1.0) for r in pairs]
+    low = [max(yi - max(r["low"] or yi, 1.0), 0.0) for yi, r in zip(y, pairs, strict=True)]
+    high = [max((r["high"] or yi) - yi, 0.0) for yi, r in zip(y, pairs, strict=True)]
+    fig = Figure(figsize=(6, 6))
+    ax = fig.subplots()
+    ax.errorbar(x, y, yerr=[low, high], fmt="o", ms=4, alpha=0.6, elinewidth=0.8)
+    top = max(max(x), max(y)) * 1.5
+    ax.plot([1, top], [1, top], color="gray", linestyle="--", linewidth=1, label="estimate = declared")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("declared unique images")
+    ax.set_ylabel("estimated images")
+    stats = summary["estimate_vs_declared"]
+    ax.set_title(f"Estimated vs declared (MAE {stats['mae']:.1f} images, n = {stats['n']})")
+    ax.legend(loc="upper left")
+    return _png(fig)
