@@ -19,7 +19,8 @@ DEFAULT_STATE = "lora-scan-crawl.db"
 
 CRAWL_EXIT_HELP = (
     "\b\nExit codes:\n  0  the crawl finished (per-target statuses, failed included, are in the report)\n"
-    "  2  the listing failed, or the state file is not a crawl state\n  3  no targets found\n  4  usage error"
+    "  2  the listing failed, or the state file is not a crawl state (or another crawl holds it)\n"
+    "  3  no targets found\n  4  usage error"
 )
 
 
