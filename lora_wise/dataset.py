@@ -421,14 +421,18 @@ class BuildSummary:
 
 def build_dataset(factory_dir: str | Path, out_dir: str | Path, weights: bool = False,
                   steps: Iterable[int] | None = None, precision: str = "float32",
-                  progress: Progress | None = None) -> BuildSummary:  # fmt: skip
+                  progress: Progress | None = None, merge: bool = False) -> BuildSummary:  # fmt: skip
     """Turn a factory output folder into a LoRA-WiSE dataset folder (spectra, card, manifest).
 
     One config per (range, backbone, rank); ``steps`` picks the snapshots (all when None);
     ``weights=True`` adds the ``<config>-weights`` configs. Streams one snapshot at a time;
-    ``progress(config, done, total)`` is called after each.
+    ``progress(config, done, total)`` is called after each. ``merge=True`` keeps the rows already
+    in ``out_dir`` of models the factory folder does not hold (a benchmark generated across several
+    machines or sessions, each with its own factory folder) and re-splits the union.
     """
     _check_precision(precision)
+    if merge and weights:
+        raise DatasetBuildError("--merge keeps spectra rows only: build the -weights configs from one factory folder")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs, notes = scan_factory(factory_dir)
@@ -438,14 +442,16 @@ def build_dataset(factory_dir: str | Path, out_dir: str | Path, weights: bool = 
         by_config.setdefault(fjob.job.config_name, []).append(fjob)
     entries = {}
     for config, members in sorted(by_config.items()):
-        entries.update(_build_config(out, config, members, wanted, weights, precision, notes, progress))
+        kept = _kept_rows(out, config, members, wanted, precision) if merge else []
+        entries.update(_build_config(out, config, members, wanted, weights, precision, notes, progress, kept))
     update_manifest(out, entries)
     return BuildSummary(out, {k: v for k, v in entries.items() if v is not None}, notes)
 
 
 def _build_config(out: Path, config: str, members: list[FactoryJob], wanted: set[int] | None, weights: bool,
-                  precision: str, notes: list[str], progress: Progress | None) -> dict[str, dict | None]:  # fmt: skip
-    splits = split_micro_datasets(m.job.micro_dataset for m in members)
+                  precision: str, notes: list[str], progress: Progress | None,
+                  kept: list[dict] = ()) -> dict[str, dict | None]:  # fmt: skip
+    splits = split_micro_datasets({m.job.micro_dataset for m in members} | {r["micro_dataset"] for r in kept})
     snapshots = [(m, step) for m in members for step in sorted(m.sidecars) if wanted is None or step in wanted]
     if not snapshots:
         raise DatasetBuildError(f"{config}: none of the requested steps {sorted(wanted or [])} exists")
@@ -456,7 +462,10 @@ def _build_config(out: Path, config: str, members: list[FactoryJob], wanted: set
     job = members[0].job
     info = {"source": "factory", "range": job.range_name, "backbone": job.backbone, "rank": job.rank,
             "split_seed": SPLIT_SEED, "evaluated_step": SCHEDULES.get(job.range_name, (0, 0, None))[2]}  # fmt: skip
+    _check_kept(out, config, kept, layers, width)
     writer = ConfigWriter(out, config, layers, width, precision=precision, with_weights=weights, info=info)
+    for row in kept:
+        writer.add(splits[row["micro_dataset"]], row)
     for done, (member, step) in enumerate(snapshots, 1):
         path = _snapshot_path(member, step)
         spectra = compute_spectra(_read_snapshot(path), width=width)
@@ -470,6 +479,52 @@ def _build_config(out: Path, config: str, members: list[FactoryJob], wanted: set
         if missing:
             notes.append(f"{config}: steps {missing} found in no job")
     return writer.close()
+
+
+def _kept_rows(out: Path, config: str, members: list[FactoryJob], wanted: set[int] | None, precision: str) -> list[dict]:
+    """Rows of ``config`` already in ``out`` whose model the factory folder does not hold (for ``merge``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    entry = read_manifest(out)["configs"].get(config)
+    if entry is None:
+        return []
+    if entry.get("precision", "float32") != precision:
+        raise DatasetBuildError(f"{config}: stored in {entry.get('precision')}, cannot merge {precision} rows into it")
+    files = [out / f for split in entry["splits"].values() for f in split["files"]]
+    table = pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+    fresh = {_row_meta(m, min(m.sidecars))["model_id"] for m in members}
+    rows = []
+    for row in table.to_pylist() if table is not None else []:
+        if row["model_id"] in fresh or (wanted is not None and row["step"] not in wanted):
+            continue
+        rows.append({**row, **{k: np.asarray(row[k], dtype=precision) for k in ("a", "b", "ba", "fro")}})
+    return rows
+
+
+def _check_kept(out: Path, config: str, kept: list[dict], layers: list[str], width: int) -> None:
+    """Merged rows must share the new rows' layer order and width, or the columns would not mean the same."""
+    if not kept:
+        return
+    entry = read_manifest(out)["configs"][config]
+    if entry["layers"] != layers or entry["width"] != width:
+        raise DatasetBuildError(f"{config}: the rows in {out} have another layer order or width than the "
+                                "factory's snapshots: rebuild without --merge")  # fmt: skip
+
+
+def built_model_ids(folder: str | Path) -> set[str]:
+    """Model ids with rows in any spectra config of a dataset folder (reads the model_id column only)."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    ids: set[str] = set()
+    for entry in read_manifest(folder)["configs"].values():
+        if entry.get("kind") != "spectra":
+            continue
+        for split in entry["splits"].values():
+            for f in split["files"]:
+                ids.update(pq.read_table(folder / f, columns=["model_id"]).column("model_id").to_pylist())
+    return ids
 
 
 def _snapshot_path(member: FactoryJob, step: int) -> Path:

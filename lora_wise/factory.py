@@ -19,7 +19,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,16 +109,19 @@ def make_plan(
     shard: tuple[int, int] | None = None,
     limit: int | None = None,
     workers: int = 1,
+    skip: Collection[str] = frozenset(),
 ) -> Plan:
     """Shard the grid's jobs (by job id, so a shard's jobs never change), skip finished ones, group the rest.
 
     ``limit`` caps the number of jobs to run now (the first unfinished ones, in grid order).
     With several ``workers``, groups shrink when there are too few jobs to give every worker one.
+    ``skip``: job ids finished elsewhere (already built into a dataset), counted as done.
     """
     out_dir = Path(out_dir)
     mine = select_shard(jobs, shard, key=lambda job: job.job_id) if shard else list(jobs)
-    done = [job for job in mine if is_done(out_dir, job)]
-    todo = [job for job in mine if not is_done(out_dir, job)]
+    finished = {job.job_id for job in mine if job.job_id in skip or is_done(out_dir, job)}
+    done = [job for job in mine if job.job_id in finished]
+    todo = [job for job in mine if job.job_id not in finished]
     if limit is not None:
         todo = todo[: max(limit, 0)]
     if todo and workers > 1:

@@ -213,3 +213,34 @@ def test_a_corrupt_sidecar_is_a_one_line_error(tmp_path):
     sidecar.write_text("{not json")
     with pytest.raises(DatasetBuildError, match="not a factory sidecar"):
         build_dataset(tmp_path / "factory", tmp_path / "ds")
+
+
+def test_a_benchmark_built_in_pieces_with_merge_equals_one_build(tmp_path):
+    import shutil
+
+    from lora_wise.dataset import built_model_ids
+    from lora_wise.factory import make_plan
+
+    truth = make_factory(tmp_path / "all", n_micro=4, sizes=(1, 10), steps=(100, 200))
+    for m in (2, 3):  # a second session's factory folder holds the last two micro-datasets
+        shutil.copytree(tmp_path / "all" / CONFIG / f"pool-concept-{m}", tmp_path / "second" / CONFIG / f"pool-concept-{m}")
+    shutil.copytree(tmp_path / "all", tmp_path / "first")
+    for m in (2, 3):
+        shutil.rmtree(tmp_path / "first" / CONFIG / f"pool-concept-{m}")
+
+    build_dataset(tmp_path / "all", tmp_path / "whole")
+    build_dataset(tmp_path / "first", tmp_path / "pieces", steps=[100, 200])
+    jobs = [job for job, _ in truth.values()]
+    assert len(make_plan(jobs, tmp_path / "second", skip=built_model_ids(tmp_path / "pieces")).done) == len(jobs)
+    build_dataset(tmp_path / "second", tmp_path / "pieces", merge=True)
+
+    whole, pieces = (load_benchmark(tmp_path / d, CONFIG) for d in ("whole", "pieces"))
+    assert built_model_ids(tmp_path / "pieces") == {job.job_id for job in jobs}
+    order = [np.lexsort((t.step, t.model_id)) for t in (whole, pieces)]
+    for kind in ("a", "b", "ba", "fro", "size", "step", "model_id"):
+        np.testing.assert_array_equal(getattr(whole, kind)[order[0]], getattr(pieces, kind)[order[1]])
+    splits = [{s: e["micro_datasets"] for s, e in read_manifest(tmp_path / d)["configs"][CONFIG]["splits"].items()}
+              for d in ("whole", "pieces")]  # fmt: skip
+    assert splits[0] == splits[1]
+    with pytest.raises(DatasetBuildError, match="merge"):
+        build_dataset(tmp_path / "second", tmp_path / "pieces", merge=True, weights=True)

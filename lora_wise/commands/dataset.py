@@ -62,19 +62,26 @@ def _progress_bar(disable: bool):
 @click.option("--steps", multiple=True, callback=_steps, help="Snapshot steps to include (repeat or comma-separate); default all.")
 @click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
               help="Storage precision of the spectra (computed in float64 either way).")  # fmt: skip
+@click.option("--merge", is_flag=True,
+              help="Keep the rows OUT_DIR already holds for models FACTORY_DIR lacks (a benchmark built in pieces).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest entries as JSON.")
-def build(factory_dir: str, out_dir: str, weights: bool, steps: list[int] | None, precision: str, as_json: bool) -> None:
+def build(factory_dir: str, out_dir: str, weights: bool, steps: list[int] | None, precision: str, merge: bool,
+          as_json: bool) -> None:  # fmt: skip
     """Turn the factory's output folder into a LoRA-WiSE dataset folder.
 
     One config per (range, backbone, rank), parquet shards under data/<config>/, train/test split
     by micro-dataset (the paper's 15/50, seed 42), the manifest lora_wise.json and the dataset card
     README.md rendered with the real counts. Streams one snapshot at a time.
+
+    With --merge, models already in OUT_DIR that FACTORY_DIR does not hold are kept (and the
+    union re-split), so a benchmark generated over several sessions or machines, each with its
+    own factory folder, grows in place: see `lora-wise generate --skip-built`.
     """
     from ..dataset import build_dataset
 
     with _progress_bar(disable=as_json) as progress:
         summary = build_dataset(factory_dir, out_dir, weights=weights, steps=steps, precision=precision,
-                                progress=progress)  # fmt: skip
+                                progress=progress, merge=merge)  # fmt: skip
     if as_json:
         print_json({"out_dir": str(summary.out_dir), "configs": summary.configs, "notes": summary.notes})
         return

@@ -13,6 +13,7 @@ EPILOG = (
     "  lora-wise generate mini --out runs/mini --dry-run          # what would run (600 models)\n"
     "  lora-wise generate mini --out runs/mini --workers 2        # 2 single-threaded processes\n"
     "  lora-wise generate mini --out runs/mini --limit 32         # only the next 32 jobs\n"
+    "  lora-wise generate mini --out runs/mini --skip-built benchmark/mini-lora-wise  # the rest\n"
     "  lora-wise generate sd15-low --out /shared/lw --shard $SLURM_ARRAY_TASK_ID/8\n"
     "  lora-wise generate sd15-medium --out /shared/lw --ray auto  # one GPU per group\n"
     "\b\nPresets: mini, sd15-low, sd15-medium, sd2-medium, sd15-high. A grid file looks like:\n"
@@ -41,12 +42,16 @@ EPILOG = (
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
               help="Run groups on a Ray cluster: 'auto', 'ray://host:10001' or 'local'. Needs lora-wise[ray].")
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="Train at most N unfinished jobs now.")
+@click.option("--skip-built", "skip_built", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Also skip jobs whose model already has rows in this dataset folder (continue a benchmark "
+                   "whose earlier pieces were built and committed elsewhere; then build with --merge).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (jobs, already done, groups) and train nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan (with --dry-run) or the run summary as JSON.")
 @click.option("--trainer", default=None, metavar="MODULE:FUNCTION",
               help="The group trainer to call (default lora_wise.train:train_group).")
 def generate(grid: str, out_dir: str, workers: int, group_size: int | None, shard: str | None,
-             ray_address: str | None, limit: int | None, dry_run: bool, as_json: bool, trainer: str | None) -> int:
+             ray_address: str | None, limit: int | None, skip_built: str | None, dry_run: bool, as_json: bool,
+             trainer: str | None) -> int:
     """Train the LoRA fine-tunes of a benchmark GRID (a YAML file or a preset name) into --out.
 
     Every job is one LoRA of the paper's recipe at one dataset size; it writes a snapshot
@@ -61,12 +66,14 @@ def generate(grid: str, out_dir: str, workers: int, group_size: int | None, shar
     """
     from pathlib import Path
 
+    from ..dataset import built_model_ids
     from ..executors import parse_shard
     from ..factory import DEFAULT_GROUP_SIZE, DEFAULT_TRAINER, make_plan, run_plan
     from ..grid import load_grid
 
+    built = built_model_ids(skip_built) if skip_built else set()
     plan = make_plan(load_grid(grid), Path(out_dir), group_size or DEFAULT_GROUP_SIZE,
-                     parse_shard(shard) if shard else None, limit, workers)  # fmt: skip
+                     parse_shard(shard) if shard else None, limit, workers, skip=built)  # fmt: skip
     if dry_run:
         if as_json:
             print_json(plan.as_dict())
