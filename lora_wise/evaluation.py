@@ -349,10 +349,35 @@ def norm_trend(table: SpectraTable, step: int | None = None) -> dict[str, Any]:
              "relative_to_smallest": float(np.median(rel[int(n)])) if rel[int(n)] else None} for n in sizes]
     size_means = [float(np.log(norm[sub.size == n]).mean()) for n in sizes]
     return {"step": int(sub.step[0]), "note": note, "sizes": rows,
+            "concept_known_accuracy": _concept_known_accuracy(sub, norm, sizes),
             "spearman_median": float(np.nanmedian(rhos)) if rhos else None,
             "concepts_falling": int(np.sum(np.array(rhos) < 0)), "concepts": len(rhos),
             "log_norm_sd_between_concepts": float(np.std(levels)),
             "log_norm_range_between_sizes": float(np.ptp(size_means))}
+
+
+def _concept_known_accuracy(sub: SpectraTable, norm: np.ndarray, sizes: np.ndarray) -> float | None:
+    """How well ‖ΔW‖ alone would size a LoRA if its concept's smallest-size LoRA were known.
+
+    Each model's norm relative to its own concept's smallest-size model goes to the size whose
+    median relative norm over the OTHER concepts is nearest; accuracy over the sizes above the
+    smallest. The gap between this and DSiRe measures how much the concept itself, not the
+    size, decides where a LoRA falls among the references.
+    """
+    concepts = np.unique(sub.micro_dataset)
+    rel = np.full(norm.shape, np.nan)
+    for concept in concepts:
+        mask = sub.micro_dataset == concept
+        base = norm[mask & (sub.size == sizes[0])]
+        if base.size:
+            rel[mask] = norm[mask] / base.mean()
+    hits = []
+    for concept in concepts:
+        mine, others = sub.micro_dataset == concept, sub.micro_dataset != concept
+        medians = np.array([np.nanmedian(rel[others & (sub.size == n)]) for n in sizes[1:]])
+        for i in np.flatnonzero(mine & (sub.size != sizes[0]) & np.isfinite(rel)):
+            hits.append(sizes[1:][np.nanargmin(np.abs(medians - rel[i]))] == sub.size[i])
+    return float(np.mean(hits)) if hits else None
 
 
 def _plain(value: Any) -> Any:

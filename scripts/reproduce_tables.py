@@ -70,7 +70,7 @@ def diagnostics(table: SpectraTable) -> list[str]:
     """What explains the numbers: chance, the size effect inside concepts, the concept confound."""
     t = ev.norm_trend(table)
     rel = ", ".join(f"{r['size']}: {r['relative_to_smallest']:.3f}" for r in t["sizes"] if r["relative_to_smallest"])
-    return [
+    lines = [
         f"- chance accuracy: {100 / len(t['sizes']):.1f} % ({len(t['sizes'])} sizes)",
         f"- Spearman(size, ‖ΔW‖) inside each concept: median {t['spearman_median']:.2f} over {t['concepts']} concepts "
         f"({t['concepts_falling'] / max(t['concepts'], 1) * 100:.0f} % negative)",
@@ -78,6 +78,11 @@ def diagnostics(table: SpectraTable) -> list[str]:
         f"- spread of log‖ΔW‖ between concepts (sd of concept means): {t['log_norm_sd_between_concepts']:.3f}; "
         f"between sizes (range of size means): {t['log_norm_range_between_sizes']:.3f}",
     ]
+    if t["concept_known_accuracy"] is not None:
+        lines.append(f"- if the concept were known (its smallest-size LoRA as the yardstick), ‖ΔW‖ alone would size "
+                     f"{t['concept_known_accuracy'] * 100:.1f} % of the larger-size LoRAs right "
+                     f"(chance {100 / (len(t['sizes']) - 1):.1f} %)")
+    return lines
 
 
 def config_section(name: str, table: SpectraTable, out: Path, repeats: int) -> list[str]:

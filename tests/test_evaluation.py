@@ -245,6 +245,7 @@ def test_norms_command_shows_the_norm_falling_with_size(factory):
     rel = [r["relative_to_smallest"] for r in trend["sizes"]]
     assert rel[0] == pytest.approx(1.0) and rel[0] > rel[1] > rel[2]
     assert trend["concepts"] == 4 and trend["concepts_falling"] == 4 and trend["spearman_median"] == pytest.approx(-1)
+    assert trend["concept_known_accuracy"] == 1.0  # every concept falls by the same factors
     shown = runner.invoke(norms, [str(factory), "--step", "100"])
     assert shown.exit_code == 0 and "by dataset size, step 100" in shown.stdout
 
@@ -252,3 +253,16 @@ def test_norms_command_shows_the_norm_falling_with_size(factory):
     from lora_wise.clitools import run
 
     assert run(cli, ["norms", str(factory / "nope")]) == 2  # a one-line error, no traceback
+
+
+def test_concept_known_accuracy_drops_when_concepts_disagree_on_the_size_order(factory):
+    import dataclasses
+
+    from lora_wise.evaluation import load_table, norm_trend
+
+    table = load_table(factory, "medium-tiny_sd-r4")
+    swapped = table.size.copy()
+    flip = np.isin(table.micro_dataset, np.unique(table.micro_dataset)[:2]) & (table.size > 1)
+    swapped[flip] = 30 - table.size[flip]  # 10 <-> 20 in two of the four concepts
+    trend = norm_trend(dataclasses.replace(table, size=swapped))
+    assert trend["concept_known_accuracy"] == 0.0  # each concept is outvoted 2 to 1 by the others

@@ -161,7 +161,8 @@ def norms(source, config, step, as_json) -> None:
     caption = (f"Spearman(size, ‖ΔW‖) inside a concept: median {trend['spearman_median']:.2f}, falling in "
                f"{trend['concepts_falling']} of {trend['concepts']} concepts. sd of log‖ΔW‖ between concepts "
                f"{trend['log_norm_sd_between_concepts']:.3f} vs range between sizes "
-               f"{trend['log_norm_range_between_sizes']:.3f}" + (f". {trend['note']}" if trend["note"] else ""))
+               f"{trend['log_norm_range_between_sizes']:.3f}" + _known(trend["concept_known_accuracy"])
+               + (f". {trend['note']}" if trend["note"] else ""))
     table = Table(title=f"‖ΔW‖ by dataset size, step {trend['step']}", caption=caption)
     for h in ("size", "models", "median ‖ΔW‖", "quartiles", "× smallest size (same concept)"):
         table.add_column(h, justify="right")
@@ -170,3 +171,7 @@ def norms(source, config, step, as_json) -> None:
         table.add_row(str(r["size"]), str(r["models"]), f"{r['norm_median']:.4g}",
                       f"{r['norm_q25']:.4g}-{r['norm_q75']:.4g}", "" if rel is None else f"{rel:.3f}")
     Console().print(table)
+
+
+def _known(accuracy: float | None) -> str:
+    return "" if accuracy is None else f". Sized by ‖ΔW‖ alone with the concept known: {accuracy * 100:.0f} % right"
