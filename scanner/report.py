@@ -100,7 +100,8 @@ def _estimate_block(report: ScanReport) -> Table | str:
     if report.truth is not None:
         table.add_row("true size", f"[bold]{report.truth}[/] (known for this example)")
     if report.bank:
-        table.add_row("bank", f"{report.bank.get('name')} ({report.bank.get('models', '?')} reference models)")
+        table.add_row("bank", f"{report.bank.get('name')} ({report.bank.get('models', '?')} reference models, "
+                      f"{report.bank.get('snapshots', '?')} snapshots)")  # fmt: skip
     table.add_row("reference step", f"{est.step} ({est.step_source})")
     table.add_row("applicability", f"{est.applicability:.2f} (1 = like the reference models, 0 = unlike)")
     return table

@@ -154,7 +154,8 @@ def _bank_summary(bank: Bank) -> dict[str, Any]:
         "rank": header.get("rank"),
         "steps": header.get("steps"),
         "sizes": header.get("sizes"),
-        "models": len(bank.table),
+        "models": int((bank.table.step == bank.table.step.max()).sum()),  # one row per model and step
+        "snapshots": len(bank.table),
         "version": header.get("version"),
     }
 
