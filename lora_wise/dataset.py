@@ -491,11 +491,10 @@ def _kept_rows(out: Path, config: str, members: list[FactoryJob], wanted: set[in
         return []
     if entry.get("precision", "float32") != precision:
         raise DatasetBuildError(f"{config}: stored in {entry.get('precision')}, cannot merge {precision} rows into it")
-    files = [out / f for split in entry["splits"].values() for f in split["files"]]
-    table = pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+    tables = [pq.read_table(f) for f in _config_files(out, entry)]
     fresh = {_row_meta(m, min(m.sidecars))["model_id"] for m in members}
     rows = []
-    for row in table.to_pylist() if table is not None else []:
+    for row in pa.concat_tables(tables).to_pylist() if tables else []:
         if row["model_id"] in fresh or (wanted is not None and row["step"] not in wanted):
             continue
         rows.append({**row, **{k: np.asarray(row[k], dtype=precision) for k in ("a", "b", "ba", "fro")}})
@@ -519,12 +518,14 @@ def built_model_ids(folder: str | Path) -> set[str]:
     folder = Path(folder)
     ids: set[str] = set()
     for entry in read_manifest(folder)["configs"].values():
-        if entry.get("kind") != "spectra":
-            continue
-        for split in entry["splits"].values():
-            for f in split["files"]:
-                ids.update(pq.read_table(folder / f, columns=["model_id"]).column("model_id").to_pylist())
+        for f in _config_files(folder, entry) if entry.get("kind") == "spectra" else ():
+            ids.update(pq.read_table(f, columns=["model_id"]).column("model_id").to_pylist())
     return ids
+
+
+def _config_files(folder: Path, entry: dict) -> list[Path]:
+    """The parquet shards of one manifest entry, every split."""
+    return [folder / f for split in entry["splits"].values() for f in split["files"]]
 
 
 def _snapshot_path(member: FactoryJob, step: int) -> Path:
