@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from .errors import BankError
 from .estimators import KINDS, Applicability, DSiRe, SizeInterval, voter_features
+from .safetensors_io import write_safetensors
 from .spectra import Spectra, compute_spectra
 from .table import SpectraTable
 from .weights import DeclaredTraining, LoraWeights
@@ -202,10 +202,7 @@ def save_bank(bank: Bank, path: str | Path) -> Path:
     groups = np.searchsorted(np.array(bank.header["micro_datasets"]), t.micro_dataset.astype(str))
     tensors = {k: np.ascontiguousarray(getattr(t, k), dtype=np.float32) for k in ("a", "b", "ba", "fro")}
     tensors |= {"size": t.size.astype(np.int64), "step": t.step.astype(np.int64), "micro_dataset": groups.astype(np.int64)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={HEADER_KEY: json.dumps(bank.header)})
-    tmp.replace(path)  # a kill mid-write leaves the old bank intact
-    return path
+    return write_safetensors(path, tensors, metadata={HEADER_KEY: json.dumps(bank.header)})
 
 
 def load_bank_file(path: str | Path) -> Bank:

@@ -1,4 +1,4 @@
-"""Strict, hostile-input-first reading of one ``.safetensors`` file.
+"""Strict, hostile-input-first reading of one ``.safetensors`` file (and atomic writing).
 
 The header is validated here, byte by byte, BEFORE the file is handed to the safetensors
 library: an untrusted file must not be able to make us allocate a huge buffer, read past
@@ -232,3 +232,21 @@ def read_safetensors(path: str | os.PathLike) -> SafetensorsFile:
         raise _bad(path, f"tensor {name!r} contains NaN or Inf values")
     dtypes = {name: info.dtype for name, info in header.tensors.items()}
     return SafetensorsFile(path, tensors, header.metadata, dtypes)
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+    """Write numpy or torch tensors atomically: to a temporary name, then renamed into place.
+
+    ``safetensors``' own ``save_file`` creates files with mode 0600; serialising to bytes and
+    writing them ourselves gives the umask's usual 0644, which a shared bank folder needs.
+    A kill mid-write leaves the previous file (if any) intact.
+    """
+    if all(isinstance(t, np.ndarray) for t in tensors.values()):
+        from safetensors.numpy import save
+    else:
+        from safetensors.torch import save
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(save(tensors, metadata=metadata))
+    os.replace(tmp, path)
+    return path

@@ -42,6 +42,7 @@ import torch
 from lora_wise.backbones import DiffusionBackbone, load_backbone
 from lora_wise.jobs import TrainJob
 from lora_wise.micro_datasets import open_micro_dataset
+from lora_wise.safetensors_io import write_safetensors
 
 #: The diffusers script's optimiser defaults that the paper did not change.
 ADAM_BETAS = (0.9, 0.999)
@@ -277,15 +278,11 @@ def sidecar(d: _JobData, step: int, bb: DiffusionBackbone) -> dict:
 
 
 def _write_snapshot(out_dir: Path, d: _JobData, k: int, step: int, layers: dict, bb: DiffusionBackbone) -> None:
-    from safetensors.torch import save_file
-
     folder = out_dir / d.job.job_id
     folder.mkdir(parents=True, exist_ok=True)
     meta = sidecar(d, step, bb)
     path = folder / f"step-{step:05d}.safetensors"
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file(lora_state_dict(layers, k), str(tmp), metadata={"lora_wise": json.dumps(meta), "format": "pt"})
-    os.replace(tmp, path)
+    write_safetensors(path, lora_state_dict(layers, k), metadata={"lora_wise": json.dumps(meta), "format": "pt"})
     _write_json(folder / f"step-{step:05d}.json", meta)
 
 

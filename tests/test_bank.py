@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -64,7 +65,15 @@ def test_the_file_is_plain_safetensors_with_a_json_header(tmp_path, bank):
     tensors = load_file(str(path))
     assert set(tensors) == {"a", "b", "ba", "fro", "size", "step", "micro_dataset"}
     assert tensors["ba"].dtype == np.float32
-    assert not path.with_name(path.name + ".tmp").exists()
+    assert not list(tmp_path.glob("*.tmp*"))
+    # readable by others under the usual umask (safetensors' save_file would leave it 0600)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_estimate_uses_the_declared_step_or_the_best_matching_snapshot(bank):

@@ -65,7 +65,9 @@ def test_factory_format_and_resume(tmp_path):
         assert json.loads(f.metadata()["lora_wise"]) == side
         assert len(f.keys()) == 256 and all(k.startswith("unet.") for k in f.keys())
         assert f.get_tensor(f.keys()[0]).dtype == torch.float32
-    mtime = (folder / "step-00020.safetensors").stat().st_mtime_ns
+    stat = (folder / "step-00020.safetensors").stat()
+    assert stat.st_mode & 0o044  # group/other-readable, as a shared benchmark folder needs
+    mtime = stat.st_mtime_ns
     train_group([j], tmp_path, backbone=tiny())  # finished: skipped, nothing rewritten
     assert (folder / "step-00020.safetensors").stat().st_mtime_ns == mtime
 

@@ -144,11 +144,11 @@ def load_tiny_sd(weights_dir: Path | None = None):
 
 def save_weights(unet, vae, text_encoder, folder: Path, scaling_factor: float, provenance: str) -> None:
     """Store the three models as fp16 safetensors (the shipped form)."""
-    from safetensors.torch import save_file
+    from lora_wise.safetensors_io import write_safetensors
 
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"provenance": provenance}
     for name, model in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
         state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
         extra = {"scaling_factor": repr(scaling_factor)} if name == "vae" else {}
-        save_file(state, str(folder / f"{name}.safetensors"), metadata={**meta, **extra})
+        write_safetensors(folder / f"{name}.safetensors", state, metadata={**meta, **extra})
