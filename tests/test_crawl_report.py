@@ -176,11 +176,55 @@ def test_the_html_loads_in_chromium_without_console_errors_and_lists_every_targe
 
 
 def test_render_html_caps_the_table_and_says_so(state):
-    from scanner.crawl.table import report_rows, summarize
+    from scanner.crawl.table import ReportStats, report_rows
 
+    stats = ReportStats(["crawl.db"])
     rows = list(report_rows([state]))
-    html = render_html(rows, summarize(rows, ["crawl.db"]), max_rows=3)
+    for row in rows:
+        stats.add(row)
+    html = render_html(rows[:3], stats.summary(), stats, hidden=len(rows) - 3)
     parser = TableRows()
     parser.feed(html)
     assert len(parser.rows) == 3
     assert "5 more are in reports.parquet" in html
+
+
+def test_rows_stream_in_batches_into_the_same_files(state, tmp_path, monkeypatch):
+    """With batches of 3 rows the 8 rows take three row groups; files and summary match one batch."""
+    import scanner.crawl.report as report
+
+    whole = write_report([state], tmp_path / "whole")
+    monkeypatch.setattr(report, "BATCH_ROWS", 3)
+    batched = write_report([state], tmp_path / "batched", html_rows=5)
+    assert pq.ParquetFile(tmp_path / "batched" / "reports.parquet").num_row_groups == 3
+    assert pq.read_table(tmp_path / "batched" / "reports.parquet").equals(pq.read_table(tmp_path / "whole" / "reports.parquet"))
+    assert (tmp_path / "batched" / "reports.csv").read_bytes() == (tmp_path / "whole" / "reports.csv").read_bytes()
+    assert {k: v for k, v in batched.items() if k not in ("generated", "files")} == {
+        k: v for k, v in whole.items() if k not in ("generated", "files")}  # fmt: skip
+    assert "3 more are in reports.parquet" in (tmp_path / "batched" / "report.html").read_text()
+
+
+def test_an_empty_crawl_still_writes_every_file_with_the_schema(tmp_path):
+    with CrawlState(tmp_path / "empty.db"):
+        pass
+    summary = write_report([tmp_path / "empty.db"], tmp_path / "r")
+    assert summary["targets"] == 0 and summary["estimate_vs_declared"]["n"] == 0
+    assert pq.read_table(tmp_path / "r" / "reports.parquet").column_names == list(COLUMNS)
+    assert (tmp_path / "r" / "reports.csv").read_text().startswith("target,file,status")
+
+
+def test_plots_draw_a_bounded_sample_but_the_statistics_use_every_row(state, tmp_path, monkeypatch):
+    import numpy as np
+
+    import scanner.crawl.html as html
+    from scanner.crawl.table import compare_declared
+
+    values = np.arange(10.0)
+    assert html.shown(values, 4).tolist() == [0.0, 3.0, 6.0, 9.0] and html.shown(values, 20) is values
+    monkeypatch.setattr(html, "MAX_POINTS", 2)  # 3 declared-and-estimated rows: 2 drawn
+    summary = write_report([state], tmp_path / "r")
+    assert summary["estimate_vs_declared"]["n"] == 3
+    assert (tmp_path / "r" / "report.html").read_text().count("data:image/png;base64,") == 2
+    # an interval with a missing end never counts as holding the declared size
+    cmp = compare_declared(np.array([[10.0, 12.0, 8.0, np.nan], [10.0, 9.0, 5.0, 20.0]]))
+    assert cmp == {"n": 2, "mae": 1.5, "median_abs_error": 1.5, "within_interval": 0.5}

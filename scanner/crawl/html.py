@@ -11,30 +11,34 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import math
-from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from matplotlib.figure import Figure
 
 from ..download import format_size
+from .table import ReportStats
 
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_GROUPS = 12  # base models shown in the distribution plot (the rest are "other")
+MAX_POINTS = 20_000  # points drawn per plot
 TABLE_COLUMNS = ("target", "name", "file", "status", "base_model", "format", "backbone", "rank",
                  "declared_images", "estimate", "interval", "applicability", "size_bytes", "reason")  # fmt: skip
 
 
-def render_html(rows: list[dict[str, Any]], summary: dict[str, Any], *, max_rows: int) -> str:
+def render_html(rows: list[dict[str, Any]], summary: dict[str, Any], stats: ReportStats, *, hidden: int = 0) -> str:
+    """The page: ``rows`` are the rows shown (``hidden`` more are only in parquet/CSV); the plots
+    and totals come from ``stats`` and ``summary``, which cover every row."""
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True))
     env.filters["size"] = lambda n: format_size(n) if n is not None else ""
     script = (TEMPLATES / "report.js").read_text()
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     return env.get_template("report.html.j2").render(
-        summary=summary, rows=[table_row(r) for r in rows[:max_rows]], hidden=max(0, len(rows) - max_rows),
-        columns=TABLE_COLUMNS, sizes_png=sizes_plot(rows), scatter_png=scatter_plot(rows, summary),
+        summary=summary, rows=[table_row(r) for r in rows], hidden=hidden,
+        columns=TABLE_COLUMNS, sizes_png=sizes_plot(stats.estimates), scatter_png=scatter_plot(stats.pairs, summary),
         script=script, script_hash=f"sha256-{digest}",
     )
 
@@ -57,24 +61,30 @@ def _png(fig: Figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def sizes_plot(rows: list[dict[str, Any]]) -> str | None:
+def shown(values: np.ndarray, limit: int = MAX_POINTS) -> np.ndarray:
+    """At most ``limit`` evenly spaced rows of ``values``: a plot of 500,000 points costs gigabytes
+    in matplotlib and shows no more than one of 20,000 (the statistics still use every row)."""
+    if len(values) <= limit:
+        return values
+    return values[np.linspace(0, len(values) - 1, limit).astype(np.int64)]
+
+
+def sizes_plot(estimates: dict[str, Sequence[float]]) -> str | None:
     """The distribution of estimated dataset sizes per base model (log scale), or None without estimates."""
-    groups: dict[str, list[float]] = defaultdict(list)
-    for r in rows:
-        if r["estimate"] is not None:
-            groups[r["base_model"] or "unknown"].append(max(r["estimate"], 1.0))
-    if not groups:
+    if not estimates:
         return None
-    ordered = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    ordered = sorted(((name, np.maximum(np.asarray(values, dtype=np.float64), 1.0)) for name, values in estimates.items()),
+                     key=lambda kv: -len(kv[1]))  # fmt: skip
     if len(ordered) > MAX_GROUPS:
-        rest = [v for _, values in ordered[MAX_GROUPS - 1:] for v in values]
+        rest = np.concatenate([values for _, values in ordered[MAX_GROUPS - 1 :]])
         ordered = [*ordered[: MAX_GROUPS - 1], ("other", rest)]
     fig = Figure(figsize=(max(6.0, 0.8 * len(ordered) + 2), 4.5))
     ax = fig.subplots()
     ax.boxplot([values for _, values in ordered], showfliers=False)
     for i, (_, values) in enumerate(ordered, start=1):
-        jitter = [i + 0.15 * math.sin(7.3 * k) for k in range(len(values))]  # deterministic spread
-        ax.scatter(jitter, values, s=8, alpha=0.5, color="tab:blue")
+        points = shown(values, MAX_POINTS // len(ordered))
+        jitter = i + 0.15 * np.sin(7.3 * np.arange(len(points)))  # deterministic spread
+        ax.scatter(jitter, points, s=8, alpha=0.5, color="tab:blue")
     ax.set_xticks(range(1, len(ordered) + 1), [f"{name[:32]}\n(n={len(values)})" for name, values in ordered],
                   rotation=30, ha="right", parse_math=False)  # names are untrusted: no $mathtext$
     ax.set_yscale("log")
@@ -83,25 +93,25 @@ def sizes_plot(rows: list[dict[str, Any]]) -> str | None:
     return _png(fig)
 
 
-def scatter_plot(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str | None:
+def scatter_plot(pairs: np.ndarray, summary: dict[str, Any]) -> str | None:
     """Estimated vs declared unique images (log-log, interval bars, y = x), or None without pairs."""
-    pairs = [r for r in rows if r["estimate"] is not None and r["declared_images"] is not None]
-    if not pairs:
+    if len(pairs) == 0:
         return None
-    x = [max(float(r["declared_images"]), 1.0) for r in pairs]
-    y = [max(r["estimate"], 1.0) for r in pairs]
-    low = [max(yi - max(r["low"] or yi, 1.0), 0.0) for yi, r in zip(y, pairs, strict=True)]
-    high = [max((r["high"] or yi) - yi, 0.0) for yi, r in zip(y, pairs, strict=True)]
+    declared, estimate, low, high = shown(pairs).T
+    x, y = np.maximum(declared, 1.0), np.maximum(estimate, 1.0)
+    below = np.maximum(y - np.maximum(np.where(np.isnan(low), y, low), 1.0), 0.0)
+    above = np.maximum(np.where(np.isnan(high), y, high) - y, 0.0)
     fig = Figure(figsize=(6, 6))
     ax = fig.subplots()
-    ax.errorbar(x, y, yerr=[low, high], fmt="o", ms=4, alpha=0.6, elinewidth=0.8)
-    top = max(max(x), max(y)) * 1.5
+    ax.errorbar(x, y, yerr=[below, above], fmt="o", ms=4, alpha=0.6, elinewidth=0.8)
+    top = max(x.max(), y.max()) * 1.5
     ax.plot([1, top], [1, top], color="gray", linestyle="--", linewidth=1, label="estimate = declared")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("declared unique images")
     ax.set_ylabel("estimated images")
     stats = summary["estimate_vs_declared"]
-    ax.set_title(f"Estimated vs declared (MAE {stats['mae']:.1f} images, n = {stats['n']})")
+    drawn = f", {len(x):,} drawn" if len(x) < stats["n"] else ""
+    ax.set_title(f"Estimated vs declared (MAE {stats['mae']:.1f} images, n = {stats['n']:,}{drawn})")
     ax.legend(loc="upper left")
     return _png(fig)

@@ -7,14 +7,16 @@ one row, with its status and reason, so that the report accounts for every targe
 
 from __future__ import annotations
 
-import statistics
-from collections import Counter
+import math
+from array import array
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 import pyarrow as pa
 
 from ..errors import TargetError
@@ -128,42 +130,75 @@ def link_of(target: str, listing: dict[str, Any]) -> str | None:
     return parsed.url if parsed.kind == "url" else None
 
 
-def summarize(rows: list[dict[str, Any]], states: list[str]) -> dict[str, Any]:
-    """Totals and the estimated-vs-declared comparison, for summary.json and the HTML page."""
-    targets: dict[str, int] = {}
-    for r in rows:
-        targets[r["target"]] = r["downloaded_bytes"] or 0
-    return {
-        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "states": states,
-        "targets": len(targets),
-        "reports": len(rows),
-        "downloaded_bytes": sum(targets.values()),
-        "by_status": _count(r["status"] for r in rows),
-        "by_format": _count(r["format"] for r in rows if r["status"] == "ok"),
-        "by_base_model": _count(r["base_model"] for r in rows),
-        "by_backbone": _count(r["backbone"] for r in rows if r["status"] == "ok"),
-        "estimates": sum(1 for r in rows if r["estimate"] is not None),
-        "declared": sum(1 for r in rows if r["declared_images"] is not None),
-        "estimate_vs_declared": compare_declared(rows),
-    }
+class ReportStats:
+    """The summary, plot points and estimated-vs-declared pairs, gathered one row at a time.
+
+    A report streams its rows (a full crawl has half a million): only these totals and a few
+    float64 numbers per estimated row (in compact arrays) stay in memory, never the rows themselves.
+    """
+
+    def __init__(self, states: list[str]) -> None:
+        self.states = states
+        self.reports = 0
+        self.bytes_by_target: dict[str, int] = {}  # a target with two files has two rows, one download
+        self.by_status, self.by_format, self.by_base_model, self.by_backbone = Counter(), Counter(), Counter(), Counter()
+        self.estimates: dict[str, array] = defaultdict(lambda: array("d"))  # base model -> estimates
+        self._pairs = tuple(array("d") for _ in range(4))  # declared, estimate, low, high (NaN: none)
+        self.declared = 0
+
+    def add(self, r: dict[str, Any]) -> None:
+        self.reports += 1
+        self.bytes_by_target[r["target"]] = r["downloaded_bytes"] or 0
+        self.by_status[_key(r["status"])] += 1
+        self.by_base_model[_key(r["base_model"])] += 1
+        if r["status"] == "ok":
+            self.by_format[_key(r["format"])] += 1
+            self.by_backbone[_key(r["backbone"])] += 1
+        if r["estimate"] is not None:
+            self.estimates[r["base_model"] or "unknown"].append(r["estimate"])
+        if r["declared_images"] is not None:
+            self.declared += 1
+            if r["estimate"] is not None:
+                for column, value in zip(self._pairs, (r["declared_images"], r["estimate"], r["low"], r["high"]), strict=True):
+                    column.append(math.nan if value is None else value)
+
+    @property
+    def pairs(self) -> np.ndarray:
+        """(n, 4) float64: declared images, estimate, low, high (NaN where the interval is missing)."""
+        return np.stack([np.frombuffer(column, dtype=np.float64) for column in self._pairs], axis=1)
+
+    def summary(self) -> dict[str, Any]:
+        """Totals and the estimated-vs-declared comparison, for summary.json and the HTML page."""
+        return {
+            "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "states": self.states,
+            "targets": len(self.bytes_by_target),
+            "reports": self.reports,
+            "downloaded_bytes": sum(self.bytes_by_target.values()),
+            "by_status": dict(self.by_status.most_common()),
+            "by_format": dict(self.by_format.most_common()),
+            "by_base_model": dict(self.by_base_model.most_common()),
+            "by_backbone": dict(self.by_backbone.most_common()),
+            "estimates": sum(len(values) for values in self.estimates.values()),
+            "declared": self.declared,
+            "estimate_vs_declared": compare_declared(self.pairs),
+        }
 
 
-def _count(values: Iterable[Any]) -> dict[str, int]:
-    return dict(Counter(str(v) if v is not None else "unknown" for v in values).most_common())
+def _key(value: Any) -> str:
+    return str(value) if value is not None else "unknown"
 
 
-def compare_declared(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def compare_declared(pairs: np.ndarray) -> dict[str, Any]:
     """MAE (images) of the estimate against the declared unique images, on the LoRAs that have both."""
-    pairs = [(r["declared_images"], r["estimate"], r["low"], r["high"]) for r in rows
-             if r["estimate"] is not None and r["declared_images"] is not None]  # fmt: skip
-    if not pairs:
+    if len(pairs) == 0:
         return {"n": 0, "mae": None, "median_abs_error": None, "within_interval": None}
-    errors = [abs(est - declared) for declared, est, _, _ in pairs]
-    inside = sum(1 for declared, _, low, high in pairs if low is not None and high is not None and low <= declared <= high)
+    declared, estimate, low, high = pairs.T
+    errors = np.abs(estimate - declared)
+    inside = (low <= declared) & (declared <= high)  # False where the interval is missing (NaN)
     return {
         "n": len(pairs),
-        "mae": sum(errors) / len(errors),
-        "median_abs_error": statistics.median(errors),
-        "within_interval": inside / len(pairs),
+        "mae": float(errors.mean()),
+        "median_abs_error": float(np.median(errors)),
+        "within_interval": float(inside.mean()),
     }
