@@ -188,7 +188,7 @@ def _run_window(fn: Callable, queue: deque, width: int, results: list, report: C
 
 
 def _run_ray(fn: Callable, tasks: list, address: str, workers: int, report: Callable) -> list[TaskResult]:
-    ray = _import_ray()
+    ray = import_ray()
     started_here = not ray.is_initialized()
     if started_here:
         try:
@@ -224,7 +224,8 @@ def _ray_call(fn: Callable, index: int, task: Any) -> TaskResult:
     return _call(fn, index, task)
 
 
-def _import_ray():
+def import_ray():
+    """The ``ray`` module, or an ExecutorError saying how to install it (shared with the crawl)."""
     try:
         import ray
     except ImportError:

@@ -14,7 +14,7 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-from lora_wise.executors import ExecutorError, _import_ray, init_worker
+from lora_wise.executors import ExecutorError, import_ray, init_worker
 
 from .task import TaskOptions, run_task
 
@@ -64,7 +64,7 @@ class RayDispatcher:
     """Tasks as Ray remote functions; ``local`` starts a private Ray instance with ``jobs`` CPUs."""
 
     def __init__(self, address: str, jobs: int) -> None:
-        ray = _import_ray()
+        ray = import_ray()
         self.ray = ray
         self.started_here = not ray.is_initialized()
         if self.started_here:
