@@ -8,6 +8,7 @@ Protocol: split BY micro-dataset (a concept is never on both sides), 15 train / 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import random
 from collections.abc import Sequence
@@ -365,6 +366,8 @@ def _concept_known_accuracy(sub: SpectraTable, norm: np.ndarray, sizes: np.ndarr
     size, decides where a LoRA falls among the references.
     """
     concepts = np.unique(sub.micro_dataset)
+    if len(concepts) < 2:
+        return None  # no other concept to learn the ladder of relative norms from
     rel = np.full(norm.shape, np.nan)
     for concept in concepts:
         mask = sub.micro_dataset == concept
@@ -374,7 +377,10 @@ def _concept_known_accuracy(sub: SpectraTable, norm: np.ndarray, sizes: np.ndarr
     hits = []
     for concept in concepts:
         mine, others = sub.micro_dataset == concept, sub.micro_dataset != concept
-        medians = np.array([np.nanmedian(rel[others & (sub.size == n)]) for n in sizes[1:]])
+        ladder = [rel[others & (sub.size == n)] for n in sizes[1:]]
+        medians = np.array([np.median(r[np.isfinite(r)]) if np.isfinite(r).any() else np.nan for r in ladder])
+        if not np.isfinite(medians).any():
+            continue
         for i in np.flatnonzero(mine & (sub.size != sizes[0]) & np.isfinite(rel)):
             hits.append(sizes[1:][np.nanargmin(np.abs(medians - rel[i]))] == sub.size[i])
     return float(np.mean(hits)) if hits else None
@@ -387,17 +393,31 @@ def _plain(value: Any) -> Any:
 # --------------------------------------------------------------------------- sources
 
 
-def load_table(source: str | Path, config: str | None = None) -> SpectraTable:
+def load_table(source: str | Path, config: str | None = None, micro_datasets: Sequence[str] = ()) -> SpectraTable:
     """The source every evaluation reads through: a built LoRA-WiSE dataset (folder or Hub
     repo id), else a factory output folder (one folder per job with ``step-SSSSS.safetensors``
-    + ``.json``)."""
+    + ``.json``); only the micro-datasets matching ``micro_datasets`` (globs) when given."""
     table = table_loader(str(source), config)
-    if table is not None:
-        return table
-    path = Path(source)
-    if path.is_dir():
-        return table_from_factory(path, config)
-    raise LoraWiseError(f"cannot read spectra from {source}: give a factory output folder or a registered dataset source")
+    if table is None:
+        path = Path(source)
+        if not path.is_dir():
+            raise LoraWiseError(f"cannot read spectra from {source}: give a factory output folder or a registered dataset source")
+        table = table_from_factory(path, config)
+    return select_micro_datasets(table, micro_datasets) if micro_datasets else table
+
+
+def select_micro_datasets(table: SpectraTable, patterns: Sequence[str]) -> SpectraTable:
+    """The rows whose micro-dataset matches any glob (``pool:photo-*``), case-sensitive; an error
+    naming what there is when nothing matches."""
+    names = table.micro_dataset.astype(str)
+    keep = np.zeros(len(table), dtype=bool)
+    for pattern in patterns:
+        keep |= np.array([fnmatch.fnmatchcase(name, pattern) for name in names], dtype=bool)
+    if not keep.any():
+        known = sorted(set(names))
+        shown = ", ".join(known[:6]) + (f", ... ({len(known)} in all)" if len(known) > 6 else "")
+        raise LoraWiseError(f"no micro-dataset matches {', '.join(patterns)} (have: {shown})")
+    return table.subset(keep)
 
 
 def table_from_factory(folder: str | Path, config: str | None = None) -> SpectraTable:

@@ -85,6 +85,33 @@ def diagnostics(table: SpectraTable) -> list[str]:
     return lines
 
 
+#: Concept families of the offline pool (10 concepts each), each evaluated on its own.
+FAMILIES = {"photos": "pool:photo-*", **{f"digits, {c}": f"pool:digit-?-{c}" for c in ("ink", "moss", "rose", "sun")}}
+
+
+def families(table: SpectraTable, repeats: int) -> list[str]:
+    """Is one kind of concept easier to size than another? Each family alone, half its concepts training."""
+    rows = []
+    for label, pattern in FAMILIES.items():
+        try:
+            sub = ev.select_micro_datasets(table, [pattern])
+        except LoraWiseError:
+            continue  # not a table of the offline pool
+        n = len(np.unique(sub.micro_dataset))
+        fro, dsire = ev.evaluate(sub, ("frobenius-nn", "dsire"), n_train=max(1, n // 2), repeats=repeats)
+        t = ev.norm_trend(sub)
+        known = t["concept_known_accuracy"]
+        rows.append(f"| {label} (`{pattern}`) | {n} | {_pm(fro.accuracy)} | {_pm(dsire.accuracy)} | "
+                    f"{t['sizes'][-1]['relative_to_smallest'] or float('nan'):.2f} | "
+                    f"{t['log_norm_sd_between_concepts']:.3f} | {'-' if known is None else f'{known * 100:.0f} %'} |")
+    if not rows:
+        return []
+    return ["### Concept families (each evaluated alone, half its concepts for training)", "",
+            "| family | concepts | Frobenius-NN acc (%) | DSiRe acc (%) | ‖ΔW‖ at the largest size ÷ smallest | "
+            "sd of log‖ΔW‖ between concepts | sized by ‖ΔW‖, concept known |", "|---|---|---|---|---|---|---|",
+            *rows, ""]
+
+
 def config_section(name: str, table: SpectraTable, out: Path, repeats: int) -> list[str]:
     rng = range_of(table)
     lines = [f"## {name}", "", f"{len(table)} snapshots, {len(np.unique(table.micro_dataset))} micro-datasets, "
@@ -110,7 +137,7 @@ def config_section(name: str, table: SpectraTable, out: Path, repeats: int) -> l
     lines += results_table(curve, {}, label=lambda r: r.extra["n_train_micro_datasets"], head="Train micro-datasets")
     png = ev.plot_confusion(main[1], out / f"confusion-{name}.png")
     lines += ["", f"![DSiRe confusion, {name}]({png.relative_to(out.parent)})" if png else "(no matplotlib: no plot)", ""]
-    lines += beyond(table, repeats) + ["### Diagnostics", ""] + diagnostics(table) + [""]
+    lines += beyond(table, repeats) + families(table, repeats) + ["### Diagnostics", ""] + diagnostics(table) + [""]
     return lines
 
 

@@ -177,6 +177,25 @@ def test_evaluate_command_json_markdown_and_table(factory, tmp_path):
     assert rich.exit_code == 0 and "dsire" in rich.stdout and png.is_file()
 
 
+def test_micro_dataset_globs_select_concept_families(factory):
+    table = synthetic_table(n_micro=6, seed=3)
+    picked = ev.select_micro_datasets(table, ["concept-3-00[01]", "concept-3-005"])
+    assert sorted(set(picked.micro_dataset)) == ["concept-3-000", "concept-3-001", "concept-3-005"]
+    assert len(picked) == 3 * len(set(table.size))
+    with pytest.raises(LoraWiseError, match=r"no micro-dataset matches photo-\* \(have: concept-3-000"):
+        ev.select_micro_datasets(table, ["photo-*"])
+    runner = CliRunner()
+    out = runner.invoke(evaluate_command, [str(factory), "--micro-datasets", "pool:concept-[01]", "--n-train", "1",
+                                           "--repeats", "2", "--json"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert all(r["n_train"] == 1 and r["n_test"] == 1 for r in json.loads(out.stdout))  # 2 of the 4 concepts
+    from lora_wise.cli import cli
+    from lora_wise.clitools import run
+
+    assert run(cli, ["evaluate", str(factory), "--micro-datasets", "pool:photo-*"]) == 2  # one line, no traceback
+    assert run(cli, ["norms", str(factory), "--micro-datasets", "pool:concept-0", "--json"]) == 0
+
+
 def test_evaluate_command_reports_and_usage_errors(factory):
     runner = CliRunner()
     cross = runner.invoke(evaluate_command, [str(factory), "--cross", "200:100", "--repeats", "2", "--json"])

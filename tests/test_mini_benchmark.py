@@ -94,3 +94,14 @@ def test_packaged_bank_never_saw_the_bundled_example():
     assert sidecar["micro_dataset"] not in bank.header["micro_datasets"]
     assert sidecar["micro_dataset"] in bank.header["recipe"]["held_out"]
     assert sidecar["step"] in bank.steps and load_bank_file(BANKS_DIR / "tiny-sd-r8.safetensors").name == bank.name
+
+
+def test_every_concept_family_of_the_pool_is_evaluated_alone(tables):
+    """docs/results.md's family table: the photo family and the four digit colours, 10 concepts each."""
+    import runpy
+
+    families = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "reproduce_tables.py"))["families"]
+    table = tables["low-tiny_sd-r8"]
+    rows = [line for line in families(table, repeats=2) if line.startswith("| ") and "`pool:" in line]
+    assert [row.split("`")[1] for row in rows] == ["pool:photo-*", *(f"pool:digit-?-{c}" for c in ("ink", "moss", "rose", "sun"))]
+    assert all(row.split(" | ")[1] == "10" for row in rows)

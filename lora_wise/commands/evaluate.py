@@ -15,7 +15,8 @@ EPILOG = (
     "  lora-wise evaluate runs/mini --ablation kinds                      # paper Table 9\n"
     "  lora-wise evaluate runs/mini --by step                             # paper Table 8\n"
     "  lora-wise evaluate runs/mini --cross 1200:300                      # what applicability is for\n"
-    "  lora-wise evaluate runs/mini --held-out-size 30                    # sizes never seen\n\n"
+    "  lora-wise evaluate runs/mini --held-out-size 30                    # sizes never seen\n"
+    "  lora-wise evaluate runs/mini --micro-datasets 'pool:photo-*' --n-train 5   # one concept family\n\n"
     + EXIT_CODES_HELP
 )
 
@@ -69,6 +70,8 @@ def _render(results, as_markdown: bool, key: str | None) -> None:
               help="Comma-separated: frobenius-nn, dsire, nn-full-model, ridge, gda, average-vote, interval; or 'all'.")
 @click.option("--step", type=int, default=None, help="Snapshot step to evaluate (nearest stored; default: the last).")
 @click.option("--kinds", default=None, help="Matrix kinds for the spectral methods, e.g. 'a,b,ba' or 'ba'.")
+@click.option("--micro-datasets", "micro_datasets", multiple=True, metavar="GLOB",
+              help="Only these micro-datasets (glob, repeatable), e.g. 'pool:photo-*'.")
 @click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--n-train", type=click.IntRange(min=1), default=None,
               help="Training micro-datasets per repeat (default: the paper's 15 of 50, scaled).")
@@ -84,8 +87,8 @@ def _render(results, as_markdown: bool, key: str | None) -> None:
               help="Fit without this size and estimate it: DSiRe vs the continuous estimate and its interval.")
 @click.option("--json", "as_json", is_flag=True, help="Print a list of {method, config, mae, mape, accuracy} objects.")
 @click.option("--markdown", "as_markdown", is_flag=True, help="Print a markdown table.")
-def evaluate(source, config, methods, step, kinds, repeats, n_train, seed, ablation, by, confusion_png, cross,
-             held_out_size, as_json, as_markdown) -> None:
+def evaluate(source, config, methods, step, kinds, micro_datasets, repeats, n_train, seed, ablation, by, confusion_png,
+             cross, held_out_size, as_json, as_markdown) -> None:
     """Evaluate dataset-size estimators on SOURCE with the paper's protocol.
 
     SOURCE is a LoRA-WiSE dataset folder or Hub repo id (`lora-wise build`, `import-upstream`),
@@ -98,7 +101,7 @@ def evaluate(source, config, methods, step, kinds, repeats, n_train, seed, ablat
     names, kind_list = _methods(methods), _csv(kinds)
     if kind_list is not None and (not kind_list or not set(kind_list) <= set(KINDS)):
         raise click.BadParameter(f"{kinds!r}: choose from {', '.join(KINDS)}", param_hint="--kinds")
-    table = ev.load_table(source, config)
+    table = ev.load_table(source, config, micro_datasets)
     config_name = config or source.rstrip("/").rsplit("/", 1)[-1]
     common = {"repeats": repeats, "n_train": n_train, "seed": seed}
     if cross or held_out_size is not None:
@@ -143,8 +146,10 @@ def evaluate(source, config, methods, step, kinds, repeats, n_train, seed, ablat
 @click.argument("source")
 @click.option("--config", default=None, help="Dataset config, e.g. medium-tiny_sd-r8 (needed when SOURCE holds several).")
 @click.option("--step", type=int, default=None, help="Snapshot step (nearest stored; default: the last).")
+@click.option("--micro-datasets", "micro_datasets", multiple=True, metavar="GLOB",
+              help="Only these micro-datasets (glob, repeatable), e.g. 'pool:photo-*'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
-def norms(source, config, step, as_json) -> None:
+def norms(source, config, step, micro_datasets, as_json) -> None:
     """Does the LoRA's norm fall with dataset size? The paper's Fig. 2, as a table.
 
     For every size: the median ‖ΔW‖ over all layers, its quartiles, and the median ratio to the
@@ -154,7 +159,7 @@ def norms(source, config, step, as_json) -> None:
     """
     from .. import evaluation as ev
 
-    trend = ev.norm_trend(ev.load_table(source, config), step)
+    trend = ev.norm_trend(ev.load_table(source, config, micro_datasets), step)
     if as_json:
         print_json(trend)
         return
