@@ -93,7 +93,14 @@ def test_paper_presets_match_table_1(name, tmp_path, monkeypatch):
 
 
 def test_presets_are_listed():
-    assert {"mini", "sd15-low", "sd15-medium", "sd2-medium", "sd15-high"} <= set(preset_names())
+    assert {"mini", "mini-diversity", "sd15-low", "sd15-medium", "sd2-medium", "sd15-high"} <= set(preset_names())
+
+
+def test_diversity_preset_is_the_medium_range_on_four_kinds_of_concept():
+    jobs = load_grid("mini-diversity")
+    assert len(jobs) == 24 and {j.dataset_size for j in jobs} == {1, 10, 20, 30, 40, 50}
+    assert {j.micro_dataset for j in jobs} == {"pool:face", "pool:nonface", "pool:digit-3-ink", "pool:digit-7-sun"}
+    assert {(j.backbone, j.rank, j.steps, j.learning_rate) for j in jobs} == {("tiny-sd", 8, 1400, 1e-4)}
 
 
 @pytest.mark.parametrize(

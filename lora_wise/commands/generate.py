@@ -16,7 +16,7 @@ EPILOG = (
     "  lora-wise generate mini --out runs/mini --skip-built benchmark/mini-lora-wise  # the rest\n"
     "  lora-wise generate sd15-low --out /shared/lw --shard $SLURM_ARRAY_TASK_ID/8\n"
     "  lora-wise generate sd15-medium --out /shared/lw --ray auto  # one GPU per group\n"
-    "\b\nPresets: mini, sd15-low, sd15-medium, sd2-medium, sd15-high. A grid file looks like:\n"
+    "\b\nPresets: mini, mini-diversity, sd15-low, sd15-medium, sd2-medium, sd15-high. A grid file looks like:\n"
     "  backbones: [tiny-sd]             # tiny-sd, sd15, sd2, sdxl, a Hub id or a folder\n"
     "  ranks: [8]\n"
     "  ranges: [low, medium]            # sizes 1-6 / 1,10,...,50 / high: 1,50,100,500,1000\n"
