@@ -43,3 +43,40 @@ def test_report_per_concept_and_overall(factory, capsys):
         assert r["norm_to_smallest"][0] == pytest.approx(1.0) and r["norm_to_smallest"][-1] < 1  # B shrinks with size
     assert -1 <= result["same_size_other_concept"] <= 1 and -1 <= result["same_concept_other_size"] <= 1
     assert SCRIPT["main"]([str(factory), "--step", "900"]) == 2  # nothing at that step: one line, exit 2
+
+
+def test_memorisation_gap_of_a_trained_lora_and_the_merge_is_undone(tmp_path, capsys):
+    """A real tiny-sd LoRA (3 images, 30 steps at a raised learning rate so that it learns
+    something): the script merges it, measures both sets and leaves the UNet as it found it."""
+    import dataclasses
+
+    import torch
+    from train_helpers import job, tiny
+
+    from lora_wise.train import train_group
+
+    gap_script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "memorisation_gap.py"))
+    bb = tiny()
+    j = dataclasses.replace(job("pool:digit-4-moss", 3, steps=30, every=30), learning_rate=1e-2)
+    (folder,) = train_group([j], tmp_path, backbone=bb)
+    before = {k: v.clone() for k, v in bb.unet.state_dict().items()}
+    row = gap_script["gap"](bb, folder / "step-00030.safetensors", images=3, draws=2)
+    assert all(torch.equal(before[k], v) for k, v in bb.unet.state_dict().items())
+    assert row["micro_dataset"] == "pool:digit-4-moss" and row["size"] == 3 and row["images"] == 3
+    assert row["gain_train"] != 0 and row["gap"] == pytest.approx(row["gain_train"] - row["gain_unseen"])
+    assert gap_script["main"]([str(tmp_path), "--step", "30", "--images", "2", "--draws", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["size"] == 3
+
+
+def test_export_pool_images_makes_a_folder_micro_dataset_of_unseen_images(tmp_path):
+    from lora_wise import pool
+    from lora_wise.micro_datasets import open_micro_dataset
+
+    export = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "export_pool_images.py"))
+    assert export["main"](["face", "--start", "64", "--out", str(tmp_path)]) == 0
+    md = open_micro_dataset(f"folder:{tmp_path / 'face-from64'}")
+    assert md.class_noun == pool.concepts()["face"].class_noun and len(md.ids) == len(pool.concept_images("face")) - 64
+    first = md.load([md.ids[0]], 64)[0]
+    expected = pool.concept_images("face")[64].astype(np.float32).transpose(2, 0, 1) / 127.5 - 1
+    np.testing.assert_allclose(first, expected, atol=1e-6)  # the very pixels, losslessly through PNG
+    assert export["main"](["no-such-concept", "--out", str(tmp_path)]) == 2
