@@ -12,7 +12,9 @@ Groups run through :func:`lora_wise.executors.run_tasks` (in-process, process po
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
+import json
 import math
 import os
 import re
@@ -49,6 +51,21 @@ def job_dir(out_dir: Path, job: TrainJob) -> Path:
 
 def is_done(out_dir: Path, job: TrainJob) -> bool:
     return (job_dir(out_dir, job) / DONE).is_file()
+
+
+def finished_snapshots(out_dir: Path, step: int, config: str | None = None,
+                       micro_datasets: Collection[str] = ()) -> dict[tuple[str, int], Path]:
+    """(micro-dataset, size) -> the LoRA file of every snapshot at ``step`` whose sidecar is there
+    too, of one config and of the micro-datasets matching any glob when given (for diagnostics)."""
+    found = {}
+    for sidecar in sorted(Path(out_dir).rglob(f"step-{step:05d}.json")):
+        meta = json.loads(sidecar.read_text())
+        lora, name = sidecar.with_suffix(".safetensors"), meta["micro_dataset"]
+        if config and not str(meta.get("model_id", "")).startswith(f"{config}/"):
+            continue
+        if lora.is_file() and (not micro_datasets or any(fnmatch.fnmatchcase(name, p) for p in micro_datasets)):
+            found[(name, int(meta["dataset_size"]))] = lora
+    return found
 
 
 def group_key(job: TrainJob) -> tuple:

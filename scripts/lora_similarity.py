@@ -15,7 +15,6 @@ runs on SD1.5-sized LoRAs too. Reads the factory's snapshots (safetensors + JSON
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import itertools
 import json
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lora_wise import read_lora
+from lora_wise.factory import finished_snapshots
 from lora_wise.weights import LoraWeights
 
 
@@ -38,20 +38,6 @@ def inner(x: LoraWeights, y: LoraWeights) -> float:
         aa = ly.down.astype(np.float64) @ lx.down.T.astype(np.float64)
         total += lx.scale * ly.scale * float(np.trace(bb @ aa))
     return total
-
-
-def snapshots(folder: Path, config: str | None, step: int, patterns: list[str]) -> dict[tuple[str, int], Path]:
-    """(micro-dataset, size) -> LoRA file of every finished snapshot at ``step``."""
-    found = {}
-    for sidecar in sorted(folder.rglob(f"step-{step:05d}.json")):
-        meta = json.loads(sidecar.read_text())
-        lora = sidecar.with_suffix(".safetensors")
-        name = meta["micro_dataset"]
-        if config and not str(meta.get("model_id", "")).startswith(f"{config}/"):
-            continue
-        if lora.is_file() and (not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)):
-            found[(name, int(meta["dataset_size"]))] = lora
-    return found
 
 
 def similarity(files: dict[tuple[str, int], Path]) -> dict:
@@ -86,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-datasets", action="append", default=[], metavar="GLOB")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    files = snapshots(args.folder, args.config, args.step, args.micro_datasets)
+    files = finished_snapshots(args.folder, args.step, args.config, args.micro_datasets)
     if len(files) < 2:
         print(f"error: fewer than two snapshots at step {args.step} in {args.folder}", file=sys.stderr)
         return 2

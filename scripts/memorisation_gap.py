@@ -22,12 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from lora_similarity import snapshots  # noqa: E402  (a sibling script)
-
-from lora_wise import read_lora  # noqa: E402
-from lora_wise.backbones import DiffusionBackbone, load_backbone  # noqa: E402
-from lora_wise.micro_datasets import open_micro_dataset  # noqa: E402
+from lora_wise import read_lora
+from lora_wise.backbones import DiffusionBackbone, load_backbone
+from lora_wise.factory import finished_snapshots
+from lora_wise.micro_datasets import open_micro_dataset
 
 
 @contextmanager
@@ -89,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=16, help="noise draws per image")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    files = snapshots(args.folder, args.config, args.step, args.micro_datasets)
+    files = finished_snapshots(args.folder, args.step, args.config, args.micro_datasets)
     if not files:
         print(f"error: no snapshot at step {args.step} in {args.folder}", file=sys.stderr)
         return 2
