@@ -61,7 +61,7 @@ def _png(fig: Figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def shown(values: np.ndarray, limit: int = MAX_POINTS) -> np.ndarray:
+def shown(values: np.ndarray, limit: int) -> np.ndarray:
     """At most ``limit`` evenly spaced rows of ``values``: a plot of 500,000 points costs gigabytes
     in matplotlib and shows no more than one of 20,000 (the statistics still use every row)."""
     if len(values) <= limit:
@@ -97,7 +97,7 @@ def scatter_plot(pairs: np.ndarray, summary: dict[str, Any]) -> str | None:
     """Estimated vs declared unique images (log-log, interval bars, y = x), or None without pairs."""
     if len(pairs) == 0:
         return None
-    declared, estimate, low, high = shown(pairs).T
+    declared, estimate, low, high = shown(pairs, MAX_POINTS).T
     x, y = np.maximum(declared, 1.0), np.maximum(estimate, 1.0)
     below = np.maximum(y - np.maximum(np.where(np.isnan(low), y, low), 1.0), 0.0)
     above = np.maximum(np.where(np.isnan(high), y, high) - y, 0.0)
