@@ -194,6 +194,35 @@ def fit_bank(
     return Bank(header, table)
 
 
+def self_check(bank: Bank, repeats: int = 10) -> list[dict[str, Any]]:
+    """The paper's protocol on the bank's own table at each of its steps (split by micro-dataset,
+    so every answer is about concepts the fit did not see): Frobenius-NN, DSiRe and the interval.
+    ``lora-wise fit-bank`` stores it in the header, and ``lora-scan`` quotes it as how far to trust
+    the bank's answers."""
+    from .evaluation import evaluate  # evaluation reads datasets; banks load without it
+
+    checks = []
+    for step in bank.header["steps"]:
+        sub = bank.table.subset(bank.table.step == step)
+        checks += [{"step": step, **r.to_dict()} for r in evaluate(sub, ("frobenius-nn", "dsire", "interval"),
+                                                                    repeats=repeats)]  # fmt: skip
+    return checks
+
+
+def quoted_self_check(header: dict[str, Any], step: int) -> dict[str, Any] | None:
+    """The header's self-check at ``step`` in a few numbers, or None (an older bank, a check
+    skipped with ``--repeats 0``, or a header that does not hold one in the expected shape)."""
+    at = {c.get("method"): c for c in header.get("self_check") or [] if isinstance(c, dict) and c.get("step") == step}
+    try:
+        out = {"step": step, "repeats": int(at["dsire"]["repeats"]), "held_out_concepts": int(at["dsire"]["n_test"]),
+               "dsire_accuracy": float(at["dsire"]["accuracy"]["mean"]), "dsire_mae": float(at["dsire"]["mae"]["mean"])}  # fmt: skip
+        if "interval" in at:
+            out["interval_coverage"] = float(at["interval"]["interval_coverage"]["mean"])
+        return out
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def save_bank(bank: Bank, path: str | Path) -> Path:
     """Write a bank as safetensors (float32 spectra, int64 labels) with the JSON header."""
     path = Path(path)

@@ -102,9 +102,19 @@ def _estimate_block(report: ScanReport) -> Table | str:
     if report.bank:
         table.add_row("bank", f"{report.bank.get('name')} ({report.bank.get('models', '?')} reference models, "
                       f"{report.bank.get('snapshots', '?')} snapshots)")  # fmt: skip
+        if report.bank.get("self_check"):
+            table.add_row("bank accuracy", _trust(report.bank["self_check"]))
     table.add_row("reference step", f"{est.step} ({est.step_source})")
     table.add_row("applicability", f"{est.applicability:.2f} (1 = like the reference models, 0 = unlike)")
     return table
+
+
+def _trust(check: dict[str, Any]) -> str:
+    """The bank's self-check in one line: how often it is right on concepts it never saw."""
+    text = f"{check['dsire_accuracy']:.0f} % exact, MAE {check['dsire_mae']:.1f} images"
+    if check.get("interval_coverage") is not None:
+        text += f", interval holds the truth {check['interval_coverage']:.0f} %"
+    return text + f" (on {check['held_out_concepts']} unseen concepts, {check['repeats']} repeats, step {check['step']})"
 
 
 def render(report: ScanReport, console: Console) -> None:

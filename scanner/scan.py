@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_wise import LoraWeights, compute_spectra, read_lora
-from lora_wise.bank import Bank, bank_for
+from lora_wise.bank import Bank, bank_for, quoted_self_check
 from lora_wise.clitools import one_line
 from lora_wise.errors import LoraWiseError, NoLoraWeightsError, UnsafeFormatError
 from lora_wise.spectra import Spectra
@@ -122,7 +122,7 @@ def _estimate(
         return
     declared_step = weights.declared.steps if weights.declared else None
     estimate = bank.estimate(spectra, step=declared_step)
-    report.bank = _bank_summary(bank)
+    report.bank = _bank_summary(bank, estimate.step)
     if (estimate.applicability < MIN_APPLICABILITY or estimate.beyond_all_references) and not force:
         report.estimate_absent_reason = (
             f"the LoRA is unlike every reference model of {bank.name} (applicability "
@@ -146,7 +146,7 @@ def _compare_declared(report: ScanReport, weights: LoraWeights) -> None:
         )
 
 
-def _bank_summary(bank: Bank) -> dict[str, Any]:
+def _bank_summary(bank: Bank, step: int) -> dict[str, Any]:
     header = bank.header
     return {
         "name": bank.name,
@@ -157,5 +157,6 @@ def _bank_summary(bank: Bank) -> dict[str, Any]:
         "models": int((bank.table.step == bank.table.step.max()).sum()),  # one row per model and step
         "snapshots": len(bank.table),
         "version": header.get("version"),
+        "self_check": quoted_self_check(header, step),  # how far to trust it: the bank on unseen concepts
     }
 

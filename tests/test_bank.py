@@ -18,6 +18,7 @@ from lora_wise.bank import (
     fit_bank,
     load_bank,
     load_bank_file,
+    quoted_self_check,
     save_bank,
 )
 from lora_wise.errors import BankError
@@ -190,6 +191,12 @@ def test_packaged_registry_is_readable():
         assert load_bank_file(info["path"]).name == info["name"]
 
 
+@pytest.mark.parametrize("checks", [None, [], "text", [{"step": 1200, "method": "dsire", "accuracy": "high"}],
+                                    [{"step": 1200, "method": "dsire"}], [7]])
+def test_a_missing_or_malformed_self_check_is_quoted_as_none(checks):
+    assert quoted_self_check({"self_check": checks}, 1200) is None
+
+
 def test_fit_bank_command_on_a_factory_folder_of_real_loras(tmp_path):
     from estimator_helpers import write_factory_folder
 
@@ -206,7 +213,16 @@ def test_fit_bank_command_on_a_factory_folder_of_real_loras(tmp_path):
     assert main([str(factory), "--steps", "100,200", "--out", str(tmp_path / "banks"), "--repeats", "2"]) == 0
     (info,) = available_banks(tmp_path / "banks")
     assert (info["name"], info["steps"], info["sizes"]) == ("tiny-sd-r4", [100, 200], [1, 10, 20])
-    assert load_bank_file(info["path"]).header["recipe"]["learning_rate"] == 1e-4
+    header = load_bank_file(info["path"]).header
+    assert header["recipe"]["learning_rate"] == 1e-4
+    # the self-check travels in the header: what lora-scan quotes as the bank's accuracy
+    assert {(c["step"], c["method"]) for c in header["self_check"]} == {
+        (s, m) for s in (100, 200) for m in ("frobenius-nn", "dsire", "interval")}  # fmt: skip
+    quoted = quoted_self_check(header, 100)
+    dsire = next(c for c in header["self_check"] if c["step"] == 100 and c["method"] == "dsire")
+    assert quoted["dsire_accuracy"] == dsire["accuracy"]["mean"] and quoted["repeats"] == 2
+    assert quoted["held_out_concepts"] == dsire["n_test"] and 0 <= quoted["interval_coverage"] <= 100
+    assert quoted_self_check(header, 300) is None  # no check at a step the bank does not hold
     weights = read_lora(files[0])  # the scanner's path: a real PEFT LoRA file, read and fingerprinted
     chosen, reason = bank_for(weights, directory=tmp_path / "banks")
     assert chosen is not None, reason

@@ -105,3 +105,18 @@ def test_every_concept_family_of_the_pool_is_evaluated_alone(tables):
     rows = [line for line in families(table, repeats=2) if line.startswith("| ") and "`pool:" in line]
     assert [row.split("`")[1] for row in rows] == ["pool:photo-*", *(f"pool:digit-?-{c}" for c in ("ink", "moss", "rose", "sun"))]
     assert all(row.split(" | ")[1] == "10" for row in rows)
+
+
+def test_the_demo_quotes_the_packaged_banks_own_measured_accuracy():
+    """lora-scan's default run shows the bank's self-check; it is what the protocol measures on the
+    packaged bank now (seeded splits), not a number frozen into the file by hand."""
+    from lora_wise.bank import quoted_self_check, self_check
+    from scanner.example import scan_example
+
+    report = scan_example()
+    quoted = report.bank["self_check"]
+    assert quoted["step"] == report.estimate.step == 1200 and quoted["repeats"] == 10
+    bank = load_bank_file(BANKS_DIR / "tiny-sd-r8.safetensors")
+    fresh = quoted_self_check({"self_check": self_check(bank, repeats=10)}, 1200)
+    assert fresh == pytest.approx(quoted)
+    assert 100 / len(bank.header["sizes"]) < quoted["dsire_accuracy"] < 100  # above chance (11 sizes)
