@@ -35,7 +35,7 @@ def scanned(target, estimate, declared, base="SD 1.5", fmt="kohya", file="lora.s
                        missing_fraction=0.0, bank="sd15-r32", references=40)  # fmt: skip
     report = ScanReport(target=target, format=fmt, backbone="sd15", rank=8, layers=128, dtype="float16",
                         components={"unet": 128}, declared={"unique_images": declared} if declared else None,
-                        estimate=est, bank={"name": "sd15-r32"} if est else None,
+                        estimate=est, bank={"name": "sd15-r32", "self_check": {"dsire_accuracy": 61.5}} if est else None,
                         source={"kind": "civitai", "file": file, "size": 1000, "info": {"baseModel": base}})  # fmt: skip
     return report.to_dict()
 
@@ -84,6 +84,7 @@ def test_report_files_hold_every_row_and_the_summary(state, tmp_path):
     first = by[("civitai:1@11", "lora.safetensors")]
     assert first["name"] == HOSTILE and first["estimate"] == 10.0 and first["declared_images"] == 14
     assert first["base_model"] == "SD 1.5" and first["link"] == "https://civitai.com/models/1?modelVersionId=11"
+    assert first["bank"] == "sd15-r32" and first["bank_accuracy"] == 61.5
     assert by[("user/two-files", "b.safetensors")]["link"] == "https://huggingface.co/user/two-files"
     big = by[("https://example.org/big.safetensors", "big.safetensors")]
     assert big["status"] == "skipped" and big["size_bytes"] == 3 * 1024**3 and big["link"].startswith("https://example.org")
