@@ -18,6 +18,7 @@ Micro-dataset specs are strings the trainer resolves (``pool:<concept>``, ``fold
 
 from __future__ import annotations
 
+import fnmatch
 import glob as globlib
 import os
 from importlib import resources
@@ -119,17 +120,16 @@ def _expand_range(range_name: str, spec: dict, pool_concepts: list[str] | None) 
 def expand_micro_datasets(spec: Any, pool_concepts: list[str] | None = None) -> list[str]:
     """Turn a micro-dataset spec into the list of micro-dataset strings the trainer understands.
 
-    - a list of strings: taken as is;
+    - a list of strings: taken as is, except globs over the pool (``pool:photo-*``), which become
+      every matching pool concept in pool order (none matching is an error);
     - ``"pool:*"``: every concept of the offline pool; ``{pool: N}``: its first N concepts;
     - ``{glob: "${IMAGENET_ROOT}/n*", kind: imagenet, count: 50}``: matching folders, sorted,
       as ``imagenet:<folder>`` (environment variables are expanded, so presets stay portable).
     """
-    if spec == "pool:*":
-        return [_pool_spec(c) for c in pool_concepts_or_load(pool_concepts)]
     if isinstance(spec, str):
-        return [spec]
+        spec = [spec]
     if isinstance(spec, list) and spec and all(isinstance(s, str) for s in spec):
-        return list(spec)
+        return [m for item in spec for m in _expand_item(item, pool_concepts)]
     if isinstance(spec, dict) and set(spec) == {"pool"}:
         concepts = pool_concepts_or_load(pool_concepts)
         count = int(spec["pool"])
@@ -142,6 +142,15 @@ def expand_micro_datasets(spec: Any, pool_concepts: list[str] | None = None) -> 
     raise GridError(
         "'micro_datasets' must be a list of specs, 'pool:*', {pool: N} or {glob: PATTERN, kind: K, count: N}"
     )
+
+
+def _expand_item(item: str, pool_concepts: list[str] | None) -> list[str]:
+    if not (item.startswith("pool:") and any(ch in item for ch in "*?[")):
+        return [item]
+    found = [c for c in pool_concepts_or_load(pool_concepts) if fnmatch.fnmatchcase(c, item[len("pool:") :])]
+    if not found:
+        raise GridError(f"no pool concept matches {item!r} (the pool's concepts: lora_wise.pool.concepts())")
+    return [_pool_spec(c) for c in found]
 
 
 def _pool_spec(concept: str) -> str:

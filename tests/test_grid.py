@@ -62,6 +62,15 @@ def test_pool_star_and_pool_count(tmp_path):
         expand_grid(base | {"micro_datasets": {"pool": 5}}, pool_concepts=CONCEPTS[:3])
 
 
+def test_pool_globs_expand_to_the_matching_concepts_in_pool_order():
+    base = {"backbones": "tiny-sd", "ranges": ["low"], "sizes": [1]}
+    names = ["photo-moon", "digit-1-ink", "photo-brick", "face"]
+    jobs = expand_grid(base | {"micro_datasets": ["pool:photo-*", "pool:face", "folder:/data/cat"]}, pool_concepts=names)
+    assert [j.micro_dataset for j in jobs] == ["pool:photo-moon", "pool:photo-brick", "pool:face", "folder:/data/cat"]
+    with pytest.raises(GridError, match=r"no pool concept matches 'pool:fase\*'"):
+        expand_grid(base | {"micro_datasets": ["pool:fase*"]}, pool_concepts=names)
+
+
 def test_glob_micro_datasets_expand_environment_variables(tmp_path, monkeypatch):
     for wnid in ("n02", "n01", "n03"):
         (tmp_path / wnid).mkdir()

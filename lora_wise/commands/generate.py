@@ -20,7 +20,7 @@ EPILOG = (
     "  backbones: [tiny-sd]             # tiny-sd, sd15, sd2, sdxl, a Hub id or a folder\n"
     "  ranks: [8]\n"
     "  ranges: [low, medium]            # sizes 1-6 / 1,10,...,50 / high: 1,50,100,500,1000\n"
-    "  micro_datasets: {pool: 50}       # or pool:*, [pool:face, folder:/data/cat],\n"
+    "  micro_datasets: {pool: 50}       # or pool:*, [pool:face, pool:photo-*, folder:/data/cat],\n"
     "                                   # {glob: \"${IMAGENET_ROOT}/n*\", kind: imagenet, count: 50}\n"
     "  steps: 1400                      # optional; default: the paper's per range\n"
     "  snapshot_every: 100\n"
