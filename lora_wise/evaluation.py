@@ -8,7 +8,6 @@ Protocol: split BY micro-dataset (a concept is never on both sides), 15 train / 
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import random
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from .benchmark import table_loader
 from .errors import InvalidLoraFile, LoraWiseError
 from .estimators import Applicability, SizeInterval, make_method
 from .jobs import RANGES, SCHEDULES, TrainJob
+from .micro_datasets import matches
 from .reader import read_lora
 from .spectra import compute_spectra
 from .table import SpectraTable
@@ -410,9 +410,7 @@ def select_micro_datasets(table: SpectraTable, patterns: Sequence[str]) -> Spect
     """The rows whose micro-dataset matches any glob (``pool:photo-*``), case-sensitive; an error
     naming what there is when nothing matches."""
     names = table.micro_dataset.astype(str)
-    keep = np.zeros(len(table), dtype=bool)
-    for pattern in patterns:
-        keep |= np.array([fnmatch.fnmatchcase(name, pattern) for name in names], dtype=bool)
+    keep = np.array([matches(name, patterns) for name in names], dtype=bool)
     if not keep.any():
         known = sorted(set(names))
         shown = ", ".join(known[:6]) + (f", ... ({len(known)} in all)" if len(known) > 6 else "")

@@ -12,7 +12,6 @@ Groups run through :func:`lora_wise.executors.run_tasks` (in-process, process po
 
 from __future__ import annotations
 
-import fnmatch
 import importlib
 import json
 import math
@@ -33,6 +32,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from .errors import LoraWiseError
 from .executors import TaskResult, run_tasks, select_shard
 from .jobs import TrainJob
+from .micro_datasets import matches
 
 #: Jobs per trained group. The trainer batches a group into one forward pass; 16 is the starting point.
 DEFAULT_GROUP_SIZE = 32
@@ -63,7 +63,7 @@ def finished_snapshots(out_dir: Path, step: int, config: str | None = None,
         lora, name = sidecar.with_suffix(".safetensors"), meta["micro_dataset"]
         if config and not str(meta.get("model_id", "")).startswith(f"{config}/"):
             continue
-        if lora.is_file() and (not micro_datasets or any(fnmatch.fnmatchcase(name, p) for p in micro_datasets)):
+        if lora.is_file() and (not micro_datasets or matches(name, micro_datasets)):
             found[(name, int(meta["dataset_size"]))] = lora
     return found
 

@@ -18,7 +18,6 @@ Micro-dataset specs are strings the trainer resolves (``pool:<concept>``, ``fold
 
 from __future__ import annotations
 
-import fnmatch
 import glob as globlib
 import os
 from importlib import resources
@@ -29,6 +28,7 @@ import yaml
 
 from .errors import LoraWiseError
 from .jobs import RANGES, SCHEDULES, TARGET_MODULES, TrainJob
+from .micro_datasets import matches
 
 #: Keys a grid (top level or one range) may set; anything else is a typo and is refused.
 JOB_KEYS = {"steps", "snapshot_every", "batch_size", "learning_rate", "resolution", "seed", "target_modules"}
@@ -147,7 +147,7 @@ def expand_micro_datasets(spec: Any, pool_concepts: list[str] | None = None) -> 
 def _expand_item(item: str, pool_concepts: list[str] | None) -> list[str]:
     if not (item.startswith("pool:") and any(ch in item for ch in "*?[")):
         return [item]
-    found = [c for c in pool_concepts_or_load(pool_concepts) if fnmatch.fnmatchcase(c, item[len("pool:") :])]
+    found = [c for c in pool_concepts_or_load(pool_concepts) if matches(_pool_spec(c), [item])]
     if not found:
         raise GridError(f"no pool concept matches {item!r} (the pool's concepts: lora_wise.pool.concepts())")
     return [_pool_spec(c) for c in found]

@@ -17,8 +17,10 @@ choice): sizes are nested, a model of size 10 saw the images of the model of siz
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +86,11 @@ def open_micro_dataset(spec: str) -> MicroDataset:
     if kind in ("folder", "concept101", "imagenet"):
         return _folder(spec, kind, Path(rest).expanduser())
     raise MicroDatasetError(f"unknown micro-dataset kind {kind!r} in {spec!r}: pool, folder, concept101, imagenet")
+
+
+def matches(spec: str, patterns: Iterable[str]) -> bool:
+    """Does a micro-dataset spec match any of the globs (``pool:photo-*``)? Case-sensitive."""
+    return any(fnmatch.fnmatchcase(spec, p) for p in patterns)
 
 
 def choose_images(spec: str, n: int) -> list[str]:
