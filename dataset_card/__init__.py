@@ -1,1 +1,1 @@
-"""The LoRA-WiSE dataset card template (README.md.j2), rendered by lora_wise.card."""
+"""The LoRA-WiSE dataset card template (README.md.j2), rendered by lora_wise.dataset.card."""

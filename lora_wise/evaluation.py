@@ -17,17 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from .benchmark import table_loader
-from .errors import InvalidLoraFile, LoraWiseError
-from .estimators import Applicability, SizeInterval, make_method
-from .jobs import RANGES, SCHEDULES, TrainJob
-from .micro_datasets import matches
-from .reader import read_lora
-from .spectra import compute_spectra
-from .table import SpectraTable
+from lora_wise.dataset.load import table_loader
+from lora_wise.errors import InvalidLoraFile, LoraWiseError
+from lora_wise.estimation.estimators import Applicability, SizeInterval, make_method
+from lora_wise.factory.jobs import TrainJob
+from lora_wise.factory.micro_datasets import matches
+from lora_wise.lora.reader import read_lora
+from lora_wise.paper import PAPER_SEED, PAPER_TEST, PAPER_TRAIN, RANGES, SCHEDULES
+from lora_wise.spectra.compute import compute_spectra
+from lora_wise.spectra.table import SpectraTable
 
-PAPER_TRAIN, PAPER_TEST = 15, 35
-PAPER_SEED = 42
 #: Methods of paper Table 5 plus ours; "interval" is SizeInterval's continuous estimate.
 ALL_METHODS = ("frobenius-nn", "dsire", "nn-full-model", "ridge", "gda", "average-vote", "interval")
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
 
-from .errors import LoraWiseError
+from lora_wise.errors import LoraWiseError
 
 EXECUTORS = ("inprocess", "pool", "ray")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 from rich.console import Console
 
-from lora_wise.clitools import EXIT_CODES_HELP, main_for, print_json
+from lora_wise.cli.tools import EXIT_CODES_HELP, main_for, print_json
 
 from .crawl.cli import register as register_crawl
 from .inspect import inspect_path, render

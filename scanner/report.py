@@ -9,9 +9,9 @@ from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 
-from lora_wise.bank import Estimate
+from lora_wise.estimation.bank import Estimate
 
-#: status -> exit code of ``lora-scan`` (the modelscan-style contract in ``lora_wise.clitools``).
+#: status -> exit code of ``lora-scan`` (the modelscan-style contract in ``lora_wise.cli.tools``).
 STATUS_EXIT = {"ok": 0, "unsafe": 2, "error": 2, "no-lora": 3}
 
 

@@ -24,7 +24,7 @@ from safetensors.numpy import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_import_upstream import sd15_layers  # noqa: E402
 
-from lora_wise.jobs import TrainJob  # noqa: E402
+from lora_wise.factory.jobs import TrainJob  # noqa: E402
 
 RANK = 32
 SIZES, STEPS = (1, 10, 20), (1200, 1400)
@@ -38,7 +38,7 @@ def peak_rss_mb():
 
 CHILD_STREAM = PEAK + """
 import json, sys, time
-from lora_wise.dataset import build_dataset
+from lora_wise.dataset.build import build_dataset
 t = time.perf_counter()
 s = build_dataset(sys.argv[1], sys.argv[2], weights=True)
 rows = sum(v["rows"] for e in s.configs.values() if e["kind"] == "spectra" for v in e["splits"].values())
@@ -50,7 +50,7 @@ import json, sys, time
 from pathlib import Path
 import datasets
 from lora_wise import compute_spectra, read_lora
-from lora_wise.dataset import spectra_features, spectra_row, weights_features
+from lora_wise.dataset.build import spectra_features, spectra_row, weights_features
 t = time.perf_counter()
 rows, blobs = [], []
 paths = sorted(Path(sys.argv[1]).rglob("step-*.safetensors"))

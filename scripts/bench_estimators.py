@@ -27,10 +27,10 @@ from sklearn.neighbors import KNeighborsClassifier  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from estimator_helpers import synthetic_table  # noqa: E402
 
-from lora_wise.bank import fit_bank  # noqa: E402
-from lora_wise.estimators import DSiRe, voter_features  # noqa: E402
+from lora_wise.estimation.bank import fit_bank  # noqa: E402
+from lora_wise.estimation.estimators import DSiRe, voter_features  # noqa: E402
 from lora_wise.evaluation import evaluate, micro_splits  # noqa: E402
-from lora_wise.spectra import Spectra  # noqa: E402
+from lora_wise.spectra.compute import Spectra  # noqa: E402
 
 
 def best_of(fn, repeats: int = 3) -> float:

@@ -17,9 +17,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from lora_wise import pool
-from lora_wise.factory import make_plan, run_plan
-from lora_wise.grid import expand_grid
+from lora_wise.factory.grid import expand_grid
+from lora_wise.factory.runner import make_plan, pool, run_plan
 
 
 def measure(jobs, executor: str, workers: int, group_size: int) -> float:

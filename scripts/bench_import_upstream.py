@@ -77,7 +77,7 @@ def peak_rss_mb():
 CHILD_IMPORT = """
 import json, sys, time
 PEAK
-from lora_wise.upstream import import_upstream
+from lora_wise.dataset.upstream import import_upstream
 t = time.perf_counter()
 entry = import_upstream(sys.argv[1], "medium_32", sys.argv[2], batch_size=2)
 rows = sum(s["rows"] for s in entry["splits"].values())
@@ -98,7 +98,7 @@ print(json.dumps({"rows": len(frame), "seconds": time.perf_counter() - t,
 CHILD_BASELINE = """
 import json
 PEAK
-import lora_wise.upstream, datasets, pandas  # noqa: F401  the imports alone
+import lora_wise.dataset.upstream, datasets, pandas  # noqa: F401  the imports alone
 print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
 """
 

@@ -24,9 +24,9 @@ def measure(k: int, steps: int, warmup: int) -> tuple[float, float]:
     import torch
 
     torch.set_num_threads(1)
-    from lora_wise import pool
-    from lora_wise.jobs import TrainJob
-    from lora_wise.train import train_group
+    from lora_wise.factory import pool
+    from lora_wise.factory.jobs import TrainJob
+    from lora_wise.factory.train import train_group
 
     names = list(pool.concepts())
     jobs = [

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from lora_wise import pool
+from lora_wise.factory import pool
 
 
 def export(concept: str, start: int, out: Path) -> Path:

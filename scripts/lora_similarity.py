@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from lora_wise import read_lora
-from lora_wise.factory import finished_snapshots
-from lora_wise.weights import LoraWeights
+from lora_wise.factory.runner import finished_snapshots
+from lora_wise.lora.weights import LoraWeights
 
 
 def inner(x: LoraWeights, y: LoraWeights) -> float:

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from lora_wise import read_lora
-from lora_wise.backbones import DiffusionBackbone, load_backbone
-from lora_wise.factory import finished_snapshots
-from lora_wise.micro_datasets import open_micro_dataset
+from lora_wise.factory.backbones import DiffusionBackbone, load_backbone
+from lora_wise.factory.micro_datasets import open_micro_dataset
+from lora_wise.factory.runner import finished_snapshots
 
 
 @contextmanager

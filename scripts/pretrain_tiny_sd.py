@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lora_wise import pool
-from lora_wise.backbones import tiny_sd
+from lora_wise.factory import pool
+from lora_wise.factory.backbones import tiny_sd
 
 
 def pool_tensor(per_concept: int) -> tuple[torch.Tensor, list[str]]:

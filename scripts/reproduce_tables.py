@@ -20,8 +20,8 @@ import numpy as np
 
 from lora_wise import evaluation as ev
 from lora_wise.errors import LoraWiseError
-from lora_wise.jobs import RANGES
-from lora_wise.table import SpectraTable
+from lora_wise.paper import RANGES
+from lora_wise.spectra.table import SpectraTable
 
 # The paper's SD1.5 numbers as (MAE, MAPE %, accuracy %).
 PAPER_TABLE2 = {  # rank 32

@@ -18,7 +18,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from lora_wise import LoraLayer, LoraWeights
-from lora_wise.jobs import TrainJob
+from lora_wise.factory.jobs import TrainJob
 
 #: A handful of SD1.5-named layers (module path -> (out d, in k)), deliberately out of natural order.
 TINY_LAYERS: dict[str, tuple[int, int]] = {

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from reader_helpers import tiny_unet
 
-from lora_wise.table import SpectraTable
+from lora_wise.spectra.table import SpectraTable
 
 SIZES_MEDIUM = (1, 10, 20, 30, 40, 50)
 
@@ -100,7 +100,7 @@ def write_factory_folder(
     from peft import LoraConfig, get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    from lora_wise.jobs import TrainJob
+    from lora_wise.factory.jobs import TrainJob
 
     unet = tiny_unet()
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))

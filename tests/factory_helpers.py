@@ -1,4 +1,4 @@
-"""A small real stand-in for ``lora_wise.train.train_group``: it writes the factory's on-disk format.
+"""A small real stand-in for ``lora_wise.factory.train.train_group``: it writes the factory's on-disk format.
 
 Per job and snapshot step: ``step-SSSSS.safetensors`` (diffusers-format LoRA keys, float32, header
 metadata ``lora_wise`` = the sidecar JSON) and ``step-SSSSS.json``; ``done.json`` last; every file
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from lora_wise.jobs import TrainJob
+from lora_wise.factory.jobs import TrainJob
 
 LAYERS = [
     "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",

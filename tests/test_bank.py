@@ -10,20 +10,22 @@ import pytest
 from estimator_helpers import synthetic_table
 from safetensors.numpy import load_file, save_file
 
-from lora_wise.bank import (
+from lora_wise.errors import BankError
+from lora_wise.estimation.bank import (
     HEADER_KEY,
     available_banks,
     bank_for,
-    estimate_lora,
     fit_bank,
     load_bank,
     load_bank_file,
     quoted_self_check,
     save_bank,
 )
-from lora_wise.errors import BankError
-from lora_wise.spectra import Spectra
-from lora_wise.weights import DeclaredTraining
+from lora_wise.estimation.bank import (
+    estimate as estimate_lora,
+)
+from lora_wise.lora.weights import DeclaredTraining
+from lora_wise.spectra.compute import Spectra
 
 
 @pytest.fixture(scope="module")
@@ -204,8 +206,8 @@ def test_fit_bank_command_on_a_factory_folder_of_real_loras(tmp_path):
 
     factory = tmp_path / "factory"
     files = write_factory_folder(factory, concepts=3, sizes=(1, 10, 20), steps=(100, 200), rank=4)
-    from lora_wise.cli import cli
-    from lora_wise.clitools import run
+    from lora_wise.cli.app import cli
+    from lora_wise.cli.tools import run
 
     def main(args):
         return run(cli, ["fit-bank", *args])
@@ -241,8 +243,8 @@ def test_user_bank_folder_is_searched_first_and_wins_by_name(bank_dir, monkeypat
 
     from click.testing import CliRunner
 
-    from lora_wise.bank import BANKS_DIR, bank_dirs
-    from lora_wise.commands.bank import banks_command
+    from lora_wise.cli.bank import banks_command
+    from lora_wise.estimation.bank import BANKS_DIR, bank_dirs
 
     monkeypatch.setenv("LORA_WISE_BANKS", str(bank_dir))
     assert bank_dirs() == [bank_dir, BANKS_DIR] and bank_dirs(bank_dir / "x") == [bank_dir / "x"]

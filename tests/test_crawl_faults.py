@@ -20,7 +20,7 @@ from crawl_helpers import (
 from sources_helpers import LoopbackServer, Reply, lora_bytes
 
 import scanner.download
-from lora_wise.clitools import run
+from lora_wise.cli.tools import run
 from scanner.cli import cli
 from scanner.crawl import CrawlOptions, crawl
 from scanner.crawl.listing import TargetsFile

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from crawl_helpers import lora_list
 
-from lora_wise.bank import Estimate
-from lora_wise.clitools import run
+from lora_wise.cli.tools import run
+from lora_wise.estimation.bank import Estimate
 from scanner.cli import cli
 from scanner.crawl import CrawlOptions, crawl
 from scanner.crawl.html import render_html

@@ -13,16 +13,16 @@ from dataset_helpers import isolated_datasets_cache, make_factory, weights_of, w
 from safetensors.numpy import load as load_safetensors
 
 from lora_wise import compute_spectra
-from lora_wise.benchmark import load_benchmark
-from lora_wise.dataset import (
+from lora_wise.dataset.build import (
     DatasetBuildError,
     build_dataset,
     read_manifest,
     spectra_features,
     split_micro_datasets,
 )
-from lora_wise.jobs import TrainJob
-from lora_wise.spectra import natural_key
+from lora_wise.dataset.load import load_benchmark
+from lora_wise.factory.jobs import TrainJob
+from lora_wise.spectra.compute import natural_key
 
 CONFIG = "medium-tiny_sd-r8"
 
@@ -183,7 +183,7 @@ def test_load_benchmark_sees_a_rebuild_in_place(tmp_path):
 
 
 def test_table_loader_serves_dataset_folders_and_passes_on_the_rest(built, tmp_path):
-    from lora_wise.benchmark import table_loader
+    from lora_wise.dataset.load import table_loader
 
     folder, truth, _ = built
     table = table_loader(str(folder), None)  # one spectra config: chosen without asking
@@ -194,7 +194,7 @@ def test_table_loader_serves_dataset_folders_and_passes_on_the_rest(built, tmp_p
 def test_the_cards_python_examples_run(built, tmp_path, monkeypatch):
     import re
 
-    from lora_wise.card import render_card
+    from lora_wise.dataset.card import render_card
 
     folder, _, _ = built
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
@@ -218,8 +218,8 @@ def test_a_corrupt_sidecar_is_a_one_line_error(tmp_path):
 def test_a_benchmark_built_in_pieces_with_merge_equals_one_build(tmp_path):
     import shutil
 
-    from lora_wise.dataset import built_model_ids
-    from lora_wise.factory import make_plan
+    from lora_wise.dataset.build import built_model_ids
+    from lora_wise.factory.runner import make_plan
 
     truth = make_factory(tmp_path / "all", n_micro=4, sizes=(1, 10), steps=(100, 200))
     for m in (2, 3):  # a second session's factory folder holds the last two micro-datasets

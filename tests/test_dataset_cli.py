@@ -8,9 +8,9 @@ import click
 import numpy as np
 from dataset_helpers import isolated_datasets_cache, make_factory, random_lora, write_upstream_parquet  # noqa: F401
 
-from lora_wise.clitools import run
-from lora_wise.commands.dataset import COMMANDS
-from lora_wise.dataset import read_manifest
+from lora_wise.cli.dataset import COMMANDS
+from lora_wise.cli.tools import run
+from lora_wise.dataset.build import read_manifest
 
 
 def group() -> click.Group:

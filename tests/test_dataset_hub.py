@@ -30,9 +30,9 @@ import pytest
 import yaml
 from dataset_helpers import isolated_datasets_cache, make_factory  # noqa: F401
 
-from lora_wise.benchmark import load_benchmark
-from lora_wise.dataset import build_dataset
-from lora_wise.hub import HubError, download, local_files, publish
+from lora_wise.dataset.build import build_dataset
+from lora_wise.dataset.hub import HubError, download, local_files, publish
+from lora_wise.dataset.load import load_benchmark
 
 CONFIG = "medium-tiny_sd-r8"
 REPO = "user/lora-wise"
@@ -310,8 +310,8 @@ def test_publish_without_a_valid_token_is_a_one_line_error(hub, folder, monkeypa
 def test_publish_command_dry_run_then_real(hub, folder, capsys):
     import click
 
-    from lora_wise.clitools import run
-    from lora_wise.commands.dataset import publish as publish_command
+    from lora_wise.cli.dataset import publish as publish_command
+    from lora_wise.cli.tools import run
 
     cli = click.Group("lora-wise", commands={"publish": publish_command})
     assert run(cli, ["publish", str(folder), "--repo-id", REPO, "--dry-run", "--json"]) == 0
@@ -349,7 +349,7 @@ def offline_cache(tmp_path: Path, folder: Path, revision: str = "a" * 40) -> Pat
 def test_load_benchmark_through_the_hub_path_offline(folder, tmp_path):
     cache = offline_cache(tmp_path, folder)
     script = (
-        "import json; from lora_wise.benchmark import load_benchmark; from lora_wise.hub import download\n"
+        "import json; from lora_wise.dataset.load import load_benchmark; from lora_wise.dataset.hub import download\n"
         f"t = load_benchmark('{REPO}', '{CONFIG}', split='test', step=200)\n"
         f"print(json.dumps({{'folder': str(download('{REPO}')), 'ids': t.model_id.tolist(), "
         "'ba': t.ba.tolist(), 'layers': t.layers}))"

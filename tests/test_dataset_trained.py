@@ -9,8 +9,8 @@ from dataset_helpers import isolated_datasets_cache  # noqa: F401
 from train_helpers import job, tiny
 
 from lora_wise import compute_spectra, read_lora
-from lora_wise.dataset import build_dataset, read_manifest
-from lora_wise.train import train_group
+from lora_wise.dataset.build import build_dataset, read_manifest
+from lora_wise.factory.train import train_group
 
 
 @pytest.mark.slow

@@ -22,10 +22,10 @@ from dataset_helpers import (  # noqa: F401
 )
 
 from lora_wise import InvalidLoraFile, compute_spectra
-from lora_wise.benchmark import load_benchmark
-from lora_wise.dataset import DatasetBuildError, read_manifest, split_micro_datasets
-from lora_wise.spectra import natural_key
-from lora_wise.upstream import find_upstream_files, import_upstream, our_config
+from lora_wise.dataset.build import DatasetBuildError, read_manifest, split_micro_datasets
+from lora_wise.dataset.load import load_benchmark
+from lora_wise.dataset.upstream import find_upstream_files, import_upstream, our_config
+from lora_wise.spectra.compute import natural_key
 
 RANK = 32  # the rank of upstream config medium_32
 
@@ -119,7 +119,7 @@ def test_import_from_the_hub_repo_id_through_an_offline_cache(imported, tmp_path
     (repo / "refs" / "main").write_text(revision)
     shutil.copytree(root / "release", repo / "snapshots" / revision)
     script = (
-        "import json, sys; from lora_wise.upstream import import_upstream\n"
+        "import json, sys; from lora_wise.dataset.upstream import import_upstream\n"
         "e = import_upstream('MoSalama98/LoRA-WiSE', 'medium_32', sys.argv[1])\n"
         "print(json.dumps({s: v['rows'] for s, v in e['splits'].items()}))"
     )
@@ -136,7 +136,7 @@ def test_import_from_the_hub_repo_id_through_an_offline_cache(imported, tmp_path
 def test_import_into_a_built_folder_keeps_both_configs(imported, tmp_path):
     from dataset_helpers import make_factory
 
-    from lora_wise.dataset import build_dataset
+    from lora_wise.dataset.build import build_dataset
 
     root, _, _ = imported
     make_factory(tmp_path / "factory", n_micro=2, sizes=(1, 10), steps=(100,))

@@ -13,7 +13,7 @@ from sklearn.linear_model import Ridge
 from sklearn.neighbors import KNeighborsClassifier
 
 from lora_wise.errors import BankError
-from lora_wise.estimators import (
+from lora_wise.estimation.estimators import (
     Applicability,
     DSiRe,
     FrobeniusNN,
@@ -242,7 +242,7 @@ def test_log_metric_weighs_small_singular_values_and_bad_metrics_are_refused(med
 
 
 def test_a_table_with_layers_in_another_order_is_realigned(medium):
-    from lora_wise.table import SpectraTable
+    from lora_wise.spectra.table import SpectraTable
 
     train, test = medium
     order = np.random.default_rng(0).permutation(len(test.layers))
@@ -271,7 +271,7 @@ def test_votes_equal_the_naive_loop_for_any_shape(n_train, n_test, voters, width
 
 
 def test_fit_on_spectra_lists_and_refit_reset_the_layer_order(medium):
-    from lora_wise.spectra import Spectra
+    from lora_wise.spectra.compute import Spectra
 
     train, test = medium
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from estimator_helpers import synthetic_table, write_factory_folder
 
 from lora_wise import evaluation as ev
-from lora_wise.commands.evaluate import evaluate as evaluate_command
+from lora_wise.cli.evaluate import evaluate as evaluate_command
 from lora_wise.errors import InvalidLoraFile, LoraWiseError
 
 
@@ -148,7 +148,7 @@ def test_half_written_snapshots_are_skipped_and_bad_sidecars_refused(factory, tm
 
 
 def test_load_table_reads_built_datasets_and_factory_folders_alike(factory, tmp_path):
-    from lora_wise.dataset import build_dataset
+    from lora_wise.dataset.build import build_dataset
 
     build_dataset(factory, tmp_path / "ds")
     direct = ev.load_table(factory)
@@ -189,8 +189,8 @@ def test_micro_dataset_globs_select_concept_families(factory):
                                            "--repeats", "2", "--json"])  # fmt: skip
     assert out.exit_code == 0, out.output
     assert all(r["n_train"] == 1 and r["n_test"] == 1 for r in json.loads(out.stdout))  # 2 of the 4 concepts
-    from lora_wise.cli import cli
-    from lora_wise.clitools import run
+    from lora_wise.cli.app import cli
+    from lora_wise.cli.tools import run
 
     assert run(cli, ["evaluate", str(factory), "--micro-datasets", "pool:photo-*"]) == 2  # one line, no traceback
     assert run(cli, ["norms", str(factory), "--micro-datasets", "pool:concept-0", "--json"]) == 0
@@ -218,8 +218,8 @@ def test_default_step_is_the_papers_evaluated_checkpoint():
 
 
 def test_cross_rank_applicability_falls_for_the_other_rank():
-    from lora_wise.spectra import Spectra
-    from lora_wise.table import SpectraTable
+    from lora_wise.spectra.compute import Spectra
+    from lora_wise.spectra.table import SpectraTable
 
     def rows(table):
         return [
@@ -254,7 +254,7 @@ def test_reproduce_tables_script_writes_results_and_plots(factory, tmp_path):
 
 def test_norms_command_shows_the_norm_falling_with_size(factory):
     # write_factory_folder scales B down as the size grows, so every concept's norm falls
-    from lora_wise.commands.evaluate import norms
+    from lora_wise.cli.evaluate import norms
 
     runner = CliRunner()
     out = runner.invoke(norms, [str(factory), "--json"])
@@ -268,8 +268,8 @@ def test_norms_command_shows_the_norm_falling_with_size(factory):
     shown = runner.invoke(norms, [str(factory), "--step", "100"])
     assert shown.exit_code == 0 and "by dataset size, step 100" in shown.stdout
 
-    from lora_wise.cli import cli
-    from lora_wise.clitools import run
+    from lora_wise.cli.app import cli
+    from lora_wise.cli.tools import run
 
     assert run(cli, ["norms", str(factory / "nope")]) == 2  # a one-line error, no traceback
 

@@ -1,6 +1,6 @@
 """The factory: plans skip finished jobs, groups train, failures stay local, a killed run resumes cleanly.
 
-Until ``lora_wise.train`` is used here, the trainer is ``factory_helpers.fake_train_group``, a real
+Until ``lora_wise.factory.train`` is used here, the trainer is ``factory_helpers.fake_train_group``, a real
 stand-in that writes the factory's on-disk format (safetensors + sidecar JSON, done.json last).
 """
 
@@ -19,11 +19,11 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-from lora_wise.clitools import run
-from lora_wise.commands.generate import generate
-from lora_wise.factory import FactoryError, group_jobs, is_done, make_plan, run_plan
-from lora_wise.grid import expand_grid
-from lora_wise.jobs import TrainJob
+from lora_wise.cli.generate import generate
+from lora_wise.cli.tools import run
+from lora_wise.factory.grid import expand_grid
+from lora_wise.factory.jobs import TrainJob
+from lora_wise.factory.runner import FactoryError, group_jobs, is_done, make_plan, run_plan
 
 FAKE = "factory_helpers:fake_train_group"
 TESTS = Path(__file__).parent
@@ -149,7 +149,7 @@ def test_cli_usage_errors(tmp_path):
     assert run(generate, [str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")]) == 2
 
 
-GENERATE = "import sys; from lora_wise.commands.generate import generate; from lora_wise.clitools import main_for; main_for(generate, 'generate')"
+GENERATE = "import sys; from lora_wise.cli.generate import generate; from lora_wise.cli.tools import main_for; main_for(generate, 'generate')"
 
 
 def test_a_killed_run_resumes_with_nothing_lost_duplicated_or_half_written(tmp_path):
@@ -216,10 +216,10 @@ def test_killing_a_pool_run_kills_its_workers_and_the_rerun_completes(tmp_path):
     check_outputs(out, expand_grid(tiny_grid(micros=("pool:a", "pool:b"), sizes=(1, 2), steps=30, every=5)))
 
 
-# --- with the real trainer (lora_wise.train.train_group on tiny-sd) -------------------------------
+# --- with the real trainer (lora_wise.factory.train.train_group on tiny-sd) -------------------------------
 
 def tiny_sd_ready() -> bool:
-    from lora_wise.backbones.tiny_sd import data_dir
+    from lora_wise.factory.backbones.tiny_sd import data_dir
 
     return all((data_dir() / f"{n}.safetensors").is_file() for n in ("unet", "vae", "text_encoder"))
 
@@ -305,7 +305,7 @@ def test_ray_local_trains_two_tiny_jobs_with_the_real_trainer(tmp_path):
 
 
 def test_a_second_runner_on_the_same_folder_is_refused_while_the_first_lives(tmp_path):
-    from lora_wise.factory import run_lock
+    from lora_wise.factory.runner import run_lock
 
     plan = make_plan(expand_grid(tiny_grid()), tmp_path)
     with run_lock(tmp_path, None):

@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 import yaml
 
-from lora_wise.grid import GridError, expand_grid, load_grid, preset_names
-from lora_wise.jobs import RANGES, SCHEDULES
+from lora_wise.factory.grid import GridError, expand_grid, load_grid, preset_names
+from lora_wise.paper import RANGES, SCHEDULES
 
 CONCEPTS = [f"concept-{i:02d}" for i in range(60)]
 
@@ -141,7 +141,7 @@ def test_load_grid_reads_a_file_and_refuses_bad_yaml(tmp_path):
 
 
 def test_mini_preset_uses_the_real_offline_pool():
-    from lora_wise import pool
+    from lora_wise.factory import pool
 
     jobs = load_grid("mini")
     assert {j.micro_dataset for j in jobs} == {f"pool:{c}" for c in list(pool.concepts())[:50]}

@@ -53,7 +53,7 @@ def test_memorisation_gap_of_a_trained_lora_and_the_merge_is_undone(tmp_path, ca
     import torch
     from train_helpers import job, tiny
 
-    from lora_wise.train import train_group
+    from lora_wise.factory.train import train_group
 
     gap_script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "memorisation_gap.py"))
     bb = tiny()
@@ -69,8 +69,8 @@ def test_memorisation_gap_of_a_trained_lora_and_the_merge_is_undone(tmp_path, ca
 
 
 def test_export_pool_images_makes_a_folder_micro_dataset_of_unseen_images(tmp_path):
-    from lora_wise import pool
-    from lora_wise.micro_datasets import open_micro_dataset
+    from lora_wise.factory import pool
+    from lora_wise.factory.micro_datasets import open_micro_dataset
 
     export = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "export_pool_images.py"))
     assert export["main"](["face", "--start", "64", "--out", str(tmp_path)]) == 0

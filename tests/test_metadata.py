@@ -8,8 +8,8 @@ import pytest
 from reader_helpers import write_diffusers, write_kohya, write_peft_folder
 
 from lora_wise import read_lora
-from lora_wise.jobs import TrainJob
-from lora_wise.metadata import parse_declared
+from lora_wise.factory.jobs import TrainJob
+from lora_wise.lora.metadata import parse_declared
 
 KOHYA_META = {
     "ss_network_module": "networks.lora",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lora_wise import compute_spectra, load_benchmark, read_lora
-from lora_wise.bank import BANKS_DIR, bank_for, load_bank_file
+from lora_wise.estimation.bank import BANKS_DIR, bank_for, load_bank_file
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "benchmark" / "mini-lora-wise"
@@ -37,7 +37,7 @@ def tables(manifest):
 
 def test_committed_benchmark_is_consistent_and_small(manifest, tables):
     """Whatever part of the 600 models is committed: grid models only, each at every committed step."""
-    from lora_wise.grid import load_grid
+    from lora_wise.factory.grid import load_grid
 
     grid = {job.job_id: job for job in load_grid("mini")}
     assert tables, "no mini LoRA-WiSE config committed"
@@ -65,8 +65,8 @@ def test_committed_benchmark_holds_600_models_of_50_micro_datasets(tables):
 
 @pytest.mark.slow
 def test_two_models_retrained_from_scratch_match_the_committed_spectra(tmp_path):
-    from lora_wise.grid import load_grid
-    from lora_wise.train import train_group
+    from lora_wise.factory.grid import load_grid
+    from lora_wise.factory.train import train_group
 
     wanted = {"low-tiny_sd-r8/pool-photo-coffee/n0001", "medium-tiny_sd-r8/pool-digit-0-ink/n0050"}
     jobs = [dataclasses.replace(j, steps=RETRAIN_STEP, snapshot_every=RETRAIN_STEP)  # constant lr: the first
@@ -110,7 +110,7 @@ def test_every_concept_family_of_the_pool_is_evaluated_alone(tables):
 def test_the_demo_quotes_the_packaged_banks_own_measured_accuracy():
     """lora-scan's default run shows the bank's self-check; it is what the protocol measures on the
     packaged bank now (seeded splits), not a number frozen into the file by hand."""
-    from lora_wise.bank import quoted_self_check, self_check
+    from lora_wise.estimation.bank import quoted_self_check, self_check
     from scanner.example import scan_example
 
     report = scan_example()

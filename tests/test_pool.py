@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_wise import pool
-from lora_wise.micro_datasets import MicroDatasetError, choose_images, open_micro_dataset
+from lora_wise.factory import pool
+from lora_wise.factory.micro_datasets import MicroDatasetError, choose_images, open_micro_dataset
 
 
 def test_pool_has_50_concepts_of_50_distinct_images():

@@ -23,7 +23,7 @@ from reader_helpers import (
 )
 
 from lora_wise import compute_spectra, read_lora
-from lora_wise.formats.cloneofsimo import unet_order
+from lora_wise.lora.formats.cloneofsimo import unet_order
 
 RANK = 4
 
@@ -340,8 +340,8 @@ def test_kohya_names_agree_with_diffusers_own_lora_state_dict(tmp_path):
 
     from diffusers import StableDiffusionXLPipeline
 
-    from lora_wise.formats.keys import split_key
-    from lora_wise.formats.naming import canonical_dotted
+    from lora_wise.lora.formats.keys import split_key
+    from lora_wise.lora.formats.naming import canonical_dotted
 
     tensors = _sdxl_kohya_tensors()
     converted, _ = StableDiffusionXLPipeline.lora_state_dict(dict(tensors), unet_config=SimpleNamespace(layers_per_block=2))

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from reader_helpers import raw_file, save, tiny_valid_file
 
 from lora_wise import InvalidLoraFile, NoLoraWeightsError, UnsafeFormatError, read_lora
-from lora_wise.safetensors_io import MAX_HEADER_BYTES, read_header
+from lora_wise.lora.safetensors_io import MAX_HEADER_BYTES, read_header
 
 NAME = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
 

@@ -10,8 +10,8 @@ from reader_helpers import write_kohya
 from safetensors.numpy import save_file
 from sources_helpers import hub_cache_repo, lora_bytes
 
-from lora_wise.bank import fit_bank, save_bank
-from lora_wise.clitools import run
+from lora_wise.cli.tools import run
+from lora_wise.estimation.bank import fit_bank, save_bank
 from lora_wise.evaluation import table_from_factory
 from scanner.cli import cli
 from scanner.errors import TargetError

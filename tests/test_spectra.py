@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lora_wise import LoraLayer, LoraWeights, compute_spectra
-from lora_wise.spectra import natural_key
+from lora_wise.spectra.compute import natural_key
 
 
 def _layer(rng, name, d, k, r, scale=1.0, dtype="f4"):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from train_helpers import tiny
 
-from lora_wise.backbones import BackboneError, load_backbone, tiny_sd
-from lora_wise.train import target_module_names
+from lora_wise.factory.backbones import BackboneError, load_backbone, tiny_sd
+from lora_wise.factory.train import target_module_names
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -56,7 +56,7 @@ def test_shipped_weights_are_small_fp16_and_load_strictly():
 
 def test_pretrained_unet_denoises_better_than_random_init():
     # the shipped UNet learnt something: lower epsilon-MSE on pool latents than a fresh init
-    from lora_wise.micro_datasets import open_micro_dataset
+    from lora_wise.factory.micro_datasets import open_micro_dataset
 
     bb = tiny()
     md = open_micro_dataset("pool:digit-2-ink")

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from train_helpers import job, tiny, train_alone_reference
 
-from lora_wise.train import train_group
+from lora_wise.factory.train import train_group
 
 
 def _assert_same_lora(got: dict, ref: dict, lr: float = 1e-4) -> None:
@@ -112,7 +112,7 @@ def test_mixed_groups_are_refused(tmp_path):
 
 
 def test_gradient_clipping_is_per_job_as_torch_clips_each_model():
-    from lora_wise.train import MAX_GRAD_NORM, _clip_per_job
+    from lora_wise.factory.train import MAX_GRAD_NORM, _clip_per_job
 
     gen = torch.Generator().manual_seed(0)
     params = [torch.zeros(3, 4, 5, requires_grad=True), torch.zeros(3, 6, 4, requires_grad=True)]
@@ -138,8 +138,8 @@ def test_sdxl_folder_trains_and_loads(tmp_path):
     from diffusers import StableDiffusionXLPipeline
     from train_helpers import save_tiny_sdxl
 
-    from lora_wise.backbones import load_backbone
-    from lora_wise.jobs import TrainJob
+    from lora_wise.factory.backbones import load_backbone
+    from lora_wise.factory.jobs import TrainJob
 
     save_tiny_sdxl(tmp_path / "sdxl")
     bb = load_backbone(str(tmp_path / "sdxl"))

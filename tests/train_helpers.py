@@ -8,10 +8,17 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from lora_wise.backbones import DiffusionBackbone, load_backbone
-from lora_wise.jobs import TrainJob
-from lora_wise.micro_datasets import open_micro_dataset
-from lora_wise.train import ADAM_BETAS, ADAM_EPS, MAX_GRAD_NORM, WEIGHT_DECAY, init_lora, target_module_names
+from lora_wise.factory.backbones import DiffusionBackbone, load_backbone
+from lora_wise.factory.jobs import TrainJob
+from lora_wise.factory.micro_datasets import open_micro_dataset
+from lora_wise.factory.train import (
+    ADAM_BETAS,
+    ADAM_EPS,
+    MAX_GRAD_NORM,
+    WEIGHT_DECAY,
+    init_lora,
+    target_module_names,
+)
 
 
 @lru_cache(maxsize=1)
@@ -74,7 +81,7 @@ def save_tiny_sdxl(folder) -> None:
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from lora_wise.backbones import tiny_sd
+    from lora_wise.factory.backbones import tiny_sd
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(

@@ -13,7 +13,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from lora_wise.clitools import EXIT_CODES_HELP, EXIT_INPUT, EXIT_NO_LORA, EXIT_OK, print_json
+from lora_wise.cli.tools import EXIT_CODES_HELP, EXIT_INPUT, EXIT_NO_LORA, EXIT_OK, print_json
 
 DEFAULT_STATE = "lora-scan-crawl.db"
 

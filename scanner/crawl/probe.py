@@ -16,10 +16,10 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from lora_wise.backbone import from_metadata
-from lora_wise.metadata import parse_declared
-from lora_wise.safetensors_io import read_header as read_local_header
-from lora_wise.safetensors_io import refuse_unsafe
+from lora_wise.lora.fingerprint import from_metadata
+from lora_wise.lora.metadata import parse_declared
+from lora_wise.lora.safetensors_io import read_header as read_local_header
+from lora_wise.lora.safetensors_io import refuse_unsafe
 
 from ..download import RetryPolicy, check_size, is_pickle_name
 from ..errors import NoLoraFiles, UnsafeFormat

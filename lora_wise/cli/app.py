@@ -1,0 +1,61 @@
+"""The ``lora-wise`` command: the benchmark and the science, as thin click layers over library functions."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from lora_wise.cli.tools import EXIT_CODES_HELP, main_for, print_json
+
+
+@click.group(epilog=EXIT_CODES_HELP)
+@click.version_option(package_name="lora-wise")
+def cli() -> None:
+    """LoRA-WiSE: generate LoRA fine-tunes at known dataset sizes, turn them into spectra, publish
+    them as a Hugging Face dataset, and fit / evaluate dataset-size estimators (DSiRe)."""
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print every layer's singular values as JSON.")
+def spectra(path: str, as_json: bool) -> None:
+    """Singular values of A, B and scale·B·A of every layer of a LoRA file.
+
+    Computed exactly through the QR route (no dense d×k product), in float64, in the
+    fixed layer order the benchmark and the estimators use.
+    """
+    from lora_wise import compute_spectra, read_lora
+
+    result = compute_spectra(read_lora(path))
+    if as_json:
+        print_json(
+            [
+                {"layer": name, "a": result.a[i], "b": result.b[i], "ba": result.ba[i], "fro": result.fro[i]}
+                for i, name in enumerate(result.layers)
+            ]
+        )
+        return
+    table = Table(title=f"{len(result.layers)} layers, width {result.width}")
+    for column in ("layer", "‖ΔW‖_F", "σ₁(ΔW)", "σ₁(A)", "σ₁(B)"):
+        table.add_column(column, justify="left" if column == "layer" else "right")
+    for i, name in enumerate(result.layers):
+        table.add_row(name, f"{result.fro[i]:.4g}", f"{result.ba[i, 0]:.4g}", f"{result.a[i, 0]:.4g}", f"{result.b[i, 0]:.4g}")
+    Console().print(table)
+
+
+def _register() -> None:
+    from lora_wise.cli.bank import banks_command, fit_bank_command
+    from lora_wise.cli.dataset import COMMANDS
+    from lora_wise.cli.evaluate import evaluate, norms
+    from lora_wise.cli.generate import generate
+
+    for command in (generate, *COMMANDS, evaluate, norms, fit_bank_command, banks_command):
+        cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    main_for(cli, "lora-wise")

@@ -1,0 +1,1 @@
+"""Dataset-size estimators (DSiRe and its rivals, the interval, applicability) and fitted reference banks."""
