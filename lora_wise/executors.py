@@ -32,13 +32,9 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
 
-from lora_wise.errors import LoraWiseError
+from lora_wise.errors import ExecutorError
 
 EXECUTORS = ("inprocess", "pool", "ray")
-
-
-class ExecutorError(LoraWiseError):
-    """The executor cannot run at all (bad option, Ray missing or unreachable)."""
 
 
 @dataclass

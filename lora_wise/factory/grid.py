@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from lora_wise.errors import LoraWiseError
+from lora_wise.errors import GridError
 from lora_wise.factory.jobs import TrainJob
 from lora_wise.factory.micro_datasets import matches
 from lora_wise.paper import RANGES, SCHEDULES, TARGET_MODULES
@@ -36,10 +36,6 @@ JOB_KEYS = {"steps", "snapshot_every", "batch_size", "learning_rate", "resolutio
 AXIS_KEYS = {"backbones", "ranks", "micro_datasets", "sizes"}
 TOP_KEYS = JOB_KEYS | AXIS_KEYS | {"name", "description", "ranges"}
 DEFAULT_SNAPSHOT_EVERY = 100
-
-
-class GridError(LoraWiseError):
-    """The grid spec is malformed or names something that does not exist."""
 
 
 def load_grid(source: str | Path, pool_concepts: list[str] | None = None) -> list[TrainJob]:

@@ -26,14 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lora_wise.errors import LoraWiseError
+from lora_wise.errors import MicroDatasetError
 from lora_wise.factory import pool
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".JPEG", ".JPG", ".PNG")
-
-
-class MicroDatasetError(LoraWiseError):
-    """A micro-dataset spec is malformed, points nowhere, or has too few images."""
 
 
 @dataclass(frozen=True)
