@@ -32,7 +32,7 @@ from lora_wise.executors import TaskResult, run_tasks, select_shard
 from lora_wise.factory.jobs import TrainJob
 from lora_wise.factory.snapshots import is_done, job_folder, remove_temp_files, snapshot_steps
 
-#: Jobs per trained group. The trainer batches a group into one forward pass; 16 is the starting point.
+#: Jobs per trained group: the trainer batches a group into one forward pass (docs/factory.md has the rates).
 DEFAULT_GROUP_SIZE = 32
 DEFAULT_TRAINER = "lora_wise.factory.train:train_group"
 def group_key(job: TrainJob) -> tuple:
