@@ -28,15 +28,28 @@ def _room(dotted: str) -> str | None:
     return parts[1] if parts[0] == "lora_wise" and len(parts) > 1 else None
 
 
+def _absolute(node: ast.ImportFrom, path: Path) -> str:
+    """The absolute module a ``from ... import`` names, relative levels resolved against ``path``."""
+    if node.level == 0:
+        return node.module or ""
+    package = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _names(node: ast.AST, path: Path) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom):
+        module = _absolute(node, path)
+        return [module] + [f"{module}.{a.name}" for a in node.names]
+    return []
+
+
 def _imports(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text())
-    out = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-    return out
+    return [name for node in ast.walk(ast.parse(path.read_text())) for name in _names(node, path)]
 
 
 def _modules(package: str) -> list[Path]:
@@ -76,3 +89,37 @@ def test_scanner_library_never_imports_cli_modules():
             if target.startswith(("lora_wise.cli", "scanner.cli", "scanner.crawl.cli")):
                 offenders.append(f"{path.relative_to(ROOT)} imports {target}")
     assert not offenders, "\n".join(offenders)
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = rel.parts[:-1] if rel.parts[-1] == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def _dependencies(path: Path, known: set[str]) -> set[str]:
+    """Our modules that ``path`` imports, lazily or not (its own packages do not count)."""
+    me = _module_name(path)
+    return {n for n in _imports(path) if n in known and n != me and not me.startswith(n + ".")}
+
+
+def test_no_import_cycles():
+    """Counting imports inside functions too: a lazy import that closes a loop is still a loop."""
+    paths = _modules("lora_wise") + _modules("scanner")
+    known = {_module_name(p) for p in paths}
+    graph = {_module_name(p): _dependencies(p, known) for p in paths}
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path + [node, nxt]
+            if nxt not in state and (cycle := visit(nxt, path + [node])):
+                return cycle
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start, [])):
+            raise AssertionError("import cycle: " + " -> ".join(cycle[cycle.index(cycle[-1]) :]))
