@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,10 @@ import numpy as np
 
 from lora_wise.dataset.load import table_loader
 from lora_wise.errors import InvalidLoraFile, LoraWiseError
+from lora_wise.estimation.bank import Bank
 from lora_wise.estimation.estimators import Applicability, SizeInterval, make_method
+from lora_wise.estimation.fitted import DEFAULT_KINDS
+from lora_wise.estimation.methods import ALL_METHODS, DSIRE, FROBENIUS_NN, INTERVAL, SELF_CHECK_METHODS
 from lora_wise.factory.jobs import TrainJob
 from lora_wise.factory.micro_datasets import matches
 from lora_wise.lora.reader import read_lora
@@ -27,8 +30,7 @@ from lora_wise.paper import PAPER_SEED, PAPER_TEST, PAPER_TRAIN, RANGES, SCHEDUL
 from lora_wise.spectra.compute import compute_spectra
 from lora_wise.spectra.table import SpectraTable
 
-#: Methods of paper Table 5 plus ours; "interval" is SizeInterval's continuous estimate.
-ALL_METHODS = ("frobenius-nn", "dsire", "nn-full-model", "ridge", "gda", "average-vote", "interval")
+__all__ = ["ALL_METHODS", "MethodResult", "evaluate", "load_table", "self_check"]
 
 
 @dataclass
@@ -133,8 +135,8 @@ def select_step(table: SpectraTable, step: int | None) -> tuple[SpectraTable, st
 
 def _predict(method: str, kinds, train: SpectraTable, test: SpectraTable) -> tuple[np.ndarray, dict]:
     """Predictions of one method, plus per-repeat extras (interval coverage)."""
-    if method == "interval":
-        est = SizeInterval(kinds=tuple(kinds or ("a", "b", "ba"))).fit(train)
+    if method == INTERVAL:
+        est = SizeInterval(kinds=tuple(kinds or DEFAULT_KINDS)).fit(train)
         point, lo, hi = est.predict_interval(test)
         classes = np.unique(train.size)
         snapped = classes[np.argmin(np.abs(point[:, None] - classes[None]), axis=1)]
@@ -145,7 +147,7 @@ def _predict(method: str, kinds, train: SpectraTable, test: SpectraTable) -> tup
 
 def evaluate(
     table: SpectraTable,
-    methods: Sequence[str] = ("frobenius-nn", "dsire"),
+    methods: Sequence[str] = (FROBENIUS_NN, DSIRE),
     config: str = "",
     kinds: Sequence[str] | None = None,
     repeats: int = 10,
@@ -186,21 +188,35 @@ def evaluate(
     return results
 
 
+def self_check(bank: Bank, repeats: int = 10, progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """The paper's protocol on a bank's own table at each of its steps (split by micro-dataset,
+    so every answer is about concepts the fit did not see): Frobenius-NN, DSiRe and the interval.
+    ``lora-wise fit-bank`` stores it in the header, and ``lora-scan`` quotes it as how far to trust
+    the bank's answers."""
+    checks = []
+    for step in bank.header.steps:
+        if progress is not None:
+            progress(step)
+        sub = bank.table.subset(bank.table.step == step)
+        checks += [{"step": step, **r.to_dict()} for r in evaluate(sub, SELF_CHECK_METHODS, repeats=repeats)]
+    return checks
+
+
 # --------------------------------------------------------------------------- ablations
 
 
-def ablate_kinds(table: SpectraTable, kinds_list: Sequence[Sequence[str]] = (("a",), ("b",), ("ba",), ("a", "b", "ba")),
+def ablate_kinds(table: SpectraTable, kinds_list: Sequence[Sequence[str]] = (*((k,) for k in DEFAULT_KINDS), DEFAULT_KINDS),
                  **kwargs) -> list[MethodResult]:
     """Paper Table 9: DSiRe on each matrix kind alone and on all."""
     out = []
     for kinds in kinds_list:
-        (res,) = evaluate(table, ("dsire",), kinds=kinds, **kwargs)
+        (res,) = evaluate(table, (DSIRE,), kinds=kinds, **kwargs)
         res.method = f"dsire[{'+'.join(kinds)}]"
         out.append(res)
     return out
 
 
-def ablate_n_train(table: SpectraTable, counts: Sequence[int] = (1, 2, 5, 10, 15), method: str = "dsire",
+def ablate_n_train(table: SpectraTable, counts: Sequence[int] = (1, 2, 5, 10, 15), method: str = DSIRE,
                    **kwargs) -> list[MethodResult]:
     """Paper Fig. 5: accuracy against the number of training micro-datasets (counts that do
     not leave a test micro-dataset are skipped)."""
@@ -215,7 +231,7 @@ def ablate_n_train(table: SpectraTable, counts: Sequence[int] = (1, 2, 5, 10, 15
     return out
 
 
-def by_condition(table: SpectraTable, column: str, methods: Sequence[str] = ("frobenius-nn", "dsire"),
+def by_condition(table: SpectraTable, column: str, methods: Sequence[str] = (FROBENIUS_NN, DSIRE),
                  **kwargs) -> list[MethodResult]:
     """Paper Tables 4 and 8: the protocol run separately at every value of ``rank`` or ``step``."""
     if column not in ("rank", "step", "backbone"):
@@ -269,7 +285,7 @@ def plot_confusion(result: MethodResult, path: str | Path) -> Path | None:
 
 
 def cross_condition(table: SpectraTable, column: str, fit_value: Any, test_value: Any, repeats: int = 10,
-                    n_train: int | None = None, seed: int = PAPER_SEED, method: str = "dsire") -> dict[str, Any]:
+                    n_train: int | None = None, seed: int = PAPER_SEED, method: str = DSIRE) -> dict[str, Any]:
     """Fit on references at one step/rank, test on held-out concepts at another.
 
     Reports the method's metrics and the mean applicability both in-condition (test at
@@ -309,7 +325,7 @@ def held_out_size(table: SpectraTable, size: int, repeats: int = 10, n_train: in
     for train_groups, test_groups in micro_splits(table.micro_dataset, n_tr, n_te, repeats, seed):
         train = table.subset(np.isin(table.micro_dataset, train_groups) & (table.size != size))
         test = table.subset(np.isin(table.micro_dataset, test_groups) & (table.size == size))
-        voted = make_method("dsire").fit(train).predict(test)
+        voted = make_method(DSIRE).fit(train).predict(test)
         est, lo, hi = SizeInterval(base=base, coverage=coverage).fit(train).predict_interval(test)
         vals["dsire_mae"].append(float(np.abs(voted - size).mean()))
         vals["interval_mae"].append(float(np.abs(est - size).mean()))

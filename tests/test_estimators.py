@@ -13,6 +13,7 @@ from sklearn.linear_model import Ridge
 from sklearn.neighbors import KNeighborsClassifier
 
 from lora_wise.errors import BankError
+from lora_wise.estimation.fitted import standardise as _standardise
 from lora_wise.estimation.estimators import (
     Applicability,
     DSiRe,
@@ -21,7 +22,7 @@ from lora_wise.estimation.estimators import (
     NNFullModel,
     RidgeVote,
     SizeInterval,
-    _standardise,
+
     make_method,
     voter_features,
 )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -10,7 +12,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from lora_wise.cli.tools import EXIT_CODES_HELP, print_json
+from lora_wise.cli.tools import EXIT_CODES_HELP, err_console, print_json
 from lora_wise.spectra.table import SpectraTable
 
 #: ~7.4 MB per step for 600 rank-8 tiny-sd models: a few steps keep a packaged bank small.
@@ -22,18 +24,6 @@ FIT_EPILOG = (
     "  lora-wise fit-bank runs/dataset --config medium-sd15-r32 --steps 1200   # an SD1.5 bank for lora-scan\n\n"
     + EXIT_CODES_HELP
 )
-
-
-def concat_tables(tables: list[SpectraTable]) -> SpectraTable:
-    """Stack tables of the same layers (configs of one backbone and rank)."""
-    from lora_wise.errors import LoraWiseError
-
-    first = tables[0]
-    for t in tables[1:]:
-        if t.layers != first.layers or t.ba.shape[2] != first.ba.shape[2]:
-            raise LoraWiseError("configs to pool must share layers and rank")
-    fields = ("a", "b", "ba", "fro", "size", "micro_dataset", "step", "rank", "backbone", "model_id")
-    return SpectraTable(first.layers, **{k: np.concatenate([getattr(t, k) for t in tables]) for k in fields})
 
 
 def recipe_from_factory(source: Path) -> dict:
@@ -63,35 +53,52 @@ def recipe_from_factory(source: Path) -> dict:
 @click.option("--repeats", type=click.IntRange(min=0), default=10, show_default=True,
               help="Repeats of the paper's protocol run on the bank's own table (0: skip the self-check).")
 @click.option("--json", "as_json", is_flag=True, help="Print the bank's summary and self-check as JSON.")
-def fit_bank_command(source, configs, steps, kinds, base, hold_out, out, repeats, as_json) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+def fit_bank_command(source, configs, steps, kinds, base, hold_out, out, repeats, as_json, quiet) -> None:
     """Fit a reference bank (DSiRe + continuous estimate + applicability) and save it as safetensors.
 
     SOURCE is read as by `lora-wise evaluate` (a LoRA-WiSE dataset folder or Hub repo id, or a
     factory output folder). The bank is read back and checked, then the paper's protocol runs on its
     own table at every kept step, so you see what accuracy to expect from it.
     """
-    from lora_wise.estimation.bank import fit_bank, load_bank_file, save_bank, self_check, user_banks_dir
-    from lora_wise.evaluation import load_table
+    from lora_wise.estimation.bank import fit_bank, load_bank_file, save_bank, user_banks_dir
+    from lora_wise.evaluation import load_table, self_check
 
-    table = concat_tables([load_table(source, c) for c in (configs or [None])])
+    say = _progress(quiet)
+    say(f"reading spectra from {source}")
+    table = SpectraTable.concat([load_table(source, c) for c in (configs or [None])])
     if hold_out:  # a demo LoRA must be one the bank has never seen
         table = table.subset(~np.isin(table.micro_dataset, hold_out))
     recipe = recipe_from_factory(Path(source)) if Path(source).is_dir() else {}
     recipe |= {"configs": list(configs), "held_out": list(hold_out)}
     bank = fit_bank(table, recipe=recipe, steps=None if steps == "all" else _ints(steps, "--steps"),
                     kinds=tuple(_csv(kinds)), params={"base": base, "coverage": 0.8, "tie": "median"},
-                    created_by="lora-wise fit-bank")  # fmt: skip
+                    created_by="lora-wise fit-bank", progress=lambda s: say(f"fitting the estimators at step {s}"))  # fmt: skip
     if repeats:  # fit_bank rounds to float32 already, so this is the saved bank's own accuracy
-        bank.header["self_check"] = self_check(bank, repeats)
+        bank.header.self_check = self_check(
+            bank, repeats, progress=lambda s: say(f"self-check at step {s}: the protocol, {repeats} repeats")
+        )
     path = save_bank(bank, Path(out or user_banks_dir()) / f"{bank.name}.safetensors")
+    say(f"wrote {path}; reading it back")
     loaded = load_bank_file(path)
     summary = {"path": str(path), "name": loaded.name, "snapshots": len(loaded.table), "steps": loaded.steps,
-               "sizes": loaded.header["sizes"], "bytes": path.stat().st_size,
-               "self_check": loaded.header.get("self_check", [])}
+               "sizes": loaded.header.sizes, "bytes": path.stat().st_size,
+               "self_check": loaded.header.self_check or []}
     if as_json:
         print_json(summary)
     else:
         _render_fit(summary)
+
+
+def _progress(quiet: bool) -> Callable[[str], None]:
+    """One line per stage on stderr, with the seconds since the start (nothing with ``--quiet``)."""
+    start = time.perf_counter()
+
+    def say(text: str) -> None:
+        if not quiet:
+            err_console.print(f"[dim]{time.perf_counter() - start:6.1f}s[/] {text}", highlight=False)
+
+    return say
 
 
 def _render_fit(summary: dict) -> None:

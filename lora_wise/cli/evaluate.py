@@ -96,7 +96,7 @@ def evaluate(source, config, methods, step, kinds, micro_datasets, repeats, n_tr
     of 50 (scaled when fewer), 10 repeats seeded 42; MAE, MAPE and accuracy as mean ± std.
     """
     from lora_wise import evaluation as ev
-    from lora_wise.estimation.estimators import KINDS
+    from lora_wise.spectra.table import KINDS
 
     names, kind_list = _methods(methods), _csv(kinds)
     if kind_list is not None and (not kind_list or not set(kind_list) <= set(KINDS)):
