@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -35,7 +36,6 @@ from lora_wise.estimation.fitted import (
     DEFAULT_KINDS,
     ApplicabilityState,
     IntervalState,
-    LogSizeModel,
     VoteState,
     check_kinds,
     voter_features,
@@ -230,57 +230,41 @@ class Estimate:
 class FittedStep:
     """The pretrained estimators at one reference step: DSiRe, the interval, applicability."""
 
-    votes: VoteState
+    votes: VoteState  # its state is the references themselves: the bank's tensors
     interval: IntervalState
     applicability: ApplicabilityState
     references: int
 
     def stored(self) -> dict[str, Any]:
-        """What the header keeps of it: the state that is costly to recompute."""
-        return {
-            "interval_quantiles": list(self.interval.quantiles),
-            "interval_calibrated": self.interval.calibrated,
-            "applicability_scale": self.applicability.scale.tolist(),
-            "applicability_reference_stats": self.applicability.reference_stats.tolist(),
-        }
+        """What the header keeps of it (the references are the bank's tensors)."""
+        return {"interval": self.interval.stored(), "applicability": self.applicability.stored()}
+
+    @classmethod
+    def restore(cls, header: BankHeader, X: np.ndarray, sub: SpectraTable, stored: dict[str, Any]) -> FittedStep:
+        """The estimators at one step from the references ``sub`` (features X) and the stored state."""
+        try:
+            interval = IntervalState.restore(X, sub.size, stored["interval"])
+            applicability = ApplicabilityState.restore(X, stored["applicability"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BankError(f"{header.name}: malformed fitted state in the bank header ({exc})") from None
+        return cls(VoteState.fit(X, sub.size, tie=_settings(header)["tie"]), interval, applicability, len(sub))
+
+    @classmethod
+    def fit(cls, header: BankHeader, X: np.ndarray, sub: SpectraTable) -> FittedStep:
+        """The estimators fitted from the references, with numpy only (a bank saved without state)."""
+        s = _settings(header)
+        return cls(
+            VoteState.fit(X, sub.size, tie=s["tie"]),
+            IntervalState.fit(X, sub.size, sub.micro_dataset, s["base"], s["alpha"], s["coverage"]),
+            ApplicabilityState.fit(X, sub.micro_dataset),
+            len(sub),
+        )
 
 
 def _settings(header: BankHeader) -> dict[str, Any]:
     p = header.params
     return {"tie": p.get("tie", "median"), "base": p.get("base", "ridge"), "alpha": p.get("alpha", 1.0),
             "coverage": p.get("coverage", 0.8)}  # fmt: skip
-
-
-def _restore(header: BankHeader, X: np.ndarray, sub: SpectraTable, stored: dict[str, Any]) -> FittedStep:
-    """A step's estimators from the references and the header's stored state."""
-    s = _settings(header)
-    try:
-        scale = np.asarray(stored["applicability_scale"], dtype=np.float64)
-        stats = np.asarray(stored["applicability_reference_stats"], dtype=np.float64)
-        lo, hi = (float(q) for q in stored["interval_quantiles"])
-        calibrated = bool(stored["interval_calibrated"])
-    except (KeyError, TypeError, ValueError):
-        raise BankError(f"{header.name}: malformed stored state in the bank header") from None
-    if scale.shape != (X.shape[1],) or stats.shape != (len(sub),):
-        raise BankError(f"{header.name}: stored applicability state does not match the references")
-    model = LogSizeModel.fit(X, np.log(sub.size.astype(float)), s["base"], s["alpha"])
-    return FittedStep(
-        VoteState.fit(X, sub.size, tie=s["tie"]),
-        IntervalState(model, (lo, hi), s["coverage"], calibrated),
-        ApplicabilityState.restore(X, scale, stats),
-        len(sub),
-    )
-
-
-def _fit_numpy(header: BankHeader, X: np.ndarray, sub: SpectraTable) -> FittedStep:
-    """A step's estimators fitted from the references (a bank saved without stored state)."""
-    s = _settings(header)
-    return FittedStep(
-        VoteState.fit(X, sub.size, tie=s["tie"]),
-        IntervalState.fit(X, sub.size, sub.micro_dataset, s["base"], s["alpha"], s["coverage"]),
-        ApplicabilityState.fit(X, sub.micro_dataset),
-        len(sub),
-    )
 
 
 @dataclass
@@ -312,7 +296,12 @@ class Bank:
             sub = self.table.subset(self.table.step == step)
             stored = self.header.fitted.get(str(step))
             X = self.features(sub)
-            self._fitted[step] = _fit_numpy(self.header, X, sub) if stored is None else _restore(self.header, X, sub, stored)
+            if stored is None:  # seconds, not milliseconds: say so rather than hang silently
+                print(f"lora-wise: bank {self.name} holds no fitted state (saved by an older lora-wise): fitting "
+                      f"step {step} once; `lora-wise fit-bank` rewrites it pretrained", file=sys.stderr)  # fmt: skip
+                self._fitted[step] = FittedStep.fit(self.header, X, sub)
+            else:
+                self._fitted[step] = FittedStep.restore(self.header, X, sub, stored)
         return self._fitted[step]
 
     def summary(self, step: int) -> BankSummary:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -250,6 +251,21 @@ class LogSizeModel:
         coef, intercept = batched_ridge((F - mu) / sd, logy, alpha)
         return cls(base, mu, sd, coef, intercept)
 
+    def stored(self) -> dict[str, Any]:
+        """The fitted arrays as JSON lists (float64 values survive JSON exactly); the votes model
+        is its references, which a bank stores as tensors."""
+        if self.base == "votes":
+            return {"base": self.base}
+        return {"base": self.base, **{k: getattr(self, k).tolist() for k in _RIDGE_ARRAYS}}
+
+    @classmethod
+    def restore(cls, X: np.ndarray, logy: np.ndarray, stored: dict[str, Any]) -> LogSizeModel:
+        """The model fitted on references X (log sizes ``logy``) from its ``stored()`` form."""
+        if stored["base"] == "votes":
+            return cls("votes", ref=References.of(X), logy=logy)
+        arrays = {k: _array(stored[k], (X.shape[1], X.shape[2])[: 1 if k == "intercept" else 2]) for k in _RIDGE_ARRAYS}
+        return cls("ridge", **arrays)
+
     def point(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Point estimate (log size) and voter spread for each model in X."""
         if self.base == "votes":
@@ -262,6 +278,17 @@ class LogSizeModel:
         _check_any(per)
         med = np.nanmedian(per, axis=1)
         return med, 1.4826 * np.nanmedian(np.abs(per - med[:, None]), axis=1)
+
+
+_RIDGE_ARRAYS = ("mu", "sd", "coef", "intercept")
+
+
+def _array(values: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A stored list as a float64 array of the expected shape (ValueError otherwise)."""
+    out = np.asarray(values, dtype=np.float64)
+    if out.shape != shape:
+        raise ValueError(f"stored array of shape {out.shape}, expected {shape}")
+    return out
 
 
 def group_folds(groups: np.ndarray | None, n: int) -> list[np.ndarray]:
@@ -297,6 +324,16 @@ class IntervalState:
         lo, hi = (1 - coverage) / 2, (1 + coverage) / 2
         return cls(model, (float(np.quantile(resid, lo)), float(np.quantile(resid, hi))), coverage, True, resid)
 
+    def stored(self) -> dict[str, Any]:
+        return {"model": self.model.stored(), "quantiles": list(self.quantiles), "coverage": self.coverage,
+                "calibrated": self.calibrated}  # fmt: skip
+
+    @classmethod
+    def restore(cls, X: np.ndarray, y: np.ndarray, stored: dict[str, Any]) -> IntervalState:
+        lo, hi = (float(q) for q in stored["quantiles"])
+        model = LogSizeModel.restore(X, np.log(y.astype(float)), stored["model"])
+        return cls(model, (lo, hi), float(stored["coverage"]), bool(stored["calibrated"]))
+
     def predict_interval(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(estimate, low, high) in images."""
         point, spread = self.model.point(X)
@@ -330,10 +367,14 @@ class ApplicabilityState:
         scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1e-12)
         return cls(ref, scale, np.nanmedian(np.log(dist / scale + 1e-12), axis=1))
 
+    def stored(self) -> dict[str, Any]:
+        return {"scale": self.scale.tolist(), "reference_stats": self.reference_stats.tolist()}
+
     @classmethod
-    def restore(cls, X: np.ndarray, scale: np.ndarray, reference_stats: np.ndarray) -> ApplicabilityState:
-        """The state fitted on references X, from its stored ``scale`` and statistics."""
-        return cls(References.of(log_features(X)), scale, reference_stats)
+    def restore(cls, X: np.ndarray, stored: dict[str, Any]) -> ApplicabilityState:
+        """The state fitted on references X, from its ``stored()`` form."""
+        scale = _array(stored["scale"], X.shape[1:2])
+        return cls(References.of(log_features(X)), scale, _array(stored["reference_stats"], X.shape[:1]))
 
     def statistic(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(median log distance ratio, fraction of voters present) per target."""
