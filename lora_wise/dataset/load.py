@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from lora_wise.dataset.build import MANIFEST, DatasetBuildError, read_manifest
-from lora_wise.spectra.table import SpectraTable
+from lora_wise.spectra.table import COLUMNS, SpectraTable
+
+#: A table column's name in the dataset, where the two differ.
+_DATASET_COLUMN = {"size": "dataset_size"}
 
 
 def resolve_dataset(path_or_repo: str | Path, config: str | None, revision: str | None = None) -> Path:
@@ -60,20 +63,9 @@ def load_benchmark(path_or_repo: str | Path, config: str, split: str | None = No
 
 
 def _to_table(ds, layers: list[str]) -> SpectraTable:
-    n, n_layers = len(ds), len(layers)
-    columns = ["a", "b", "ba", "fro", "dataset_size", "micro_dataset", "step", "rank", "backbone", "model_id"]
-    batch = ds.select_columns(columns).with_format("numpy")[:]  # one Arrow -> numpy conversion per column
-    return SpectraTable(
-        layers=list(layers),
-        **{kind: np.asarray(batch[kind], dtype=np.float64).reshape(n, n_layers, -1) for kind in ("a", "b", "ba")},
-        fro=np.asarray(batch["fro"], dtype=np.float64).reshape(n, n_layers),
-        size=np.asarray(batch["dataset_size"], dtype=np.int64),
-        micro_dataset=np.asarray(batch["micro_dataset"]).astype(str),
-        step=np.asarray(batch["step"], dtype=np.int64),
-        rank=np.asarray(batch["rank"], dtype=np.int64),
-        backbone=np.asarray(batch["backbone"]).astype(str),
-        model_id=np.asarray(batch["model_id"]).astype(str),
-    )
+    names = {column: _DATASET_COLUMN.get(column, column) for column in COLUMNS}
+    batch = ds.select_columns(list(names.values())).with_format("numpy")[:]  # one Arrow -> numpy conversion per column
+    return SpectraTable.from_columns(layers, {column: batch[name] for column, name in names.items()})
 
 
 def table_loader(source: str, config: str | None) -> SpectraTable | None:

@@ -29,6 +29,7 @@ from lora_wise.errors import InvalidLoraFile
 from lora_wise.lora.weights import LoraLayer, LoraWeights
 from lora_wise.paper import SCHEDULES, TARGET_MODULES
 from lora_wise.spectra.compute import Spectra, compute_spectra, natural_key
+from lora_wise.spectra.table import KINDS
 
 UPSTREAM_REPO = "MoSalama98/LoRA-WiSE"
 DOWN, UP = ".lora.down.weight", ".lora.up.weight"
@@ -126,8 +127,7 @@ def iter_upstream_spectra(path: Path, layers: list[str], rank: int, batch_size: 
         if any(v is None for v in labels + names):
             raise InvalidLoraFile(f"{path}: row without label or name")
         n = len(labels)
-        a, b, ba = (np.zeros((n, len(layers), rank)) for _ in range(3))
-        fro = np.zeros((n, len(layers)))
+        spectra_of = {k: np.zeros((n, len(layers), rank)[: 2 if k == "fro" else 3]) for k in KINDS}
         for li, layer in enumerate(layers):
             first = 0
             batches = parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=[layer + DOWN, layer + UP],
@@ -139,12 +139,13 @@ def iter_upstream_spectra(path: Path, layers: list[str], rank: int, batch_size: 
                 spectra = compute_spectra(LoraWeights(rows, "upstream"), width=rank)
                 for k, key in enumerate(spectra.layers):
                     j = int(key)
-                    a[j, li], b[j, li], ba[j, li], fro[j, li] = spectra.a[k], spectra.b[k], spectra.ba[k], spectra.fro[k]
+                    for kind, values in spectra_of.items():
+                        values[j, li] = getattr(spectra, kind)[k]
                 first += batch.num_rows
             pa.default_memory_pool().release_unused()
         low = np.ones(len(layers), dtype=bool)
         for j in range(n):
-            yield int(labels[j]), str(names[j]), Spectra(list(layers), a[j], b[j], ba[j], fro[j], low)
+            yield int(labels[j]), str(names[j]), Spectra(list(layers), **{k: v[j] for k, v in spectra_of.items()}, low_rank=low)
 
 
 def _layer(batch, layer: str, j: int, rank: int, path: Path, key: str) -> LoraLayer:

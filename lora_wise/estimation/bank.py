@@ -470,9 +470,9 @@ def _table_from_tensors(header: BankHeader, tensors: dict[str, np.ndarray]) -> S
     sizes, steps = tensors["size"].astype(np.int64), tensors["step"].astype(np.int64)
     if sorted(set(sizes.tolist())) != header.sizes or sorted(set(steps.tolist())) != header.steps:
         raise BankError("header sizes/steps disagree with the stored labels")
-    return SpectraTable(list(header.layers), **spectra, size=sizes, micro_dataset=names[groups], step=steps,
-                        rank=np.full(n, header.rank, dtype=np.int64), backbone=np.full(n, header.backbone),
-                        model_id=np.full(n, ""))  # fmt: skip
+    labels = {"size": sizes, "micro_dataset": names[groups], "step": steps, "rank": np.full(n, header.rank),
+              "backbone": np.full(n, header.backbone)}  # fmt: skip
+    return SpectraTable.from_columns(header.layers, spectra | labels)
 
 
 # --------------------------------------------------------------------------- registry

@@ -114,10 +114,11 @@ class References:
 
     @classmethod
     def of(cls, train: np.ndarray) -> References:
-        tr = np.ascontiguousarray(np.swapaxes(np.nan_to_num(train), 0, 1))  # (V, N, W)
-        tr_sq = np.einsum("vnw,vnw->vn", tr, tr)
-        tr_sq[np.isnan(train).any(axis=2).T] = np.inf  # a reference's missing voter is never nearest
-        return cls(np.ascontiguousarray(np.swapaxes(tr, 1, 2)), tr_sq)
+        missing = np.isnan(train).any(axis=2)  # (N, V)
+        clean = np.nan_to_num(train) if missing.any() else train  # a bank's references have no NaN: no copy
+        tr_sq = np.einsum("nvw,nvw->vn", clean, clean)
+        tr_sq[missing.T] = np.inf  # a reference's missing voter is never nearest
+        return cls(np.ascontiguousarray(clean.transpose(1, 2, 0)), tr_sq)
 
 
 def nearest_references(train: np.ndarray | References, test: np.ndarray, exclude: np.ndarray | None = None):

@@ -89,6 +89,21 @@ class SpectraTable:
         return replace(first, **{name: np.concatenate([getattr(t, name) for t in tables]) for name in COLUMNS})
 
     @classmethod
+    def from_columns(cls, layers: Sequence[str], columns: dict[str, Any]) -> SpectraTable:
+        """A table from one array-like per column: spectra reshaped to (N, L, W) and (N, L) in
+        float64, labels cast to their dtype; a label absent from ``columns`` takes its default."""
+        layers = list(layers)
+        n = len(columns["fro"])
+        table = {k: np.asarray(columns[k], dtype=np.float64).reshape((n, len(layers), -1)[: 2 if k == "fro" else 3])
+                 for k in KINDS}  # fmt: skip
+        for f in fields(cls):
+            if f.metadata.get("role") == "label":
+                dtype, given = f.metadata["dtype"], columns.get(f.name)
+                table[f.name] = np.full(n, f.metadata["default"], dtype=dtype) if given is None else (
+                    np.asarray(given).astype(dtype))  # fmt: skip
+        return cls(layers, **table)
+
+    @classmethod
     def from_spectra(
         cls,
         items: Sequence[tuple[Spectra, dict[str, Any]]],
