@@ -116,14 +116,14 @@ def _estimate(
         report.estimate_absent_reason = why
         if "no reference bank" in why and weights.backbone.name not in ("unknown", ""):
             advice = no_bank_advice(weights.backbone.name, weights.rank)
-            report.warnings.append(f"no reference bank for {weights.backbone.name} rank {weights.rank}: {advice}")
+            report.warnings.append(f"no reference bank for {weights.backbone.name} r{weights.rank}: {advice}")
         return
     report.bank = estimate.bank.as_dict()
     if (estimate.applicability < MIN_APPLICABILITY or estimate.beyond_all_references) and not force:
         report.estimate_absent_reason = (
             f"the LoRA is unlike every reference model of {estimate.bank.name} (applicability "
-            f"{estimate.applicability:.3f}, {estimate.references} references): other recipe, step count or data; "
-            "--force-estimate shows the number anyway"
+            f"{estimate.applicability:.3f}, {estimate.references} references): other recipe, step count or "
+            "data; --force-estimate shows the number anyway"
         )
         return
     report.estimate = estimate

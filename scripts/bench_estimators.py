@@ -28,10 +28,10 @@ import numpy as np  # noqa: E402
 from sklearn.neighbors import KNeighborsClassifier  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from estimator_helpers import synthetic_table  # noqa: E402
-
 import tempfile  # noqa: E402
 from dataclasses import replace  # noqa: E402
+
+from estimator_helpers import synthetic_table  # noqa: E402
 
 from lora_wise.estimation.bank import Bank, fit_bank, load_bank_file, save_bank  # noqa: E402
 from lora_wise.estimation.estimators import DSiRe, voter_features  # noqa: E402
@@ -58,7 +58,10 @@ def naive_protocol(table) -> list[float]:
         tr = np.isin(table.micro_dataset, train_groups)
         te = np.isin(table.micro_dataset, test_groups)
         votes = np.stack(
-            [KNeighborsClassifier(n_neighbors=1).fit(X[tr, v], table.size[tr]).predict(X[te, v]) for v in range(X.shape[1])],
+            [
+                KNeighborsClassifier(n_neighbors=1).fit(X[tr, v], table.size[tr]).predict(X[te, v])
+                for v in range(X.shape[1])
+            ],
             axis=1,
         )
         pred = np.array([np.bincount(row).argmax() for row in votes])
@@ -68,7 +71,9 @@ def naive_protocol(table) -> list[float]:
 
 def main() -> None:
     table = synthetic_table(n_micro=50)
-    print(f"table: {len(table)} models x {len(table.layers)} layers x 3 kinds x width {table.ba.shape[2]}; one core")
+    print(
+        f"table: {len(table)} models x {len(table.layers)} layers x 3 kinds x width {table.width}; one core"
+    )
 
     fast = best_of(lambda: evaluate(table, (DSIRE,), repeats=10))
     both = best_of(lambda: evaluate(table, (FROBENIUS_NN, DSIRE), repeats=10))
@@ -80,13 +85,17 @@ def main() -> None:
     print(f"  Frobenius-NN + DSiRe:                       {both:7.3f} s")
     print(f"  all 7 methods:                              {every:7.3f} s")
     print(f"  naive per-layer KNeighborsClassifier loop:  {naive:7.3f} s   -> {naive / fast:6.1f}x slower")
-    print(f"  accuracy DSiRe {res.accuracy[0]:.2f} % (tie=median); naive loop equals tie=smallest: "
-          f"{np.allclose(ours_tie_smallest, naive_protocol(table))}")
+    print(
+        f"  accuracy DSiRe {res.accuracy[0]:.2f} % (tie=median); naive loop equals tie=smallest: "
+        f"{np.allclose(ours_tie_smallest, naive_protocol(table))}"
+    )
 
     train = table.subset(np.isin(table.micro_dataset, micro_splits(table.micro_dataset, 15, 35, 1)[0][0]))
     est = DSiRe().fit(train)
     i = int(np.flatnonzero(~np.isin(table.micro_dataset, train.micro_dataset))[0])
-    one = Spectra(table.layers, table.a[i], table.b[i], table.ba[i], table.fro[i], np.ones(len(table.layers), bool))
+    one = Spectra(
+        table.layers, table.a[i], table.b[i], table.ba[i], table.fro[i], np.ones(len(table.layers), bool)
+    )
     single = best_of(lambda: est.predict(one), repeats=20)
     X = voter_features(train, est.kinds)
     knns = [KNeighborsClassifier(n_neighbors=1).fit(X[:, v], train.size) for v in range(X.shape[1])]
@@ -95,15 +104,23 @@ def main() -> None:
     bank = fit_bank(train)
     full = best_of(lambda: bank.estimate(one, step=1200), repeats=20)
     print(f"predict one LoRA from its spectra, DSiRe:     {single * 1e3:7.2f} ms  (target <= 20 ms)")
-    print(f"  naive per-layer loop (pre-fitted):          {naive_single * 1e3:7.2f} ms  -> {naive_single / single:6.1f}x slower")
+    print(
+        f"  naive per-layer loop (pre-fitted):          {naive_single * 1e3:7.2f} ms  "
+        f"-> {naive_single / single:6.1f}x slower"
+    )
     print(f"  bank.estimate (votes+interval+applicab.):   {full * 1e3:7.2f} ms")
     with tempfile.TemporaryDirectory() as tmp:
         path = save_bank(bank, Path(tmp) / "bank.safetensors")
         pretrained = best_of(lambda: load_bank_file(path).estimate(one, step=1200), repeats=5)
         # the same references without the stored state: the first answer fits it (numpy, as old banks do)
-        unfitted = best_of(lambda: Bank(replace(bank.header, fitted={}), bank.table).estimate(one, step=1200), 1)
+        unfitted = best_of(
+            lambda: Bank(replace(bank.header, fitted={}), bank.table).estimate(one, step=1200), 1
+        )
     print(f"load a bank + first estimate, pretrained:     {pretrained * 1e3:7.2f} ms")
-    print(f"  same bank without stored state (refit):     {unfitted * 1e3:7.2f} ms  -> {unfitted / pretrained:6.1f}x slower")
+    print(
+        f"  same bank without stored state (refit):     {unfitted * 1e3:7.2f} ms  "
+        f"-> {unfitted / pretrained:6.1f}x slower"
+    )
 
 
 def evaluate_smallest(table) -> list[float]:

@@ -72,7 +72,9 @@ def write_lora(path: Path, blocks: list[tuple[str, int]], context: int, rank: in
 
 def lora_scan() -> list[str]:
     script = Path(sys.executable).with_name("lora-scan")
-    return [str(script)] if script.is_file() else [sys.executable, "-c", "from scanner.cli import main; main()"]
+    return (
+        [str(script)] if script.is_file() else [sys.executable, "-c", "from scanner.cli import main; main()"]
+    )
 
 
 def timed(cmd: list[str], env: dict[str, str], repeats: int) -> tuple[float, float]:
@@ -82,7 +84,9 @@ def timed(cmd: list[str], env: dict[str, str], repeats: int) -> tuple[float, flo
     for _ in range(repeats):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        done = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        done = subprocess.run(
+            cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         elapsed = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if done.returncode not in (0, 1):
@@ -115,17 +119,24 @@ def main(argv: list[str] | None = None) -> int:
         }
         scan = lora_scan()
         print(f"{'':17} {'':>6} {'read (s)':>11}  {'inspect: s, x read':>22}  {'scan: s, x read':>22}")
-        print(f"{'file':17} {'MB':>6} {'wall':>5} {'cpu':>5}  {'wall':>10} {'cpu':>11}  {'wall':>10} {'cpu':>11}  scan is")
+        print(
+            f"{'file':17} {'MB':>6} {'wall':>5} {'cpu':>5}  "
+            f"{'wall':>10} {'cpu':>11}  {'wall':>10} {'cpu':>11}  scan is"
+        )
         for label, path in files.items():
             base = timed([sys.executable, "-c", BASELINE, str(path)], env, args.repeats)
             inspect = timed([*scan, "inspect", str(path)], env, args.repeats)
             scanned = timed([*scan, str(path)], env, args.repeats)
             what = "bank + estimate" if path == EXAMPLE else "no bank for the backbone: no estimate"
-            cells = " ".join(f"{t[i]:5.2f} {t[i] / base[i]:4.1f}x" for t in (inspect, scanned) for i in (0, 1))
-            print(f"{label:17} {path.stat().st_size / 1e6:6.1f} {base[0]:5.2f} {base[1]:5.2f}  {cells}  {what}")
+            cells = " ".join(
+                f"{t[i]:5.2f} {t[i] / base[i]:4.1f}x" for t in (inspect, scanned) for i in (0, 1)
+            )
+            print(
+                f"{label:17} {path.stat().st_size / 1e6:6.1f} {base[0]:5.2f} {base[1]:5.2f}  {cells}  {what}"
+            )
         print("targets: inspect <= 3x, scan <= 5x the read")
-        heavy = subprocess.run([sys.executable, "-c", HEAVY, str(EXAMPLE)], env=env, cwd=ROOT, capture_output=True,
-                               text=True).stdout.strip()  # fmt: skip
+        probe = [sys.executable, "-c", HEAVY, str(EXAMPLE)]
+        heavy = subprocess.run(probe, env=env, cwd=ROOT, capture_output=True, text=True).stdout.strip()
         print(f"heavy modules a scan of the example imports: {heavy or '(the probe failed)'}")
     return 0
 

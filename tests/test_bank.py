@@ -47,13 +47,26 @@ def bank_dir(tmp_path, bank, table):
 
 
 def _spectra_of(table, i) -> Spectra:
-    return Spectra(table.layers, table.a[i], table.b[i], table.ba[i], table.fro[i], np.ones(len(table.layers), bool))
+    return Spectra(
+        table.layers, table.a[i], table.b[i], table.ba[i], table.fro[i], np.ones(len(table.layers), bool)
+    )
 
 
 def test_round_trip_keeps_header_references_and_answers(tmp_path, bank, table):
     path = save_bank(bank, tmp_path / "b.safetensors")
     loaded = load_bank_file(path)
-    for key in ("backbone", "rank", "recipe", "steps", "sizes", "layers", "width", "kinds", "version", "created_by"):
+    for key in (
+        "backbone",
+        "rank",
+        "recipe",
+        "steps",
+        "sizes",
+        "layers",
+        "width",
+        "kinds",
+        "version",
+        "created_by",
+    ):
         assert getattr(loaded.header, key) == getattr(bank.header, key)
     assert loaded.header.steps == [300, 1200] and loaded.header.sizes == [1, 10, 20, 30, 40, 50]
     for kind in ("a", "b", "ba", "fro"):
@@ -136,8 +149,14 @@ def _edit_header(**changes):
         (lambda p: _corrupt(p, header=_edit_header(width=5)), "expected"),
         (lambda p: _corrupt(p, header=_edit_header(sizes=[1, 2])), "disagree"),
         (lambda p: _corrupt(p, drop=["fro"]), "lacks tensors"),
-        (lambda p: _corrupt(p, tensors={"ba": np.full((24 * 6, 128, 8), np.nan, dtype=np.float32)}), "finite"),
-        (lambda p: _corrupt(p, tensors={"micro_dataset": np.full(24 * 6, 99, dtype=np.int64)}), "out of range"),
+        (
+            lambda p: _corrupt(p, tensors={"ba": np.full((24 * 6, 128, 8), np.nan, dtype=np.float32)}),
+            "finite",
+        ),
+        (
+            lambda p: _corrupt(p, tensors={"micro_dataset": np.full(24 * 6, 99, dtype=np.int64)}),
+            "out of range",
+        ),
     ],
 )
 def test_malformed_banks_are_refused_with_one_clear_line(tmp_path, bank, damage, message):
@@ -182,7 +201,14 @@ def test_bank_for_picks_the_fitting_bank_or_says_why_not(bank_dir, table):
     r4.a[:, 4:] = 0.0
     none, why = bank_for(r4, backbone="tiny-sd", directory=bank_dir)
     assert none is None and "rank 4" in why
-    few = Spectra(target.layers[:10], target.a[:10], target.b[:10], target.ba[:10], target.fro[:10], target.low_rank[:10])
+    few = Spectra(
+        target.layers[:10],
+        target.a[:10],
+        target.b[:10],
+        target.ba[:10],
+        target.fro[:10],
+        target.low_rank[:10],
+    )
     none, why = bank_for(few, backbone="tiny-sd", directory=bank_dir)
     assert none is None and "8%" in why
 
@@ -193,8 +219,17 @@ def test_packaged_registry_is_readable():
         assert load_bank_file(info["path"]).name == info["name"]
 
 
-@pytest.mark.parametrize("checks", [None, [], "text", [{"step": 1200, "method": "dsire", "accuracy": "high"}],
-                                    [{"step": 1200, "method": "dsire"}], [7]])
+@pytest.mark.parametrize(
+    "checks",
+    [
+        None,
+        [],
+        "text",
+        [{"step": 1200, "method": "dsire", "accuracy": "high"}],
+        [{"step": 1200, "method": "dsire"}],
+        [7],
+    ],
+)
 def test_a_missing_or_malformed_self_check_is_quoted_as_none(checks):
     assert quote_self_check(checks, 1200) is None
 

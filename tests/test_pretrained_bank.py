@@ -34,7 +34,9 @@ EXAMPLE = ROOT / "scanner" / "data" / "example.safetensors"
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     table = synthetic_table(n_micro=8, seed=51, steps=(300, 1200))
-    path = save_bank(fit_bank(table, params={"coverage": 0.8}), tmp_path_factory.mktemp("b") / "tiny-sd-r8.safetensors")
+    path = save_bank(
+        fit_bank(table, params={"coverage": 0.8}), tmp_path_factory.mktemp("b") / "tiny-sd-r8.safetensors"
+    )
     return path
 
 
@@ -131,7 +133,9 @@ def test_scanning_the_bundled_example_imports_no_scikit_learn(tmp_path):
     """The scan path is numpy work on a pretrained bank. (torch comes with the reader, whose
     torch-free reading is separate work: not checked here.)"""
     env = {"PYTHONPATH": str(ROOT), "LORA_WISE_BANKS": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-c", SCAN_IMPORTS], capture_output=True, text=True, env=env, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", SCAN_IMPORTS], capture_output=True, text=True, env=env, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["size"] >= 1 and out["step"] == 1200

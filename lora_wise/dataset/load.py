@@ -44,7 +44,9 @@ def load_benchmark(path_or_repo: str | Path, config: str, split: str | None = No
     entry = configs.get(config)
     if entry is None or entry.get("kind") != "spectra":
         known = sorted(k for k, v in configs.items() if v.get("kind") == "spectra")
-        raise DatasetBuildError(f"{path_or_repo}: no spectra config {config!r} (have: {', '.join(known) or 'none'})")
+        raise DatasetBuildError(
+            f"{path_or_repo}: no spectra config {config!r} (have: {', '.join(known) or 'none'})"
+        )
     if split is not None and split not in entry["splits"]:
         raise DatasetBuildError(f"{path_or_repo}: config {config!r} has no split {split!r}")
     # The manifest's file list, not the card's globs: datasets keys its cache of a folder's YAML
@@ -57,14 +59,18 @@ def load_benchmark(path_or_repo: str | Path, config: str, split: str | None = No
     if step is not None:
         keep = np.flatnonzero(np.asarray(loaded["step"]) == int(step))
         if keep.size == 0:
-            raise DatasetBuildError(f"{path_or_repo}: no snapshot at step {step} in {config!r} (steps: {entry['steps']})")
+            raise DatasetBuildError(
+                f"{path_or_repo}: no snapshot at step {step} in {config!r} (steps: {entry['steps']})"
+            )
         loaded = loaded.select(keep)
     return _to_table(loaded, entry["layers"])
 
 
 def _to_table(ds, layers: list[str]) -> SpectraTable:
     names = {column: _DATASET_COLUMN.get(column, column) for column in COLUMNS}
-    batch = ds.select_columns(list(names.values())).with_format("numpy")[:]  # one Arrow -> numpy conversion per column
+    batch = ds.select_columns(list(names.values())).with_format("numpy")[
+        :
+    ]  # one Arrow -> numpy conversion per column
     return SpectraTable.from_columns(layers, {column: batch[name] for column, name in names.items()})
 
 
@@ -84,6 +90,8 @@ def table_loader(source: str, config: str | None) -> SpectraTable | None:
         folder = resolve_dataset(source, None)
         spectra = sorted(k for k, v in read_manifest(folder)["configs"].items() if v.get("kind") == "spectra")
         if len(spectra) != 1:
-            raise DatasetBuildError(f"{source} holds {len(spectra)} spectra configs ({', '.join(spectra)}): choose one")
+            raise DatasetBuildError(
+                f"{source} holds {len(spectra)} spectra configs ({', '.join(spectra)}): choose one"
+            )
         config = spectra[0]
     return load_benchmark(source, config)

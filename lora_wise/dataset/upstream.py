@@ -145,7 +145,8 @@ def iter_upstream_spectra(path: Path, layers: list[str], rank: int, batch_size: 
             pa.default_memory_pool().release_unused()
         low = np.ones(len(layers), dtype=bool)
         for j in range(n):
-            yield int(labels[j]), str(names[j]), Spectra(list(layers), **{k: v[j] for k, v in spectra_of.items()}, low_rank=low)
+            row = {kind: values[j] for kind, values in spectra_of.items()}
+            yield int(labels[j]), str(names[j]), Spectra(list(layers), **row, low_rank=low)
 
 
 def _layer(batch, layer: str, j: int, rank: int, path: Path, key: str) -> LoraLayer:

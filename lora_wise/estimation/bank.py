@@ -91,14 +91,22 @@ def quote_self_check(checks: Any, step: int) -> SelfCheckQuote | None:
     try:
         dsire = at[DSIRE]
         coverage = float(at[INTERVAL]["interval_coverage"]["mean"]) if INTERVAL in at else None
-        return SelfCheckQuote(step, int(dsire["repeats"]), int(dsire["n_test"]), float(dsire["accuracy"]["mean"]),
-                              float(dsire["mae"]["mean"]), coverage)  # fmt: skip
+        return SelfCheckQuote(
+            step,
+            int(dsire["repeats"]),
+            int(dsire["n_test"]),
+            float(dsire["accuracy"]["mean"]),
+            float(dsire["mae"]["mean"]),
+            coverage,
+        )
     except (KeyError, TypeError, ValueError):
         return None
 
 
 def _ints(values: Any, minimum: int) -> bool:
-    return isinstance(values, list) and bool(values) and all(isinstance(v, int) and v >= minimum for v in values)
+    return (
+        isinstance(values, list) and bool(values) and all(isinstance(v, int) and v >= minimum for v in values)
+    )
 
 
 def _strings(values: Any) -> bool:
@@ -137,7 +145,9 @@ class BankHeader:
                 raise BankError(f"bank header '{key}' must be a positive integer")
         if not (_ints(self.sizes, 1) and _ints(self.steps, 0) and _strings(self.micro_datasets)):
             raise BankError("bank header 'sizes', 'steps' and 'micro_datasets' must be non-empty lists")
-        if not isinstance(self.backbone, str) or not all(isinstance(d, dict) for d in (self.recipe, self.params)):
+        if not isinstance(self.backbone, str) or not all(
+            isinstance(d, dict) for d in (self.recipe, self.params)
+        ):
             raise BankError("bank header 'backbone' must be a name, 'recipe' and 'params' objects")
         if not isinstance(self.fitted, dict) or not set(self.fitted) <= {str(s) for s in self.steps}:
             raise BankError("bank header 'fitted' must map the bank's steps to their state")
@@ -168,7 +178,7 @@ class BankHeader:
 
 
 def _required() -> list[str]:
-    """The header keys every bank file has had since version 1: the fields without a default, and the version."""
+    """The header keys every bank file has had since version 1: the version, the fields without a default."""
     return ["version"] + [f.name for f in fields(BankHeader) if f.default is f.default_factory is MISSING]
 
 
@@ -240,14 +250,18 @@ class FittedStep:
         return {"interval": self.interval.stored(), "applicability": self.applicability.stored()}
 
     @classmethod
-    def restore(cls, header: BankHeader, X: np.ndarray, sub: SpectraTable, stored: dict[str, Any]) -> FittedStep:
+    def restore(
+        cls, header: BankHeader, X: np.ndarray, sub: SpectraTable, stored: dict[str, Any]
+    ) -> FittedStep:
         """The estimators at one step from the references ``sub`` (features X) and the stored state."""
         try:
             interval = IntervalState.restore(X, sub.size, stored["interval"])
             applicability = ApplicabilityState.restore(X, stored["applicability"])
         except (KeyError, TypeError, ValueError) as exc:
             raise BankError(f"{header.name}: malformed fitted state in the bank header ({exc})") from None
-        return cls(VoteState.fit(X, sub.size, tie=_settings(header)["tie"]), interval, applicability, len(sub))
+        return cls(
+            VoteState.fit(X, sub.size, tie=_settings(header)["tie"]), interval, applicability, len(sub)
+        )
 
     @classmethod
     def fit(cls, header: BankHeader, X: np.ndarray, sub: SpectraTable) -> FittedStep:
@@ -297,8 +311,11 @@ class Bank:
             stored = self.header.fitted.get(str(step))
             X = self.features(sub)
             if stored is None:  # seconds, not milliseconds: say so rather than hang silently
-                print(f"lora-wise: bank {self.name} holds no fitted state (saved by an older lora-wise): fitting "
-                      f"step {step} once; `lora-wise fit-bank` rewrites it pretrained", file=sys.stderr)  # fmt: skip
+                print(
+                    f"lora-wise: bank {self.name} holds no fitted state (saved by an older lora-wise): "
+                    f"fitting step {step} once; `lora-wise fit-bank` rewrites it pretrained",
+                    file=sys.stderr,
+                )
                 self._fitted[step] = FittedStep.fit(self.header, X, sub)
             else:
                 self._fitted[step] = FittedStep.restore(self.header, X, sub, stored)
@@ -387,7 +404,9 @@ def fit_bank(
         sub = table.subset(table.step == step)
         fitted = FittedStep(
             DSiRe(kinds=kinds, tie=s["tie"]).fit(sub).state_,
-            SizeInterval(kinds=kinds, base=s["base"], alpha=s["alpha"], coverage=s["coverage"]).fit(sub).state_,
+            SizeInterval(kinds=kinds, base=s["base"], alpha=s["alpha"], coverage=s["coverage"])
+            .fit(sub)
+            .state_,
             Applicability(kinds=kinds).fit(sub).state_,
             len(sub),
         )
@@ -417,7 +436,11 @@ def save_bank(bank: Bank, path: str | Path) -> Path:
     t = bank.table
     groups = np.searchsorted(np.array(bank.header.micro_datasets), t.micro_dataset.astype(str))
     tensors = {k: np.ascontiguousarray(getattr(t, k), dtype=np.float32) for k in KINDS}
-    tensors |= {"size": t.size.astype(np.int64), "step": t.step.astype(np.int64), "micro_dataset": groups.astype(np.int64)}
+    tensors |= {
+        "size": t.size.astype(np.int64),
+        "step": t.step.astype(np.int64),
+        "micro_dataset": groups.astype(np.int64),
+    }
     return write_safetensors(path, tensors, metadata={HEADER_KEY: bank.header.to_json()})
 
 
@@ -591,12 +614,19 @@ def no_bank_advice(backbone: str, rank: int | None) -> str:
     published = [c for c, (_, b, r) in UPSTREAM_CONFIGS.items() if b == backbone and r == rank]
     if published:
         config = min(published, key=lambda c: ("medium" not in c, c))  # the paper's main range first
-        return (f"build one with `lora-wise import-upstream {UPSTREAM_REPO} --config {config} --out DIR` and "
-                f"`lora-wise fit-bank DIR --config {our_config(config)}`")  # fmt: skip
+        return (
+            f"build one with `lora-wise import-upstream {UPSTREAM_REPO} --config {config} --out DIR` and "
+            f"`lora-wise fit-bank DIR --config {our_config(config)}`"
+        )
     if backbone in _NO_TRAINER:
-        return f"none can be built yet: LoRA-WiSE publishes no {backbone} models and the factory trains UNets only"
+        return (
+            f"none can be built yet: LoRA-WiSE publishes no {backbone} models, the factory trains UNets only"
+        )
     ranks = sorted({r for _, b, r in UPSTREAM_CONFIGS.values() if b == backbone})
-    published_note = f"LoRA-WiSE publishes {backbone} at rank {', '.join(map(str, ranks))} only" if ranks else (
-        f"LoRA-WiSE publishes no {backbone} models")  # fmt: skip
-    return (f"build one with `lora-wise generate GRID --out runs/{backbone}` (a grid with `backbones: [{backbone}]`, "
-            f"`ranks: [{rank}]`), `lora-wise build` and `lora-wise fit-bank` ({published_note})")  # fmt: skip
+    published = f"at rank {', '.join(map(str, ranks))} only" if ranks else "no models"
+    published_note = f"LoRA-WiSE publishes {backbone} {published}"
+    return (
+        f"build one with `lora-wise generate GRID --out runs/{backbone}` "
+        f"(a grid with `backbones: [{backbone}]`, `ranks: [{rank}]`), "
+        f"`lora-wise build` and `lora-wise fit-bank` ({published_note})"
+    )

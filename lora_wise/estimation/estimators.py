@@ -148,7 +148,9 @@ class _VoterEnsemble(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "train_")
         X, _, _ = _as_xy(self, X)
         ci = self._voter_classes(X)
-        return decide(ci, self.classes_, self.tie, getattr(self, "vote", "majority")), tally(ci, self.classes_)
+        return decide(ci, self.classes_, self.tie, getattr(self, "vote", "majority")), tally(
+            ci, self.classes_
+        )
 
     def score(self, X, y=None, sample_weight=None) -> float:
         """Accuracy; ``y`` defaults to ``X.size`` for a table."""

@@ -264,7 +264,10 @@ class LogSizeModel:
         """The model fitted on references X (log sizes ``logy``) from its ``stored()`` form."""
         if stored["base"] == "votes":
             return cls("votes", ref=References.of(X), logy=logy)
-        arrays = {k: _array(stored[k], (X.shape[1], X.shape[2])[: 1 if k == "intercept" else 2]) for k in _RIDGE_ARRAYS}
+        arrays = {
+            k: _array(stored[k], (X.shape[1], X.shape[2])[: 1 if k == "intercept" else 2])
+            for k in _RIDGE_ARRAYS
+        }
         return cls("ridge", **arrays)
 
     def point(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -323,7 +326,9 @@ class IntervalState:
             point, spread = LogSizeModel.fit(X[~held], logy[~held], base, alpha).point(X[held])
             resid[held] = (logy[held] - point) / (spread + 0.05)
         lo, hi = (1 - coverage) / 2, (1 + coverage) / 2
-        return cls(model, (float(np.quantile(resid, lo)), float(np.quantile(resid, hi))), coverage, True, resid)
+        return cls(
+            model, (float(np.quantile(resid, lo)), float(np.quantile(resid, hi))), coverage, True, resid
+        )
 
     def stored(self) -> dict[str, Any]:
         return {"model": self.model.stored(), "quantiles": list(self.quantiles), "coverage": self.coverage,

@@ -86,7 +86,9 @@ class SpectraTable:
         for t in tables[1:]:
             if t.layers != first.layers or t.width != first.width:
                 raise LoraWiseError("tables to pool must share layers and width (rank)")
-        return replace(first, **{name: np.concatenate([getattr(t, name) for t in tables]) for name in COLUMNS})
+        return replace(
+            first, **{name: np.concatenate([getattr(t, name) for t in tables]) for name in COLUMNS}
+        )
 
     @classmethod
     def from_columns(cls, layers: Sequence[str], columns: dict[str, Any]) -> SpectraTable:
@@ -94,8 +96,8 @@ class SpectraTable:
         float64, labels cast to their dtype; a label absent from ``columns`` takes its default."""
         layers = list(layers)
         n = len(columns["fro"])
-        table = {k: np.asarray(columns[k], dtype=np.float64).reshape((n, len(layers), -1)[: 2 if k == "fro" else 3])
-                 for k in KINDS}  # fmt: skip
+        shapes = {k: (n, len(layers)) if k == "fro" else (n, len(layers), -1) for k in KINDS}
+        table = {k: np.asarray(columns[k], dtype=np.float64).reshape(shape) for k, shape in shapes.items()}
         for f in fields(cls):
             if f.metadata.get("role") == "label":
                 dtype, given = f.metadata["dtype"], columns.get(f.name)
@@ -119,7 +121,9 @@ class SpectraTable:
         aligned = [s.align(layers, width) for s, _ in items]
         stacked = {k: np.stack([getattr(s, k) for s in aligned]) for k in KINDS}
         labels = {
-            f.name: np.array([m.get(f.name, f.metadata["default"]) for _, m in items], dtype=f.metadata["dtype"])
+            f.name: np.array(
+                [m.get(f.name, f.metadata["default"]) for _, m in items], dtype=f.metadata["dtype"]
+            )
             for f in fields(cls)
             if f.metadata.get("role") == "label"
         }
