@@ -171,3 +171,22 @@ def test_an_sd2_lora_without_a_bank_is_told_to_build_an_sd2_bank(tmp_path):
     assert report.backbone == "sd2" and report.estimate is None
     (advice,) = [w for w in report.warnings if "no reference bank" in w]
     assert "medium_32_2" in advice and "medium-sd2-r32" in advice and "sd15" not in advice
+
+
+def test_fit_bank_shows_its_stages_on_stderr_unless_quiet(tmp_path):
+    from click.testing import CliRunner
+    from estimator_helpers import write_factory_folder
+
+    from lora_wise.cli.bank import fit_bank_command
+
+    write_factory_folder(tmp_path / "factory", concepts=2, sizes=(1, 10), steps=(100,), rank=4)
+    args = [str(tmp_path / "factory"), "--steps", "100", "--repeats", "1", "--json"]
+    loud = CliRunner().invoke(fit_bank_command, [*args, "--out", str(tmp_path / "a")])
+    assert loud.exit_code == 0, loud.output
+    stages = loud.stderr.splitlines()
+    assert any("fitting the estimators at step 100" in line for line in stages)
+    assert any("self-check at step 100" in line for line in stages) and len(stages) >= 4
+    assert json.loads(loud.stdout)["name"] == "tiny-sd-r4"  # stdout stays machine-readable
+    quiet = CliRunner().invoke(fit_bank_command, [*args, "--out", str(tmp_path / "b"), "--quiet"])
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    assert load_bank_file(tmp_path / "b" / "tiny-sd-r4.safetensors").header.fitted.keys() == {"100"}

@@ -114,7 +114,6 @@ class _VoterEnsemble(ClassifierMixin, BaseEstimator):
             raise ValueError(f"vote must be 'majority' or 'average', not {self.vote!r}")
         self.classes_, self.y_index_ = np.unique(y, return_inverse=True)
         self.train_ = X
-        self.groups_ = groups
         self.width_ = X.shape[2]
         self.n_voters_ = X.shape[1]
         self._fit_voters(X, self.y_index_)
