@@ -139,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         heavy = subprocess.run(probe, env=env, cwd=ROOT, capture_output=True, text=True).stdout.strip()
         print(f"heavy modules a scan of the example imports: {heavy or '(the probe failed)'}")
         torch_wall, torch_cpu = timed([sys.executable, "-c", "import numpy, torch"], env, args.repeats)
-        print(
-            f"for scale: a process that imports numpy and torch: {torch_wall:.2f} s wall, {torch_cpu:.2f} s CPU"
-        )
+        print(f"for scale, importing numpy and torch: {torch_wall:.2f} s wall, {torch_cpu:.2f} s CPU")
     return 0
 
 
