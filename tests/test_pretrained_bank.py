@@ -94,6 +94,26 @@ def test_the_packaged_bank_loads_with_and_without_its_state(tmp_path):
     assert older.estimate(weights, step=1200).as_dict() == pretrained.as_dict()
 
 
+@pytest.mark.parametrize("damage", [
+    lambda fitted: fitted["1200"]["applicability"].pop("scale"),
+    lambda fitted: fitted["1200"]["applicability"]["reference_stats"].pop(),
+    lambda fitted: fitted["300"]["interval"]["model"].update(coef=[[1.0]]),
+    lambda fitted: fitted["300"]["interval"].update(quantiles="wide"),
+    lambda fitted: fitted["300"]["interval"]["model"].update(base="guess"),
+])  # fmt: skip
+def test_a_malformed_stored_state_is_refused_at_load_with_one_line(saved, tmp_path, damage):
+    from lora_wise.errors import BankError
+
+    with safe_open(str(saved), framework="numpy") as f:
+        header = json.loads(f.metadata()[HEADER_KEY])
+    damage(header["fitted"])
+    path = tmp_path / "bad.safetensors"
+    save_file(load_file(str(saved)), str(path), metadata={HEADER_KEY: json.dumps(header)})
+    with pytest.raises(BankError, match="bad.safetensors: malformed fitted state") as info:
+        load_bank_file(path)
+    assert "\n" not in str(info.value)
+
+
 def test_estimate_as_dict_is_json_with_the_bank_summary_and_its_self_check():
     from lora_wise import read_lora
 

@@ -249,6 +249,15 @@ class FittedStep:
         """What the header keeps of it (the references are the bank's tensors)."""
         return {"interval": self.interval.stored(), "applicability": self.applicability.stored()}
 
+    @staticmethod
+    def check(stored: Any, shape: tuple[int, ...]) -> None:
+        """BankError unless ``stored`` is the state of references with features of ``shape``."""
+        try:
+            IntervalState.check(stored["interval"], shape)
+            ApplicabilityState.check(stored["applicability"], shape)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BankError(f"malformed fitted state in the bank header ({exc})") from None
+
     @classmethod
     def restore(
         cls, header: BankHeader, X: np.ndarray, sub: SpectraTable, stored: dict[str, Any]
@@ -320,6 +329,12 @@ class Bank:
             else:
                 self._fitted[step] = FittedStep.restore(self.header, X, sub, stored)
         return self._fitted[step]
+
+    def check_fitted(self) -> None:
+        """BankError unless every stored step's state fits its references (shapes only: cheap)."""
+        _, voters, width = self.features(self.table.subset(np.zeros(len(self.table), dtype=bool))).shape
+        for step, stored in self.header.fitted.items():
+            FittedStep.check(stored, (int(np.sum(self.table.step == int(step))), voters, width))
 
     def summary(self, step: int) -> BankSummary:
         h = self.header
@@ -457,9 +472,11 @@ def load_bank_file(path: str | Path) -> Bank:
         raise BankError(f"{path.name} is not a readable safetensors bank: {exc}") from None
     header = _parse_header(path, meta)
     try:
-        return Bank(header, _table_from_tensors(header, tensors))
+        bank = Bank(header, _table_from_tensors(header, tensors))
+        bank.check_fitted()
     except BankError as exc:
         raise BankError(f"{path.name}: {exc}") from None
+    return bank
 
 
 def _parse_header(path: Path, meta: dict[str, str]) -> BankHeader:

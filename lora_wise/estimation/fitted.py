@@ -259,15 +259,22 @@ class LogSizeModel:
             return {"base": self.base}
         return {"base": self.base, **{k: getattr(self, k).tolist() for k in _RIDGE_ARRAYS}}
 
+    @staticmethod
+    def check(stored: dict[str, Any], shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+        """The arrays of a ``stored()`` form for references of features ``shape`` (N, V, W);
+        ValueError, KeyError or TypeError when it is not one."""
+        if stored["base"] not in ("ridge", "votes"):
+            raise ValueError(f"unknown base {stored['base']!r}")
+        if stored["base"] == "votes":
+            return {}
+        return {k: _array(stored[k], shape[1:2] if k == "intercept" else shape[1:]) for k in _RIDGE_ARRAYS}
+
     @classmethod
     def restore(cls, X: np.ndarray, logy: np.ndarray, stored: dict[str, Any]) -> LogSizeModel:
         """The model fitted on references X (log sizes ``logy``) from its ``stored()`` form."""
+        arrays = cls.check(stored, X.shape)
         if stored["base"] == "votes":
             return cls("votes", ref=References.of(X), logy=logy)
-        arrays = {
-            k: _array(stored[k], (X.shape[1], X.shape[2])[: 1 if k == "intercept" else 2])
-            for k in _RIDGE_ARRAYS
-        }
         return cls("ridge", **arrays)
 
     def point(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -334,9 +341,16 @@ class IntervalState:
         return {"model": self.model.stored(), "quantiles": list(self.quantiles), "coverage": self.coverage,
                 "calibrated": self.calibrated}  # fmt: skip
 
+    @staticmethod
+    def check(stored: dict[str, Any], shape: tuple[int, ...]) -> None:
+        """Raises ValueError, KeyError or TypeError unless ``stored`` fits references of ``shape``."""
+        LogSizeModel.check(stored["model"], shape)
+        _array(stored["quantiles"], (2,))
+        float(stored["coverage"])
+
     @classmethod
     def restore(cls, X: np.ndarray, y: np.ndarray, stored: dict[str, Any]) -> IntervalState:
-        lo, hi = (float(q) for q in stored["quantiles"])
+        lo, hi = (float(q) for q in _array(stored["quantiles"], (2,)))
         model = LogSizeModel.restore(X, np.log(y.astype(float)), stored["model"])
         return cls(model, (lo, hi), float(stored["coverage"]), bool(stored["calibrated"]))
 
@@ -376,11 +390,16 @@ class ApplicabilityState:
     def stored(self) -> dict[str, Any]:
         return {"scale": self.scale.tolist(), "reference_stats": self.reference_stats.tolist()}
 
+    @staticmethod
+    def check(stored: dict[str, Any], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """The scale and statistics of a ``stored()`` form for references of ``shape`` (N, V, W)."""
+        return _array(stored["scale"], shape[1:2]), _array(stored["reference_stats"], shape[:1])
+
     @classmethod
     def restore(cls, X: np.ndarray, stored: dict[str, Any]) -> ApplicabilityState:
         """The state fitted on references X, from its ``stored()`` form."""
-        scale = _array(stored["scale"], X.shape[1:2])
-        return cls(References.of(log_features(X)), scale, _array(stored["reference_stats"], X.shape[:1]))
+        scale, reference_stats = cls.check(stored, X.shape)
+        return cls(References.of(log_features(X)), scale, reference_stats)
 
     def statistic(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(median log distance ratio, fraction of voters present) per target."""
