@@ -317,3 +317,12 @@ def test_concept_known_accuracy_drops_when_concepts_disagree_on_the_size_order(f
     swapped[flip] = 30 - table.size[flip]  # 10 <-> 20 in two of the four concepts
     trend = norm_trend(dataclasses.replace(table, size=swapped))
     assert trend["concept_known_accuracy"] == 0.0  # each concept is outvoted 2 to 1 by the others
+
+
+@pytest.mark.parametrize("source", ["/nonexistent-lora-wise", "nonexistent-lora-wise/", "./nowhere"])
+def test_a_missing_path_is_not_taken_for_a_hub_repo_id(source):
+    from lora_wise.dataset.load import is_repo_id
+
+    assert not is_repo_id(source) and is_repo_id("MoSalama98/LoRA-WiSE")
+    with pytest.raises(LoraWiseError, match="cannot read spectra from"):
+        ev.load_table(source)  # offline and at once, not a failed Hub download

@@ -8,6 +8,7 @@ the rows are then read with ``datasets.load_dataset`` on that folder.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,19 @@ from lora_wise.spectra.table import COLUMNS, SpectraTable
 _DATASET_COLUMN = {"size": "dataset_size"}
 
 
+def is_repo_id(source: str) -> bool:
+    """``user/name`` as the Hub spells repo ids (a path such as ``/data`` or ``runs/x/`` is not one)."""
+    part = r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?"  # the Hub's rule: no leading or trailing '.' or '-'
+    return re.fullmatch(f"{part}/{part}", source) is not None
+
+
 def resolve_dataset(path_or_repo: str | Path, config: str | None, revision: str | None = None) -> Path:
     """A local folder holding ``config``: the path itself, or the Hub snapshot of the repo
     (with ``config=None``, a snapshot of the manifest and card only)."""
     path = Path(path_or_repo)
     if path.is_dir():
         return path
-    if str(path_or_repo).count("/") != 1 or path.exists():
+    if not is_repo_id(str(path_or_repo)) or path.exists():
         raise DatasetBuildError(f"{path_or_repo}: neither a dataset folder nor a Hub repo id (user/name)")
     from lora_wise.dataset.hub import download
 
@@ -84,7 +91,7 @@ def table_loader(source: str, config: str | None) -> SpectraTable | None:
     path = Path(source)
     if path.exists() and not (path / MANIFEST).is_file():
         return None
-    if not path.exists() and source.count("/") != 1:
+    if not path.exists() and not is_repo_id(source):
         return None
     if config is None:
         folder = resolve_dataset(source, None)
