@@ -9,7 +9,7 @@ Protocol: split BY micro-dataset (a concept is never on both sides), 15 train / 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,10 @@ import numpy as np
 
 from lora_wise.dataset.load import table_loader
 from lora_wise.errors import LoraWiseError
+from lora_wise.estimation.bank import Bank
 from lora_wise.estimation.estimators import Applicability, SizeInterval, make_method
+from lora_wise.estimation.fitted import DEFAULT_KINDS
+from lora_wise.estimation.methods import ALL_METHODS, DSIRE, FROBENIUS_NN, INTERVAL, SELF_CHECK_METHODS
 from lora_wise.factory.micro_datasets import matches
 from lora_wise.factory.snapshots import iter_snapshots
 from lora_wise.lora.reader import read_lora
@@ -26,8 +29,7 @@ from lora_wise.paper import PAPER_SEED, PAPER_TEST, PAPER_TRAIN, RANGES, SCHEDUL
 from lora_wise.spectra.compute import compute_spectra
 from lora_wise.spectra.table import SpectraTable
 
-#: Methods of paper Table 5 plus ours; "interval" is SizeInterval's continuous estimate.
-ALL_METHODS = ("frobenius-nn", "dsire", "nn-full-model", "ridge", "gda", "average-vote", "interval")
+__all__ = ["ALL_METHODS", "MethodResult", "evaluate", "load_table", "self_check"]
 
 
 @dataclass
@@ -49,8 +51,16 @@ class MethodResult:
         def ms(pair):
             return {"mean": round(pair[0], 4), "std": round(pair[1], 4)}
 
-        out = {"method": self.method, "config": self.config, "mae": ms(self.mae), "mape": ms(self.mape),
-               "accuracy": ms(self.accuracy), "repeats": self.repeats, "n_train": self.n_train, "n_test": self.n_test}
+        out = {
+            "method": self.method,
+            "config": self.config,
+            "mae": ms(self.mae),
+            "mape": ms(self.mape),
+            "accuracy": ms(self.accuracy),
+            "repeats": self.repeats,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+        }
         if self.notes:
             out["notes"] = self.notes
         out.update({k: v for k, v in self.extra.items() if k != "predictions"})
@@ -100,7 +110,11 @@ def metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     when it is nearer the true size than any other, which the caller decides by rounding."""
     pred, true = np.asarray(pred, dtype=float), np.asarray(true, dtype=float)
     err = np.abs(pred - true)
-    return {"mae": float(err.mean()), "mape": float((err / true).mean() * 100), "accuracy": float((pred == true).mean() * 100)}
+    return {
+        "mae": float(err.mean()),
+        "mape": float((err / true).mean() * 100),
+        "accuracy": float((pred == true).mean() * 100),
+    }
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -132,8 +146,8 @@ def select_step(table: SpectraTable, step: int | None) -> tuple[SpectraTable, st
 
 def _predict(method: str, kinds, train: SpectraTable, test: SpectraTable) -> tuple[np.ndarray, dict]:
     """Predictions of one method, plus per-repeat extras (interval coverage)."""
-    if method == "interval":
-        est = SizeInterval(kinds=tuple(kinds or ("a", "b", "ba"))).fit(train)
+    if method == INTERVAL:
+        est = SizeInterval(kinds=tuple(kinds or DEFAULT_KINDS)).fit(train)
         point, lo, hi = est.predict_interval(test)
         classes = np.unique(train.size)
         snapped = classes[np.argmin(np.abs(point[:, None] - classes[None]), axis=1)]
@@ -144,7 +158,7 @@ def _predict(method: str, kinds, train: SpectraTable, test: SpectraTable) -> tup
 
 def evaluate(
     table: SpectraTable,
-    methods: Sequence[str] = ("frobenius-nn", "dsire"),
+    methods: Sequence[str] = (FROBENIUS_NN, DSIRE),
     config: str = "",
     kinds: Sequence[str] | None = None,
     repeats: int = 10,
@@ -178,29 +192,63 @@ def evaluate(
             preds.append(extra.get("snapped", pred))
         out_extra: dict[str, Any] = {"predictions": (np.concatenate(truth), np.concatenate(preds))}
         if per["coverage"]:
-            out_extra["interval_coverage"] = {"mean": round(float(np.mean(per["coverage"])), 2),
-                                              "std": round(float(np.std(per["coverage"])), 2)}
-        results.append(MethodResult(method, config, _mean_std(per["mae"]), _mean_std(per["mape"]),
-                                    _mean_std(per["accuracy"]), repeats, n_tr, n_te, list(notes), out_extra))
+            out_extra["interval_coverage"] = {
+                "mean": round(float(np.mean(per["coverage"])), 2),
+                "std": round(float(np.std(per["coverage"])), 2),
+            }
+        results.append(
+            MethodResult(
+                method,
+                config,
+                _mean_std(per["mae"]),
+                _mean_std(per["mape"]),
+                _mean_std(per["accuracy"]),
+                repeats,
+                n_tr,
+                n_te,
+                list(notes),
+                out_extra,
+            )
+        )
     return results
+
+
+def self_check(
+    bank: Bank, repeats: int = 10, progress: Callable[[int], None] | None = None
+) -> list[dict[str, Any]]:
+    """The paper's protocol on a bank's own table at each of its steps (split by micro-dataset,
+    so every answer is about concepts the fit did not see): Frobenius-NN, DSiRe and the interval.
+    ``lora-wise fit-bank`` stores it in the header, and ``lora-scan`` quotes it as how far to trust
+    the bank's answers."""
+    checks = []
+    for step in bank.header.steps:
+        if progress is not None:
+            progress(step)
+        sub = bank.table.subset(bank.table.step == step)
+        checks += [{"step": step, **r.to_dict()} for r in evaluate(sub, SELF_CHECK_METHODS, repeats=repeats)]
+    return checks
 
 
 # --------------------------------------------------------------------------- ablations
 
 
-def ablate_kinds(table: SpectraTable, kinds_list: Sequence[Sequence[str]] = (("a",), ("b",), ("ba",), ("a", "b", "ba")),
-                 **kwargs) -> list[MethodResult]:
+def ablate_kinds(
+    table: SpectraTable,
+    kinds_list: Sequence[Sequence[str]] = (*((k,) for k in DEFAULT_KINDS), DEFAULT_KINDS),
+    **kwargs,
+) -> list[MethodResult]:
     """Paper Table 9: DSiRe on each matrix kind alone and on all."""
     out = []
     for kinds in kinds_list:
-        (res,) = evaluate(table, ("dsire",), kinds=kinds, **kwargs)
+        (res,) = evaluate(table, (DSIRE,), kinds=kinds, **kwargs)
         res.method = f"dsire[{'+'.join(kinds)}]"
         out.append(res)
     return out
 
 
-def ablate_n_train(table: SpectraTable, counts: Sequence[int] = (1, 2, 5, 10, 15), method: str = "dsire",
-                   **kwargs) -> list[MethodResult]:
+def ablate_n_train(
+    table: SpectraTable, counts: Sequence[int] = (1, 2, 5, 10, 15), method: str = DSIRE, **kwargs
+) -> list[MethodResult]:
     """Paper Fig. 5: accuracy against the number of training micro-datasets (counts that do
     not leave a test micro-dataset are skipped)."""
     n_groups = len(np.unique(table.micro_dataset))
@@ -214,8 +262,9 @@ def ablate_n_train(table: SpectraTable, counts: Sequence[int] = (1, 2, 5, 10, 15
     return out
 
 
-def by_condition(table: SpectraTable, column: str, methods: Sequence[str] = ("frobenius-nn", "dsire"),
-                 **kwargs) -> list[MethodResult]:
+def by_condition(
+    table: SpectraTable, column: str, methods: Sequence[str] = (FROBENIUS_NN, DSIRE), **kwargs
+) -> list[MethodResult]:
     """Paper Tables 4 and 8: the protocol run separately at every value of ``rank`` or ``step``."""
     if column not in ("rank", "step", "backbone"):
         raise LoraWiseError(f"cannot split results by {column!r}; use rank, step or backbone")
@@ -224,8 +273,12 @@ def by_condition(table: SpectraTable, column: str, methods: Sequence[str] = ("fr
         sub = table.subset(getattr(table, column) == value)
         if column != "step":
             sub, _ = select_step(sub, kwargs.get("step"))
-        for res in evaluate(sub, methods, step=int(value) if column == "step" else None,
-                            **{k: v for k, v in kwargs.items() if k != "step"}):
+        for res in evaluate(
+            sub,
+            methods,
+            step=int(value) if column == "step" else None,
+            **{k: v for k, v in kwargs.items() if k != "step"},
+        ):
             res.extra[column] = value.item() if hasattr(value, "item") else value
             out.append(res)
     return out
@@ -255,7 +308,15 @@ def plot_confusion(result: MethodResult, path: str | Path) -> Path | None:
     ax.set_xticks(range(len(labels)), [str(x) for x in labels])
     ax.set_yticks(range(len(labels)), [str(x) for x in labels])
     for (i, j), v in np.ndenumerate(counts):
-        ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="black" if v < counts.max() / 2 else "white")
+        ax.text(
+            j,
+            i,
+            str(v),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="black" if v < counts.max() / 2 else "white",
+        )
     ax.set_xlabel("predicted size")
     ax.set_ylabel("true size")
     ax.set_title(f"{result.method} {result.config}".strip())
@@ -267,8 +328,16 @@ def plot_confusion(result: MethodResult, path: str | Path) -> Path | None:
     return path
 
 
-def cross_condition(table: SpectraTable, column: str, fit_value: Any, test_value: Any, repeats: int = 10,
-                    n_train: int | None = None, seed: int = PAPER_SEED, method: str = "dsire") -> dict[str, Any]:
+def cross_condition(
+    table: SpectraTable,
+    column: str,
+    fit_value: Any,
+    test_value: Any,
+    repeats: int = 10,
+    n_train: int | None = None,
+    seed: int = PAPER_SEED,
+    method: str = DSIRE,
+) -> dict[str, Any]:
     """Fit on references at one step/rank, test on held-out concepts at another.
 
     Reports the method's metrics and the mean applicability both in-condition (test at
@@ -290,33 +359,63 @@ def cross_condition(table: SpectraTable, column: str, fit_value: Any, test_value
             m["applicability"] = float(app.score_samples(test).mean())
             for k, v in m.items():
                 rows[key].setdefault(k, []).append(v)
-    out = {"column": column, "fit": _plain(fit_value), "test": _plain(test_value), "method": method,
-           "n_train": n_tr, "n_test": n_te, "notes": [note] if note else []}
+    out = {
+        "column": column,
+        "fit": _plain(fit_value),
+        "test": _plain(test_value),
+        "method": method,
+        "n_train": n_tr,
+        "n_test": n_te,
+        "notes": [note] if note else [],
+    }
     for key, vals in rows.items():
-        out[key] = {k: {"mean": round(float(np.mean(v)), 4), "std": round(float(np.std(v)), 4)} for k, v in vals.items()}
+        out[key] = {
+            k: {"mean": round(float(np.mean(v)), 4), "std": round(float(np.std(v)), 4)}
+            for k, v in vals.items()
+        }
     return out
 
 
-def held_out_size(table: SpectraTable, size: int, repeats: int = 10, n_train: int | None = None,
-                  seed: int = PAPER_SEED, coverage: float = 0.8, base: str = "ridge") -> dict[str, Any]:
+def held_out_size(
+    table: SpectraTable,
+    size: int,
+    repeats: int = 10,
+    n_train: int | None = None,
+    seed: int = PAPER_SEED,
+    coverage: float = 0.8,
+    base: str = "ridge",
+) -> dict[str, Any]:
     """Leave one size out: fit without any model of ``size``, estimate held-out concepts' models
     of that size. DSiRe can only answer a neighbouring size; the interval estimator may say
     "about ``size``". Reports both errors and how often the interval covers the truth."""
     table, _ = select_step(table, None)
     n_tr, n_te, note = split_counts(len(np.unique(table.micro_dataset)), n_train)
-    vals: dict[str, list[float]] = {"dsire_mae": [], "interval_mae": [], "interval_median": [], "coverage": [], "width": []}
+    vals: dict[str, list[float]] = {
+        "dsire_mae": [],
+        "interval_mae": [],
+        "interval_median": [],
+        "coverage": [],
+        "width": [],
+    }
     for train_groups, test_groups in micro_splits(table.micro_dataset, n_tr, n_te, repeats, seed):
         train = table.subset(np.isin(table.micro_dataset, train_groups) & (table.size != size))
         test = table.subset(np.isin(table.micro_dataset, test_groups) & (table.size == size))
-        voted = make_method("dsire").fit(train).predict(test)
+        voted = make_method(DSIRE).fit(train).predict(test)
         est, lo, hi = SizeInterval(base=base, coverage=coverage).fit(train).predict_interval(test)
         vals["dsire_mae"].append(float(np.abs(voted - size).mean()))
         vals["interval_mae"].append(float(np.abs(est - size).mean()))
         vals["interval_median"].append(float(np.median(est)))
         vals["coverage"].append(float(((lo <= size) & (size <= hi)).mean() * 100))
         vals["width"].append(float(np.median(hi - lo)))
-    out: dict[str, Any] = {"size": size, "base": base, "nominal_coverage": coverage * 100, "notes": [note] if note else []}
-    out |= {k: {"mean": round(float(np.mean(v)), 3), "std": round(float(np.std(v)), 3)} for k, v in vals.items()}
+    out: dict[str, Any] = {
+        "size": size,
+        "base": base,
+        "nominal_coverage": coverage * 100,
+        "notes": [note] if note else [],
+    }
+    out |= {
+        k: {"mean": round(float(np.mean(v)), 3), "std": round(float(np.std(v)), 3)} for k, v in vals.items()
+    }
     return out
 
 
@@ -341,18 +440,29 @@ def norm_trend(table: SpectraTable, step: int | None = None) -> dict[str, Any]:
         base = norm[mask & (sub.size == sizes[0])]
         for n in sizes if base.size else ():
             rel[int(n)] += list(norm[mask & (sub.size == n)] / base.mean())
-    rows = [{"size": int(n), "models": int(np.sum(sub.size == n)),
-             "norm_median": float(np.median(norm[sub.size == n])),
-             "norm_q25": float(np.quantile(norm[sub.size == n], 0.25)),
-             "norm_q75": float(np.quantile(norm[sub.size == n], 0.75)),
-             "relative_to_smallest": float(np.median(rel[int(n)])) if rel[int(n)] else None} for n in sizes]
+    rows = [
+        {
+            "size": int(n),
+            "models": int(np.sum(sub.size == n)),
+            "norm_median": float(np.median(norm[sub.size == n])),
+            "norm_q25": float(np.quantile(norm[sub.size == n], 0.25)),
+            "norm_q75": float(np.quantile(norm[sub.size == n], 0.75)),
+            "relative_to_smallest": float(np.median(rel[int(n)])) if rel[int(n)] else None,
+        }
+        for n in sizes
+    ]
     size_means = [float(np.log(norm[sub.size == n]).mean()) for n in sizes]
-    return {"step": int(sub.step[0]), "note": note, "sizes": rows,
-            "concept_known_accuracy": _concept_known_accuracy(sub, norm, sizes),
-            "spearman_median": float(np.nanmedian(rhos)) if rhos else None,
-            "concepts_falling": int(np.sum(np.array(rhos) < 0)), "concepts": len(rhos),
-            "log_norm_sd_between_concepts": float(np.std(levels)),
-            "log_norm_range_between_sizes": float(np.ptp(size_means))}
+    return {
+        "step": int(sub.step[0]),
+        "note": note,
+        "sizes": rows,
+        "concept_known_accuracy": _concept_known_accuracy(sub, norm, sizes),
+        "spearman_median": float(np.nanmedian(rhos)) if rhos else None,
+        "concepts_falling": int(np.sum(np.array(rhos) < 0)),
+        "concepts": len(rhos),
+        "log_norm_sd_between_concepts": float(np.std(levels)),
+        "log_norm_range_between_sizes": float(np.ptp(size_means)),
+    }
 
 
 def _concept_known_accuracy(sub: SpectraTable, norm: np.ndarray, sizes: np.ndarray) -> float | None:
@@ -391,7 +501,9 @@ def _plain(value: Any) -> Any:
 # --------------------------------------------------------------------------- sources
 
 
-def load_table(source: str | Path, config: str | None = None, micro_datasets: Sequence[str] = ()) -> SpectraTable:
+def load_table(
+    source: str | Path, config: str | None = None, micro_datasets: Sequence[str] = ()
+) -> SpectraTable:
     """The source every evaluation reads through: a built LoRA-WiSE dataset (folder or Hub
     repo id), else a factory output folder (one folder per job with ``step-SSSSS.safetensors``
     + ``.json``); only the micro-datasets matching ``micro_datasets`` (globs) when given."""
@@ -399,7 +511,10 @@ def load_table(source: str | Path, config: str | None = None, micro_datasets: Se
     if table is None:
         path = Path(source)
         if not path.is_dir():
-            raise LoraWiseError(f"cannot read spectra from {source}: give a factory output folder or a registered dataset source")
+            raise LoraWiseError(
+                f"cannot read spectra from {source}: "
+                "give a factory output folder or a registered dataset source"
+            )
         table = table_from_factory(path, config)
     return select_micro_datasets(table, micro_datasets) if micro_datasets else table
 
@@ -427,12 +542,16 @@ def table_from_factory(folder: str | Path, config: str | None = None) -> Spectra
         if config is not None and sc.config != config:
             continue
         spectra = compute_spectra(read_lora(snap.lora))
-        items.append((spectra, {"size": sc.dataset_size, "micro_dataset": sc.micro_dataset, "step": sc.step,
-                                "rank": sc.rank, "backbone": sc.backbone, "model_id": f"{sc.model_id}@{sc.step}",
-                                "config": sc.config}))  # fmt: skip
+        labels = {"size": sc.dataset_size, "micro_dataset": sc.micro_dataset, "step": sc.step, "rank": sc.rank,
+                  "backbone": sc.backbone, "model_id": f"{sc.model_id}@{sc.step}", "config": sc.config}  # fmt: skip
+        items.append((spectra, labels))
     if not items:
         found = ", ".join(sorted(configs)) or "none"
-        raise LoraWiseError(f"no snapshots{f' of config {config}' if config else ''} under {folder} (configs found: {found})")
+        raise LoraWiseError(
+            f"no snapshots{f' of config {config}' if config else ''} under {folder} (configs found: {found})"
+        )
     if config is None and len(configs) > 1:
-        raise LoraWiseError(f"{folder} holds several configs ({', '.join(sorted(configs))}): choose one with --config")
+        raise LoraWiseError(
+            f"{folder} holds several configs ({', '.join(sorted(configs))}): choose one with --config"
+        )
     return SpectraTable.from_spectra(items)

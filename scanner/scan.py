@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from lora_wise import LoraWeights, compute_spectra, read_lora
+from lora_wise.dataset.upstream import no_bank_advice
 from lora_wise.errors import LoraWiseError, NoLoraWeightsError, UnsafeFormatError, one_line
-from lora_wise.estimation.bank import Bank, bank_for, quoted_self_check
+from lora_wise.estimation.bank import estimate as estimate_size
 from lora_wise.spectra.compute import Spectra
 
 from .download import DEFAULT_MAX_SIZE
@@ -109,24 +110,19 @@ def _describe(report: ScanReport, weights: LoraWeights) -> None:
 def _estimate(
     report: ScanReport, weights: LoraWeights, spectra: Spectra, bank_dir: str | Path | None, force: bool
 ) -> None:
-    bank, why = bank_for(spectra, declared=weights.declared, backbone=weights.backbone.name, directory=bank_dir)
-    if bank is None:
+    estimate, why = estimate_size(weights, directory=bank_dir, spectra=spectra)
+    if estimate is None:
         report.estimate_absent_reason = why
         if "no reference bank" in why and weights.backbone.name not in ("unknown", ""):
-            report.warnings.append(
-                f"no reference bank for {weights.backbone.name}: build one with "
-                "`lora-wise import-upstream MoSalama98/LoRA-WiSE --config medium_32 --out DIR` and "
-                "`lora-wise fit-bank DIR --config medium-sd15-r32`"
-            )
+            advice = no_bank_advice(weights.backbone.name, weights.rank)
+            report.warnings.append(f"no reference bank for {weights.backbone.name} r{weights.rank}: {advice}")
         return
-    declared_step = weights.declared.steps if weights.declared else None
-    estimate = bank.estimate(spectra, step=declared_step)
-    report.bank = _bank_summary(bank, estimate.step)
+    report.bank = estimate.bank.as_dict()
     if (estimate.applicability < MIN_APPLICABILITY or estimate.beyond_all_references) and not force:
         report.estimate_absent_reason = (
-            f"the LoRA is unlike every reference model of {bank.name} (applicability "
-            f"{estimate.applicability:.3f}, {estimate.references} references): other recipe, step count or data; "
-            "--force-estimate shows the number anyway"
+            f"the LoRA is unlike every reference model of {estimate.bank.name} (applicability "
+            f"{estimate.applicability:.3f}, {estimate.references} references): other recipe, step count or "
+            "data; --force-estimate shows the number anyway"
         )
         return
     report.estimate = estimate
@@ -143,19 +139,3 @@ def _compare_declared(report: ScanReport, weights: LoraWeights) -> None:
             f"declared {declared} images, estimate {estimate_label(est)}: "
             "the recipe differs from the bank's, or the declaration is wrong"
         )
-
-
-def _bank_summary(bank: Bank, step: int) -> dict[str, Any]:
-    header = bank.header
-    return {
-        "name": bank.name,
-        "backbone": header.get("backbone"),
-        "rank": header.get("rank"),
-        "steps": header.get("steps"),
-        "sizes": header.get("sizes"),
-        "models": int((bank.table.step == bank.table.step.max()).sum()),  # one row per model and step
-        "snapshots": len(bank.table),
-        "version": header.get("version"),
-        "self_check": quoted_self_check(header, step),  # how far to trust it: the bank on unseen concepts
-    }
-

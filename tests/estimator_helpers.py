@@ -26,7 +26,10 @@ def sd15_layer_names() -> list[str]:
     blocks += [f"up_blocks.{b}.attentions.{a}" for b in range(1, 4) for a in range(3)]
     projections = ("to_q", "to_k", "to_v", "to_out.0")
     return [
-        f"unet.{blk}.transformer_blocks.0.{attn}.{p}" for blk in blocks for attn in ("attn1", "attn2") for p in projections
+        f"unet.{blk}.transformer_blocks.0.{attn}.{p}"
+        for blk in blocks
+        for attn in ("attn1", "attn2")
+        for p in projections
     ]
 
 
@@ -65,8 +68,16 @@ def synthetic_table(
             for step in steps:
                 log_scale = -beta * np.log(n) + level[c] + wobble[c] + step_effect * np.log(step / max(steps))
                 ba = base * np.exp(log_scale)[:, None] * np.exp(rng.normal(0.0, noise, (n_layers, rank)))
-                b = np.sqrt(base) * np.exp(0.6 * log_scale)[:, None] * np.exp(rng.normal(0.0, noise, (n_layers, rank)))
-                a = a_base * np.exp(-0.05 * beta * np.log(n))[:, None] * np.exp(rng.normal(0.0, noise, (n_layers, rank)))
+                b = (
+                    np.sqrt(base)
+                    * np.exp(0.6 * log_scale)[:, None]
+                    * np.exp(rng.normal(0.0, noise, (n_layers, rank)))
+                )
+                a = (
+                    a_base
+                    * np.exp(-0.05 * beta * np.log(n))[:, None]
+                    * np.exp(rng.normal(0.0, noise, (n_layers, rank)))
+                )
                 for key, val in (("a", a), ("b", b), ("ba", ba)):
                     rows[key].append(-np.sort(-val, axis=1))
                 rows["size"].append(n)
@@ -90,11 +101,16 @@ def synthetic_table(
 
 
 def write_factory_folder(
-    out: Path, concepts: int = 4, sizes: tuple[int, ...] = (1, 10, 20), steps: tuple[int, ...] = (100, 200), rank: int = 4
+    out: Path,
+    concepts: int = 4,
+    sizes: tuple[int, ...] = (1, 10, 20),
+    steps: tuple[int, ...] = (100, 200),
+    rank: int = 4,
 ) -> list[Path]:
     """A factory output folder written the way the trainer writes it: a PEFT LoRA on a real
-    diffusers UNet, its PEFT state dict saved by safetensors with the
-    sidecar JSON in the header and beside it (keys ``unet.<module>.lora_A.weight``). LoRA B is set so that its scale falls with size.
+    diffusers UNet, its PEFT state dict saved by safetensors with the sidecar JSON in the header
+    and beside it (keys ``unet.<module>.lora_A.weight``). LoRA B is set so that its scale falls
+    with size.
     """
     import torch
     from peft import LoraConfig, get_peft_model_state_dict
@@ -107,7 +123,9 @@ def write_factory_folder(
     written = []
     for c in range(concepts):
         for n in sizes:
-            job = TrainJob("tiny-sd", "medium", n, f"pool:concept-{c}", rank=rank, steps=max(steps), snapshot_every=100)
+            job = TrainJob(
+                "tiny-sd", "medium", n, f"pool:concept-{c}", rank=rank, steps=max(steps), snapshot_every=100
+            )
             folder = out / job.job_id
             folder.mkdir(parents=True, exist_ok=True)
             for step in steps:
@@ -116,13 +134,23 @@ def write_factory_folder(
                     for name, p in unet.named_parameters():
                         if "lora_" in name:
                             scale = (step / 100) * n**-0.4 * (1 + 0.1 * c)
-                            p.copy_(torch.randn(p.shape, generator=gen) * (0.1 if "lora_A" in name else 0.01 * scale))
+                            p.copy_(
+                                torch.randn(p.shape, generator=gen)
+                                * (0.1 if "lora_A" in name else 0.01 * scale)
+                            )
                 state = get_peft_model_state_dict(unet)  # what diffusers' save_lora_weights stores
                 state = {f"unet.{k}": v.contiguous() for k, v in state.items()}
                 sidecar = {
-                    "model_id": job.job_id, "job": job.to_dict(), "step": step, "dataset_size": n,
-                    "micro_dataset": job.micro_dataset, "image_ids": list(range(n)), "backbone": "tiny-sd",
-                    "rank": rank, "alpha": rank, "recipe": {"lr": 1e-4},
+                    "model_id": job.job_id,
+                    "job": job.to_dict(),
+                    "step": step,
+                    "dataset_size": n,
+                    "micro_dataset": job.micro_dataset,
+                    "image_ids": list(range(n)),
+                    "backbone": "tiny-sd",
+                    "rank": rank,
+                    "alpha": rank,
+                    "recipe": {"lr": 1e-4},
                 }
                 path = folder / f"step-{step:05d}.safetensors"
                 save_file(state, str(path), metadata={"lora_wise": json.dumps(sidecar)})

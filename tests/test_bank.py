@@ -18,7 +18,7 @@ from lora_wise.estimation.bank import (
     fit_bank,
     load_bank,
     load_bank_file,
-    quoted_self_check,
+    quote_self_check,
     save_bank,
 )
 from lora_wise.estimation.bank import (
@@ -47,20 +47,33 @@ def bank_dir(tmp_path, bank, table):
 
 
 def _spectra_of(table, i) -> Spectra:
-    return Spectra(table.layers, table.a[i], table.b[i], table.ba[i], table.fro[i], np.ones(len(table.layers), bool))
+    return Spectra(
+        table.layers, table.a[i], table.b[i], table.ba[i], table.fro[i], np.ones(len(table.layers), bool)
+    )
 
 
 def test_round_trip_keeps_header_references_and_answers(tmp_path, bank, table):
     path = save_bank(bank, tmp_path / "b.safetensors")
     loaded = load_bank_file(path)
-    for key in ("backbone", "rank", "recipe", "steps", "sizes", "layers", "width", "kinds", "version", "created_by"):
-        assert loaded.header[key] == bank.header[key]
-    assert loaded.header["steps"] == [300, 1200] and loaded.header["sizes"] == [1, 10, 20, 30, 40, 50]
+    for key in (
+        "backbone",
+        "rank",
+        "recipe",
+        "steps",
+        "sizes",
+        "layers",
+        "width",
+        "kinds",
+        "version",
+        "created_by",
+    ):
+        assert getattr(loaded.header, key) == getattr(bank.header, key)
+    assert loaded.header.steps == [300, 1200] and loaded.header.sizes == [1, 10, 20, 30, 40, 50]
     for kind in ("a", "b", "ba", "fro"):
         np.testing.assert_array_equal(loaded.table.matrix(kind), bank.table.matrix(kind))
     np.testing.assert_array_equal(loaded.table.micro_dataset, bank.table.micro_dataset)
     target = _spectra_of(synthetic_table(n_micro=1, seed=40), 3)
-    assert loaded.estimate(target, step=1200).to_dict() == bank.estimate(target, step=1200).to_dict()
+    assert loaded.estimate(target, step=1200).as_dict() == bank.estimate(target, step=1200).as_dict()
 
 
 def test_the_file_is_plain_safetensors_with_a_json_header(tmp_path, bank):
@@ -136,8 +149,14 @@ def _edit_header(**changes):
         (lambda p: _corrupt(p, header=_edit_header(width=5)), "expected"),
         (lambda p: _corrupt(p, header=_edit_header(sizes=[1, 2])), "disagree"),
         (lambda p: _corrupt(p, drop=["fro"]), "lacks tensors"),
-        (lambda p: _corrupt(p, tensors={"ba": np.full((24 * 6, 128, 8), np.nan, dtype=np.float32)}), "finite"),
-        (lambda p: _corrupt(p, tensors={"micro_dataset": np.full(24 * 6, 99, dtype=np.int64)}), "out of range"),
+        (
+            lambda p: _corrupt(p, tensors={"ba": np.full((24 * 6, 128, 8), np.nan, dtype=np.float32)}),
+            "finite",
+        ),
+        (
+            lambda p: _corrupt(p, tensors={"micro_dataset": np.full(24 * 6, 99, dtype=np.int64)}),
+            "out of range",
+        ),
     ],
 )
 def test_malformed_banks_are_refused_with_one_clear_line(tmp_path, bank, damage, message):
@@ -164,8 +183,8 @@ def test_registry_lists_and_loads_by_backbone_and_rank(bank_dir):
     assert names == ["tiny-sd-r16", "tiny-sd-r8"]
     (bank_dir / "junk.safetensors").write_bytes(b"junk")  # not a bank: skipped, not fatal
     assert len(available_banks(bank_dir)) == 2
-    assert load_bank("tiny-sd", directory=bank_dir).header["rank"] == 8
-    assert load_bank("tiny-sd", rank=16, directory=bank_dir).header["rank"] == 16
+    assert load_bank("tiny-sd", directory=bank_dir).header.rank == 8
+    assert load_bank("tiny-sd", rank=16, directory=bank_dir).header.rank == 16
     with pytest.raises(BankError, match="no reference bank for sdxl .*available: tiny-sd-r16, tiny-sd-r8"):
         load_bank("sdxl", directory=bank_dir)
 
@@ -182,7 +201,14 @@ def test_bank_for_picks_the_fitting_bank_or_says_why_not(bank_dir, table):
     r4.a[:, 4:] = 0.0
     none, why = bank_for(r4, backbone="tiny-sd", directory=bank_dir)
     assert none is None and "rank 4" in why
-    few = Spectra(target.layers[:10], target.a[:10], target.b[:10], target.ba[:10], target.fro[:10], target.low_rank[:10])
+    few = Spectra(
+        target.layers[:10],
+        target.a[:10],
+        target.b[:10],
+        target.ba[:10],
+        target.fro[:10],
+        target.low_rank[:10],
+    )
     none, why = bank_for(few, backbone="tiny-sd", directory=bank_dir)
     assert none is None and "8%" in why
 
@@ -193,10 +219,19 @@ def test_packaged_registry_is_readable():
         assert load_bank_file(info["path"]).name == info["name"]
 
 
-@pytest.mark.parametrize("checks", [None, [], "text", [{"step": 1200, "method": "dsire", "accuracy": "high"}],
-                                    [{"step": 1200, "method": "dsire"}], [7]])
+@pytest.mark.parametrize(
+    "checks",
+    [
+        None,
+        [],
+        "text",
+        [{"step": 1200, "method": "dsire", "accuracy": "high"}],
+        [{"step": 1200, "method": "dsire"}],
+        [7],
+    ],
+)
 def test_a_missing_or_malformed_self_check_is_quoted_as_none(checks):
-    assert quoted_self_check({"self_check": checks}, 1200) is None
+    assert quote_self_check(checks, 1200) is None
 
 
 def test_fit_bank_command_on_a_factory_folder_of_real_loras(tmp_path):
@@ -216,22 +251,22 @@ def test_fit_bank_command_on_a_factory_folder_of_real_loras(tmp_path):
     (info,) = available_banks(tmp_path / "banks")
     assert (info["name"], info["steps"], info["sizes"]) == ("tiny-sd-r4", [100, 200], [1, 10, 20])
     header = load_bank_file(info["path"]).header
-    assert header["recipe"]["learning_rate"] == 1e-4
+    assert header.recipe["learning_rate"] == 1e-4
     # the self-check travels in the header: what lora-scan quotes as the bank's accuracy
-    assert {(c["step"], c["method"]) for c in header["self_check"]} == {
+    assert {(c["step"], c["method"]) for c in header.self_check} == {
         (s, m) for s in (100, 200) for m in ("frobenius-nn", "dsire", "interval")}  # fmt: skip
-    quoted = quoted_self_check(header, 100)
-    dsire = next(c for c in header["self_check"] if c["step"] == 100 and c["method"] == "dsire")
-    assert quoted["dsire_accuracy"] == dsire["accuracy"]["mean"] and quoted["repeats"] == 2
-    assert quoted["held_out_concepts"] == dsire["n_test"] and 0 <= quoted["interval_coverage"] <= 100
-    assert quoted_self_check(header, 300) is None  # no check at a step the bank does not hold
+    quoted = header.self_check_at(100)
+    dsire = next(c for c in header.self_check if c["step"] == 100 and c["method"] == "dsire")
+    assert quoted.dsire_accuracy == dsire["accuracy"]["mean"] and quoted.repeats == 2
+    assert quoted.held_out_concepts == dsire["n_test"] and 0 <= quoted.interval_coverage <= 100
+    assert header.self_check_at(300) is None  # no check at a step the bank does not hold
     weights = read_lora(files[0])  # the scanner's path: a real PEFT LoRA file, read and fingerprinted
     chosen, reason = bank_for(weights, directory=tmp_path / "banks")
     assert chosen is not None, reason
     result = chosen.estimate(weights, step=weights.declared.steps)
     assert result.size in (1, 10, 20) and result.step == 100 and result.missing_fraction == 0.0
     same, _ = estimate_lora(weights, directory=tmp_path / "banks")
-    assert same.to_dict() == result.to_dict() and same.step_source == "declared"
+    assert same.as_dict() == result.as_dict() and same.step_source == "declared"
     weights.backbone.name = "sdxl"
     none, why = estimate_lora(weights, directory=tmp_path / "banks")
     assert none is None and "sdxl" in why
@@ -251,6 +286,6 @@ def test_user_bank_folder_is_searched_first_and_wins_by_name(bank_dir, monkeypat
     found = available_banks()
     assert [b["name"] for b in found][:2] == ["tiny-sd-r16", "tiny-sd-r8"]
     assert len({b["name"] for b in found}) == len(found)  # a packaged bank of the same name is shadowed
-    assert load_bank("tiny-sd", 16).header["rank"] == 16
+    assert load_bank("tiny-sd", 16).header.rank == 16
     listed = json.loads(CliRunner().invoke(banks_command, ["--json"]).stdout)
     assert [b["path"] for b in listed] == [b["path"] for b in found]

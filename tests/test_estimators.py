@@ -21,10 +21,10 @@ from lora_wise.estimation.estimators import (
     NNFullModel,
     RidgeVote,
     SizeInterval,
-    _standardise,
     make_method,
     voter_features,
 )
+from lora_wise.estimation.fitted import standardise as _standardise
 
 
 def _split(table, n_train=15):
@@ -63,7 +63,9 @@ def test_table_input_votes_equal_the_naive_loop_over_layers_and_kinds(medium):
     est = DSiRe().fit(train)
     votes = est.voter_predictions(test)
     assert votes.shape == (len(test), 3 * len(train.layers))
-    for v, (kind, layer) in enumerate([(k, i) for k in ("a", "b", "ba") for i in range(len(train.layers))][::97]):
+    for v, (kind, layer) in enumerate(
+        [(k, i) for k in ("a", "b", "ba") for i in range(len(train.layers))][::97]
+    ):
         knn = KNeighborsClassifier(n_neighbors=1).fit(train.matrix(kind)[:, layer], train.size)
         np.testing.assert_array_equal(votes[:, v * 97], knn.predict(test.matrix(kind)[:, layer]))
 
@@ -248,8 +250,16 @@ def test_a_table_with_layers_in_another_order_is_realigned(medium):
     order = np.random.default_rng(0).permutation(len(test.layers))
     shuffled = SpectraTable(
         [test.layers[i] for i in order],
-        test.a[:, order], test.b[:, order], test.ba[:, order], test.fro[:, order],
-        test.size, test.micro_dataset, test.step, test.rank, test.backbone, test.model_id,
+        test.a[:, order],
+        test.b[:, order],
+        test.ba[:, order],
+        test.fro[:, order],
+        test.size,
+        test.micro_dataset,
+        test.step,
+        test.rank,
+        test.backbone,
+        test.model_id,
     )
     est = DSiRe().fit(train)
     np.testing.assert_array_equal(est.predict_votes(shuffled), est.predict_votes(test))
@@ -257,7 +267,10 @@ def test_a_table_with_layers_in_another_order_is_realigned(medium):
 
 @settings(max_examples=30, deadline=None)
 @given(
-    n_train=st.integers(2, 30), n_test=st.integers(1, 80), voters=st.integers(1, 12), width=st.integers(1, 9),
+    n_train=st.integers(2, 30),
+    n_test=st.integers(1, 80),
+    voters=st.integers(1, 12),
+    width=st.integers(1, 9),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_votes_equal_the_naive_loop_for_any_shape(n_train, n_test, voters, width, seed):
@@ -267,7 +280,9 @@ def test_votes_equal_the_naive_loop_for_any_shape(n_train, n_test, voters, width
     T = rng.exponential(1.0, (n_test, voters, width))
     votes = DSiRe().fit(X, y).voter_predictions(T)
     for v in range(voters):
-        np.testing.assert_array_equal(votes[:, v], KNeighborsClassifier(n_neighbors=1).fit(X[:, v], y).predict(T[:, v]))
+        np.testing.assert_array_equal(
+            votes[:, v], KNeighborsClassifier(n_neighbors=1).fit(X[:, v], y).predict(T[:, v])
+        )
 
 
 def test_fit_on_spectra_lists_and_refit_reset_the_layer_order(medium):
@@ -276,8 +291,14 @@ def test_fit_on_spectra_lists_and_refit_reset_the_layer_order(medium):
     train, test = medium
 
     def spectra(table, i, keep):
-        return Spectra([table.layers[j] for j in keep], table.a[i, keep], table.b[i, keep], table.ba[i, keep],
-                       table.fro[i, keep], np.ones(len(keep), bool))
+        return Spectra(
+            [table.layers[j] for j in keep],
+            table.a[i, keep],
+            table.b[i, keep],
+            table.ba[i, keep],
+            table.fro[i, keep],
+            np.ones(len(keep), bool),
+        )
 
     est = DSiRe().fit(train)
     half = list(range(0, 128, 2))

@@ -164,7 +164,9 @@ def test_load_table_reads_built_datasets_and_factory_folders_alike(factory, tmp_
 
 def test_evaluate_command_json_markdown_and_table(factory, tmp_path):
     runner = CliRunner()
-    out = runner.invoke(evaluate_command, [str(factory), "--json", "--repeats", "3", "--methods", "frobenius-nn,dsire"])
+    out = runner.invoke(
+        evaluate_command, [str(factory), "--json", "--repeats", "3", "--methods", "frobenius-nn,dsire"]
+    )
     assert out.exit_code == 0, out.output
     rows = json.loads(out.stdout)
     assert [r["method"] for r in rows] == ["frobenius-nn", "dsire"]
@@ -185,14 +187,25 @@ def test_micro_dataset_globs_select_concept_families(factory):
     with pytest.raises(LoraWiseError, match=r"no micro-dataset matches photo-\* \(have: concept-3-000"):
         ev.select_micro_datasets(table, ["photo-*"])
     runner = CliRunner()
-    out = runner.invoke(evaluate_command, [str(factory), "--micro-datasets", "pool:concept-[01]", "--n-train", "1",
-                                           "--repeats", "2", "--json"])  # fmt: skip
+    args = [
+        str(factory),
+        "--micro-datasets",
+        "pool:concept-[01]",
+        "--n-train",
+        "1",
+        "--repeats",
+        "2",
+        "--json",
+    ]
+    out = runner.invoke(evaluate_command, args)
     assert out.exit_code == 0, out.output
     assert all(r["n_train"] == 1 and r["n_test"] == 1 for r in json.loads(out.stdout))  # 2 of the 4 concepts
     from lora_wise.cli.app import cli
     from lora_wise.cli.tools import run
 
-    assert run(cli, ["evaluate", str(factory), "--micro-datasets", "pool:photo-*"]) == 2  # one line, no traceback
+    assert (
+        run(cli, ["evaluate", str(factory), "--micro-datasets", "pool:photo-*"]) == 2
+    )  # one line, no traceback
     assert run(cli, ["norms", str(factory), "--micro-datasets", "pool:concept-0", "--json"]) == 0
 
 
@@ -223,9 +236,16 @@ def test_cross_rank_applicability_falls_for_the_other_rank():
 
     def rows(table):
         return [
-            (Spectra(table.layers, table.a[i], table.b[i], table.ba[i], table.fro[i], np.ones(128, bool)),
-             {"size": table.size[i], "micro_dataset": table.micro_dataset[i], "step": table.step[i],
-              "rank": table.rank[i], "backbone": "tiny-sd"})
+            (
+                Spectra(table.layers, table.a[i], table.b[i], table.ba[i], table.fro[i], np.ones(128, bool)),
+                {
+                    "size": table.size[i],
+                    "micro_dataset": table.micro_dataset[i],
+                    "step": table.step[i],
+                    "rank": table.rank[i],
+                    "backbone": "tiny-sd",
+                },
+            )
             for i in range(len(table))
         ]
 
@@ -244,8 +264,16 @@ def test_reproduce_tables_script_writes_results_and_plots(factory, tmp_path):
     out = tmp_path / "docs" / "results.md"
     assert main([str(factory), "--config", "medium-tiny_sd-r4", "--out", str(out), "--repeats", "2"]) == 0
     text = out.read_text()
-    for heading in ("Frobenius-NN vs DSiRe", "Choice of classifier", "Matrix kinds", "Training steps",
-                    "Training micro-datasets", "Sizes never seen", "Cross-condition", "Diagnostics"):
+    for heading in (
+        "Frobenius-NN vs DSiRe",
+        "Choice of classifier",
+        "Matrix kinds",
+        "Training steps",
+        "Training micro-datasets",
+        "Sizes never seen",
+        "Cross-condition",
+        "Diagnostics",
+    ):
         assert heading in text
     assert "| dsire |" in text and "1.48 / 3.97 / 86.1" in text  # ours beside the paper's
     assert (tmp_path / "docs" / "results" / "confusion-medium-tiny_sd-r4.png").is_file()
@@ -263,7 +291,11 @@ def test_norms_command_shows_the_norm_falling_with_size(factory):
     assert trend["step"] == 200 and [r["size"] for r in trend["sizes"]] == [1, 10, 20]
     rel = [r["relative_to_smallest"] for r in trend["sizes"]]
     assert rel[0] == pytest.approx(1.0) and rel[0] > rel[1] > rel[2]
-    assert trend["concepts"] == 4 and trend["concepts_falling"] == 4 and trend["spearman_median"] == pytest.approx(-1)
+    assert (
+        trend["concepts"] == 4
+        and trend["concepts_falling"] == 4
+        and trend["spearman_median"] == pytest.approx(-1)
+    )
     assert trend["concept_known_accuracy"] == 1.0  # every concept falls by the same factors
     shown = runner.invoke(norms, [str(factory), "--step", "100"])
     assert shown.exit_code == 0 and "by dataset size, step 100" in shown.stdout
@@ -285,3 +317,12 @@ def test_concept_known_accuracy_drops_when_concepts_disagree_on_the_size_order(f
     swapped[flip] = 30 - table.size[flip]  # 10 <-> 20 in two of the four concepts
     trend = norm_trend(dataclasses.replace(table, size=swapped))
     assert trend["concept_known_accuracy"] == 0.0  # each concept is outvoted 2 to 1 by the others
+
+
+@pytest.mark.parametrize("source", ["/nonexistent-lora-wise", "nonexistent-lora-wise/", "./nowhere"])
+def test_a_missing_path_is_not_taken_for_a_hub_repo_id(source):
+    from lora_wise.dataset.load import is_repo_id
+
+    assert not is_repo_id(source) and is_repo_id("MoSalama98/LoRA-WiSE")
+    with pytest.raises(LoraWiseError, match="cannot read spectra from"):
+        ev.load_table(source)  # offline and at once, not a failed Hub download

@@ -90,9 +90,9 @@ def test_packaged_bank_never_saw_the_bundled_example():
     weights = read_lora(EXAMPLE)
     bank, why = bank_for(weights, directory=BANKS_DIR)
     assert bank is not None, why
-    assert bank.header["backbone"] == "tiny-sd" and bank.header["rank"] == 8
-    assert sidecar["micro_dataset"] not in bank.header["micro_datasets"]
-    assert sidecar["micro_dataset"] in bank.header["recipe"]["held_out"]
+    assert bank.header.backbone == "tiny-sd" and bank.header.rank == 8
+    assert sidecar["micro_dataset"] not in bank.header.micro_datasets
+    assert sidecar["micro_dataset"] in bank.header.recipe["held_out"]
     assert sidecar["step"] in bank.steps and load_bank_file(BANKS_DIR / "tiny-sd-r8.safetensors").name == bank.name
 
 
@@ -110,13 +110,14 @@ def test_every_concept_family_of_the_pool_is_evaluated_alone(tables):
 def test_the_demo_quotes_the_packaged_banks_own_measured_accuracy():
     """lora-scan's default run shows the bank's self-check; it is what the protocol measures on the
     packaged bank now (seeded splits), not a number frozen into the file by hand."""
-    from lora_wise.estimation.bank import quoted_self_check, self_check
+    from lora_wise.estimation.bank import quote_self_check
+    from lora_wise.evaluation import self_check
     from scanner.example import scan_example
 
     report = scan_example()
     quoted = report.bank["self_check"]
     assert quoted["step"] == report.estimate.step == 1200 and quoted["repeats"] == 10
     bank = load_bank_file(BANKS_DIR / "tiny-sd-r8.safetensors")
-    fresh = quoted_self_check({"self_check": self_check(bank, repeats=10)}, 1200)
+    fresh = quote_self_check(self_check(bank, repeats=10), 1200).as_dict()
     assert fresh == pytest.approx(quoted)
-    assert 100 / len(bank.header["sizes"]) < quoted["dsire_accuracy"] < 100  # above chance (11 sizes)
+    assert 100 / len(bank.header.sizes) < quoted["dsire_accuracy"] < 100  # above chance (11 sizes)

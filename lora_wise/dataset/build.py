@@ -33,6 +33,7 @@ from lora_wise.factory.snapshots import Sidecar, folder_done, iter_snapshots, lo
 from lora_wise.lora.reader import read_lora
 from lora_wise.paper import PAPER_SEED, PAPER_TOTAL, PAPER_TRAIN, SCHEDULES
 from lora_wise.spectra.compute import Spectra, compute_spectra, natural_key
+from lora_wise.spectra.table import KINDS
 
 if TYPE_CHECKING:
     from datasets import Features
@@ -112,10 +113,7 @@ def spectra_row(spectra: Spectra, layers: list[str], width: int, meta: dict[str,
         "image_ids": [str(i) for i in meta.get("image_ids") or []],
         "recipe": meta["recipe"] if isinstance(meta["recipe"], str) else json.dumps(meta["recipe"], sort_keys=True),
     }
-    for kind in ("a", "b", "ba"):
-        row[kind] = getattr(aligned, kind).astype(dtype)
-    row["fro"] = aligned.fro.astype(dtype)
-    return row
+    return row | {kind: getattr(aligned, kind).astype(dtype) for kind in KINDS}
 
 
 # --------------------------------------------------------------------------- splits
@@ -241,7 +239,7 @@ class ConfigWriter:
         return folder
 
     def add(self, split: str, row: dict, weights_bytes: bytes | None = None) -> None:
-        nbytes = sum(row[k].nbytes for k in ("a", "b", "ba", "fro"))
+        nbytes = sum(row[k].nbytes for k in KINDS)
         self._spectra[split].add(row, nbytes)
         if self._weights is not None:
             if weights_bytes is None:
@@ -458,7 +456,7 @@ def _kept_rows(out: Path, config: str, members: list[FactoryJob], wanted: set[in
     for row in pa.concat_tables(tables).to_pylist() if tables else []:
         if row["model_id"] in fresh or (wanted is not None and row["step"] not in wanted):
             continue
-        rows.append({**row, **{k: np.asarray(row[k], dtype=precision) for k in ("a", "b", "ba", "fro")}})
+        rows.append({**row, **{k: np.asarray(row[k], dtype=precision) for k in KINDS}})
     return rows
 
 

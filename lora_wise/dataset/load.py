@@ -8,13 +8,23 @@ the rows are then read with ``datasets.load_dataset`` on that folder.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
 from lora_wise.dataset.build import MANIFEST, read_manifest
 from lora_wise.errors import DatasetBuildError
-from lora_wise.spectra.table import SpectraTable
+from lora_wise.spectra.table import COLUMNS, SpectraTable
+
+#: A table column's name in the dataset, where the two differ.
+_DATASET_COLUMN = {"size": "dataset_size"}
+
+
+def is_repo_id(source: str) -> bool:
+    """``user/name`` as the Hub spells repo ids (a path such as ``/data`` or ``runs/x/`` is not one)."""
+    part = r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?"  # the Hub's rule: no leading or trailing '.' or '-'
+    return re.fullmatch(f"{part}/{part}", source) is not None
 
 
 def resolve_dataset(path_or_repo: str | Path, config: str | None, revision: str | None = None) -> Path:
@@ -23,7 +33,7 @@ def resolve_dataset(path_or_repo: str | Path, config: str | None, revision: str 
     path = Path(path_or_repo)
     if path.is_dir():
         return path
-    if str(path_or_repo).count("/") != 1 or path.exists():
+    if not is_repo_id(str(path_or_repo)) or path.exists():
         raise DatasetBuildError(f"{path_or_repo}: neither a dataset folder nor a Hub repo id (user/name)")
     from lora_wise.dataset.hub import download
 
@@ -42,7 +52,9 @@ def load_benchmark(path_or_repo: str | Path, config: str, split: str | None = No
     entry = configs.get(config)
     if entry is None or entry.get("kind") != "spectra":
         known = sorted(k for k, v in configs.items() if v.get("kind") == "spectra")
-        raise DatasetBuildError(f"{path_or_repo}: no spectra config {config!r} (have: {', '.join(known) or 'none'})")
+        raise DatasetBuildError(
+            f"{path_or_repo}: no spectra config {config!r} (have: {', '.join(known) or 'none'})"
+        )
     if split is not None and split not in entry["splits"]:
         raise DatasetBuildError(f"{path_or_repo}: config {config!r} has no split {split!r}")
     # The manifest's file list, not the card's globs: datasets keys its cache of a folder's YAML
@@ -55,26 +67,19 @@ def load_benchmark(path_or_repo: str | Path, config: str, split: str | None = No
     if step is not None:
         keep = np.flatnonzero(np.asarray(loaded["step"]) == int(step))
         if keep.size == 0:
-            raise DatasetBuildError(f"{path_or_repo}: no snapshot at step {step} in {config!r} (steps: {entry['steps']})")
+            raise DatasetBuildError(
+                f"{path_or_repo}: no snapshot at step {step} in {config!r} (steps: {entry['steps']})"
+            )
         loaded = loaded.select(keep)
     return _to_table(loaded, entry["layers"])
 
 
 def _to_table(ds, layers: list[str]) -> SpectraTable:
-    n, n_layers = len(ds), len(layers)
-    columns = ["a", "b", "ba", "fro", "dataset_size", "micro_dataset", "step", "rank", "backbone", "model_id"]
-    batch = ds.select_columns(columns).with_format("numpy")[:]  # one Arrow -> numpy conversion per column
-    return SpectraTable(
-        layers=list(layers),
-        **{kind: np.asarray(batch[kind], dtype=np.float64).reshape(n, n_layers, -1) for kind in ("a", "b", "ba")},
-        fro=np.asarray(batch["fro"], dtype=np.float64).reshape(n, n_layers),
-        size=np.asarray(batch["dataset_size"], dtype=np.int64),
-        micro_dataset=np.asarray(batch["micro_dataset"]).astype(str),
-        step=np.asarray(batch["step"], dtype=np.int64),
-        rank=np.asarray(batch["rank"], dtype=np.int64),
-        backbone=np.asarray(batch["backbone"]).astype(str),
-        model_id=np.asarray(batch["model_id"]).astype(str),
-    )
+    names = {column: _DATASET_COLUMN.get(column, column) for column in COLUMNS}
+    batch = ds.select_columns(list(names.values())).with_format("numpy")[
+        :
+    ]  # one Arrow -> numpy conversion per column
+    return SpectraTable.from_columns(layers, {column: batch[name] for column, name in names.items()})
 
 
 def table_loader(source: str, config: str | None) -> SpectraTable | None:
@@ -87,12 +92,14 @@ def table_loader(source: str, config: str | None) -> SpectraTable | None:
     path = Path(source)
     if path.exists() and not (path / MANIFEST).is_file():
         return None
-    if not path.exists() and source.count("/") != 1:
+    if not path.exists() and not is_repo_id(source):
         return None
     if config is None:
         folder = resolve_dataset(source, None)
         spectra = sorted(k for k, v in read_manifest(folder)["configs"].items() if v.get("kind") == "spectra")
         if len(spectra) != 1:
-            raise DatasetBuildError(f"{source} holds {len(spectra)} spectra configs ({', '.join(spectra)}): choose one")
+            raise DatasetBuildError(
+                f"{source} holds {len(spectra)} spectra configs ({', '.join(spectra)}): choose one"
+            )
         config = spectra[0]
     return load_benchmark(source, config)

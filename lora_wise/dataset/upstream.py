@@ -29,6 +29,7 @@ from lora_wise.errors import InvalidLoraFile
 from lora_wise.lora.weights import LoraLayer, LoraWeights
 from lora_wise.paper import SCHEDULES, TARGET_MODULES
 from lora_wise.spectra.compute import Spectra, compute_spectra, natural_key
+from lora_wise.spectra.table import KINDS
 
 UPSTREAM_REPO = "MoSalama98/LoRA-WiSE"
 DOWN, UP = ".lora.down.weight", ".lora.up.weight"
@@ -126,8 +127,7 @@ def iter_upstream_spectra(path: Path, layers: list[str], rank: int, batch_size: 
         if any(v is None for v in labels + names):
             raise InvalidLoraFile(f"{path}: row without label or name")
         n = len(labels)
-        a, b, ba = (np.zeros((n, len(layers), rank)) for _ in range(3))
-        fro = np.zeros((n, len(layers)))
+        spectra_of = {k: np.zeros((n, len(layers), rank)[: 2 if k == "fro" else 3]) for k in KINDS}
         for li, layer in enumerate(layers):
             first = 0
             batches = parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=[layer + DOWN, layer + UP],
@@ -139,12 +139,14 @@ def iter_upstream_spectra(path: Path, layers: list[str], rank: int, batch_size: 
                 spectra = compute_spectra(LoraWeights(rows, "upstream"), width=rank)
                 for k, key in enumerate(spectra.layers):
                     j = int(key)
-                    a[j, li], b[j, li], ba[j, li], fro[j, li] = spectra.a[k], spectra.b[k], spectra.ba[k], spectra.fro[k]
+                    for kind, values in spectra_of.items():
+                        values[j, li] = getattr(spectra, kind)[k]
                 first += batch.num_rows
             pa.default_memory_pool().release_unused()
         low = np.ones(len(layers), dtype=bool)
         for j in range(n):
-            yield int(labels[j]), str(names[j]), Spectra(list(layers), a[j], b[j], ba[j], fro[j], low)
+            row = {kind: values[j] for kind, values in spectra_of.items()}
+            yield int(labels[j]), str(names[j]), Spectra(list(layers), **row, low_rank=low)
 
 
 def _layer(batch, layer: str, j: int, rank: int, path: Path, key: str) -> LoraLayer:
@@ -186,3 +188,30 @@ def import_upstream(repo_or_folder: str | Path, config: str, out_dir: str | Path
     update_manifest(out_dir, entries)
     return entries[name]
 
+
+#: Backbones the factory cannot train references for (its trainer is the UNet DreamBooth-LoRA recipe).
+_NO_TRAINER = ("flux", "sd3")
+
+
+def no_bank_advice(backbone: str, rank: int | None) -> str:
+    """How to build a bank for ``backbone`` and ``rank``: import the published LoRA-WiSE config of
+    that backbone and rank when there is one, else train references with the factory."""
+    published = [c for c, (_, b, r) in UPSTREAM_CONFIGS.items() if b == backbone and r == rank]
+    if published:
+        config = min(published, key=lambda c: ("medium" not in c, c))  # the paper's main range first
+        return (
+            f"build one with `lora-wise import-upstream {UPSTREAM_REPO} --config {config} --out DIR` and "
+            f"`lora-wise fit-bank DIR --config {our_config(config)}`"
+        )
+    if backbone in _NO_TRAINER:
+        return (
+            f"none can be built yet: LoRA-WiSE publishes no {backbone} models, the factory trains UNets only"
+        )
+    ranks = sorted({r for _, b, r in UPSTREAM_CONFIGS.values() if b == backbone})
+    published = f"at rank {', '.join(map(str, ranks))} only" if ranks else "no models"
+    published_note = f"LoRA-WiSE publishes {backbone} {published}"
+    return (
+        f"build one with `lora-wise generate GRID --out runs/{backbone}` "
+        f"(a grid with `backbones: [{backbone}]`, `ranks: [{rank}]`), "
+        f"`lora-wise build` and `lora-wise fit-bank` ({published_note})"
+    )

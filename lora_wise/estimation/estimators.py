@@ -22,74 +22,47 @@ Tie rules, all deterministic:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
 from lora_wise.errors import BankError
+from lora_wise.estimation.fitted import (
+    DEFAULT_KINDS,
+    ApplicabilityState,
+    IntervalState,
+    VoteState,
+    batched_ridge,
+    decide,
+    nearest_class,
+    nearest_references,
+    standardise,
+    tally,
+    voter_features,
+)
+from lora_wise.estimation.methods import (
+    AVERAGE_VOTE,
+    DSIRE,
+    FROBENIUS_NN,
+    GDA,
+    NN_FULL_MODEL,
+    RIDGE,
+)
 from lora_wise.spectra.compute import Spectra
 from lora_wise.spectra.table import SpectraTable
 
-KINDS = ("a", "b", "ba", "fro")
-_BLOCK_ELEMENTS = 8_000_000  # distances per batched block (64 MB): bounds memory for large banks
-
-
-# --------------------------------------------------------------------------- features
-
-
-def voter_features(
-    source: SpectraTable | Spectra | Sequence[Spectra],
-    kinds: Sequence[str],
-    layers: Sequence[str] | None = None,
-    width: int | None = None,
-) -> np.ndarray:
-    """(N, V, W) float64 voter features, voters ordered kind-major then layer.
-
-    ``fro`` is one value per layer, zero-padded to ``W`` when mixed with spectra (zeros on
-    both sides add nothing to a distance). Missing layers stay NaN across the whole row.
-    """
-    bad = [k for k in kinds if k not in KINDS]
-    if bad or not kinds:
-        raise ValueError(f"unknown matrix kinds {bad or list(kinds)}; choose from {KINDS}")
-    if isinstance(source, Spectra):
-        source = [source]
-    if not isinstance(source, SpectraTable):
-        source = _stack_spectra(list(source), layers, width)
-    elif layers is not None and list(layers) != list(source.layers):
-        raise BankError("table layers differ from the estimator's layer order; align the spectra first")
-    blocks = [source.matrix(k) for k in kinds]
-    w = max(b.shape[2] for b in blocks) if width is None else width
-    out = []
-    for block in blocks:
-        padded = np.zeros(block.shape[:2] + (w,))
-        padded[:, :, : min(w, block.shape[2])] = block[:, :, :w]
-        padded[np.isnan(block).any(axis=2)] = np.nan
-        out.append(padded)
-    return np.concatenate(out, axis=1).astype(np.float64)
-
-
-def _stack_spectra(items: list[Spectra], layers: Sequence[str] | None, width: int | None) -> SpectraTable:
-    if not items:
-        raise ValueError("no spectra given")
-    layers = list(layers or items[0].layers)
-    width = width or max(s.width for s in items)
-    aligned = [s.align(layers, width) for s in items]
-    n = len(aligned)
-    return SpectraTable(
-        layers=layers,
-        a=np.stack([s.a for s in aligned]),
-        b=np.stack([s.b for s in aligned]),
-        ba=np.stack([s.ba for s in aligned]),
-        fro=np.stack([s.fro for s in aligned]),
-        size=np.zeros(n, dtype=np.int64),
-        micro_dataset=np.array([""] * n),
-        step=np.zeros(n, dtype=np.int64),
-        rank=np.full(n, width, dtype=np.int64),
-        backbone=np.array(["unknown"] * n),
-        model_id=np.array([""] * n),
-    )
+__all__ = [
+    "Applicability",
+    "DSiRe",
+    "FrobeniusNN",
+    "GDAVote",
+    "NNFullModel",
+    "RidgeVote",
+    "SizeInterval",
+    "make_method",
+    "voter_features",
+]
 
 
 def _as_xy(est, X, y=None, groups=None, fitting: bool = False):
@@ -100,11 +73,11 @@ def _as_xy(est, X, y=None, groups=None, fitting: bool = False):
     if fitting:  # the layer order every later input is aligned to (None for raw arrays)
         first = X[0] if isinstance(X, (list, tuple)) and X else X
         est.layers_ = list(first.layers) if isinstance(first, (SpectraTable, Spectra)) else None
-    if isinstance(X, (SpectraTable, Spectra, list, tuple)) and not isinstance(X, np.ndarray):
+    if isinstance(X, (SpectraTable, Spectra, list, tuple)):
         layers = getattr(est, "layers_", None)
         width = getattr(est, "width_", None) if not fitting else None
-        if isinstance(X, SpectraTable) and layers is not None and list(X.layers) != layers:
-            X = _realign_table(X, layers)
+        if isinstance(X, SpectraTable) and layers is not None:
+            X = X.align(layers)
         X = voter_features(X, est.kinds, layers=layers, width=width)
     else:
         X = np.asarray(X, dtype=np.float64)
@@ -121,102 +94,7 @@ def _as_xy(est, X, y=None, groups=None, fitting: bool = False):
     return X, y, (None if groups is None else np.asarray(groups))
 
 
-def _realign_table(table: SpectraTable, layers: list[str]) -> SpectraTable:
-    index = {name: i for i, name in enumerate(table.layers)}
-    cols = [index.get(name, -1) for name in layers]
-
-    def take(arr):
-        out = np.full(arr.shape[:1] + (len(layers),) + arr.shape[2:], np.nan)
-        for j, c in enumerate(cols):
-            if c >= 0:
-                out[:, j] = arr[:, c]
-        return out
-
-    fields = {k: take(getattr(table, k)) for k in ("a", "b", "ba", "fro")}
-    meta = {k: getattr(table, k) for k in ("size", "micro_dataset", "step", "rank", "backbone", "model_id")}
-    return SpectraTable(list(layers), **fields, **meta)
-
-
-# --------------------------------------------------------------------------- distances
-
-
-@dataclass(frozen=True)
-class References:
-    """A reference set laid out for the batched search, prepared once per fit."""
-
-    tr_t: np.ndarray  # (V, W, N)
-    tr_sq: np.ndarray  # (V, N), +inf where the reference lacks the voter
-
-    @classmethod
-    def of(cls, train: np.ndarray) -> References:
-        tr = np.ascontiguousarray(np.swapaxes(np.nan_to_num(train), 0, 1))  # (V, N, W)
-        tr_sq = np.einsum("vnw,vnw->vn", tr, tr)
-        tr_sq[np.isnan(train).any(axis=2).T] = np.inf  # a reference's missing voter is never nearest
-        return cls(np.ascontiguousarray(np.swapaxes(tr, 1, 2)), tr_sq)
-
-
-def nearest_references(train: np.ndarray | References, test: np.ndarray, exclude: np.ndarray | None = None):
-    """Per voter, the nearest reference of every test model (euclidean).
-
-    ``train`` (N, V, W), ``test`` (M, V, W); ``exclude`` (M, N) bool forbids pairs (used to
-    leave a test model's own micro-dataset out). Returns ``idx`` (M, V) int, -1 where the
-    voter abstains, and ``dist`` (M, V) euclidean distance, NaN where it abstains.
-    One batched matrix product per block of test models, no per-layer loop:
-    |x − t|² = |t|² − 2 x·t + |x|², where |x|² is the same for every reference and so is
-    added only to the winners.
-    """
-    ref = train if isinstance(train, References) else References.of(train)
-    tr_t, tr_sq = ref.tr_t, ref.tr_sq
-    v, n = tr_sq.shape
-    block = max(1, int(_BLOCK_ELEMENTS // max(v * n, 1)))
-    idx = np.empty(test.shape[:2], dtype=np.int64)
-    dist = np.empty(test.shape[:2])
-    for start in range(0, test.shape[0], block):
-        chunk = test[start : start + block]
-        te = np.ascontiguousarray(np.swapaxes(np.nan_to_num(chunk), 0, 1))  # (V, m, W)
-        d2 = te @ tr_t  # (V, m, N)
-        d2 *= -2.0
-        d2 += tr_sq[:, None, :]
-        if exclude is not None:
-            d2 += np.where(exclude[start : start + block], np.inf, 0.0)[None]
-        best = np.argmin(d2, axis=2)  # (V, m): first minimum in fit order
-        best_d = np.take_along_axis(d2, best[:, :, None], axis=2)[:, :, 0] + np.einsum("vmw,vmw->vm", te, te)
-        abstain = np.isnan(chunk).any(axis=2).T | ~np.isfinite(best_d)
-        best[abstain] = -1
-        idx[start : start + len(chunk)] = best.T
-        dist[start : start + len(chunk)] = np.where(abstain, np.nan, np.sqrt(np.maximum(best_d, 0.0))).T
-    return idx, dist
-
-
-# --------------------------------------------------------------------------- voting
-
-
-def _tally(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """(M, V) class indices (-1 abstain) -> (M, C) vote counts."""
-    m, c = labels.shape[0], len(classes)
-    flat = labels + np.arange(m)[:, None] * c
-    counts = np.bincount(flat[labels >= 0], minlength=m * c)
-    return counts.reshape(m, c)
-
-
-def _resolve(counts: np.ndarray, classes: np.ndarray, tie: str) -> np.ndarray:
-    """Majority vote with the documented tie rule; returns class indices (M,)."""
-    if (counts.sum(axis=1) == 0).any():
-        raise BankError("the target shares no layer with the reference models: nothing can vote")
-    top = counts == counts.max(axis=1, keepdims=True)
-    if tie == "smallest":
-        return np.argmax(top, axis=1)
-    # lower median of the votes, then the tied size closest to it, then the smaller size
-    half = counts.sum(axis=1, keepdims=True) / 2.0
-    med = np.argmax(np.cumsum(counts, axis=1) >= half, axis=1)
-    gap = np.abs(classes[None, :].astype(float) - classes[med][:, None])
-    gap[~top] = np.inf
-    return np.argmin(gap, axis=1)
-
-
-def _nearest_class(values: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """Index of the known size nearest to each value (ties to the smaller size)."""
-    return np.argmin(np.abs(values[..., None] - classes.astype(float)), axis=-1)
+# --------------------------------------------------------------------------- the paper's methods
 
 
 class _VoterEnsemble(ClassifierMixin, BaseEstimator):
@@ -236,7 +114,6 @@ class _VoterEnsemble(ClassifierMixin, BaseEstimator):
             raise ValueError(f"vote must be 'majority' or 'average', not {self.vote!r}")
         self.classes_, self.y_index_ = np.unique(y, return_inverse=True)
         self.train_ = X
-        self.groups_ = groups
         self.width_ = X.shape[2]
         self.n_voters_ = X.shape[1]
         self._fit_voters(X, self.y_index_)
@@ -256,7 +133,7 @@ class _VoterEnsemble(ClassifierMixin, BaseEstimator):
         """(M, C) per-size vote counts, columns in ``classes_`` order."""
         check_is_fitted(self, "train_")
         X, _, _ = _as_xy(self, X)
-        return _tally(self._voter_classes(X), self.classes_)
+        return tally(self._voter_classes(X), self.classes_)
 
     def vote_histogram(self, X) -> list[dict[int, int]]:
         """Per model, {size: votes} over every known size (zeros included)."""
@@ -270,15 +147,9 @@ class _VoterEnsemble(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "train_")
         X, _, _ = _as_xy(self, X)
         ci = self._voter_classes(X)
-        return self._decide(ci), _tally(ci, self.classes_)
-
-    def _decide(self, ci: np.ndarray) -> np.ndarray:
-        if getattr(self, "vote", "majority") == "average":
-            sizes = np.where(ci >= 0, self.classes_[np.maximum(ci, 0)], np.nan).astype(float)
-            if np.isnan(sizes).all(axis=1).any():
-                raise BankError("the target shares no layer with the reference models: nothing can vote")
-            return self.classes_[_nearest_class(np.nanmean(sizes, axis=1), self.classes_)]
-        return self.classes_[_resolve(_tally(ci, self.classes_), self.classes_, self.tie)]
+        return decide(ci, self.classes_, self.tie, getattr(self, "vote", "majority")), tally(
+            ci, self.classes_
+        )
 
     def score(self, X, y=None, sample_weight=None) -> float:
         """Accuracy; ``y`` defaults to ``X.size`` for a table."""
@@ -295,31 +166,17 @@ class DSiRe(_VoterEnsemble):
     "average vote" rival: the mean of the voted sizes, rounded to the nearest known size.
     """
 
-    def __init__(self, kinds=("a", "b", "ba"), metric="euclidean", tie="median", vote="majority"):
+    def __init__(self, kinds=DEFAULT_KINDS, metric="euclidean", tie="median", vote="majority"):
         self.kinds = kinds
         self.metric = metric
         self.tie = tie
         self.vote = vote
 
-    def _transform(self, X: np.ndarray) -> np.ndarray:
-        if self.metric == "euclidean":
-            return X
-        if self.metric == "log":
-            return np.log(np.abs(X) + 1e-8)
-        raise ValueError(f"metric must be 'euclidean' or 'log', not {self.metric!r}")
-
     def _fit_voters(self, X, yi) -> None:
-        self.ref_ = References.of(self._transform(X))
-
-    def neighbours(self, X) -> tuple[np.ndarray, np.ndarray]:
-        """(M, V) index of each voter's nearest reference (-1 abstains) and its distance."""
-        check_is_fitted(self, "train_")
-        X, _, _ = _as_xy(self, X)
-        return nearest_references(self.ref_, self._transform(X))
+        self.state_ = VoteState.fit(X, self.classes_[yi], self.metric, self.tie, self.vote)
 
     def _voter_classes(self, X: np.ndarray) -> np.ndarray:
-        idx, _ = nearest_references(self.ref_, self._transform(X))
-        return np.where(idx >= 0, self.y_index_[np.maximum(idx, 0)], -1)
+        return self.state_.voter_classes(X)
 
 
 class FrobeniusNN(DSiRe):
@@ -336,7 +193,7 @@ class NNFullModel(_VoterEnsemble):
     the distance on both sides.
     """
 
-    def __init__(self, kinds=("a", "b", "ba"), tie="median"):
+    def __init__(self, kinds=DEFAULT_KINDS, tie="median"):
         self.kinds = kinds
         self.tie = tie
 
@@ -355,49 +212,26 @@ class NNFullModel(_VoterEnsemble):
         return np.where(present, out[:, None], -1)
 
 
-def _standardise(X: np.ndarray):
-    """Per-voter, per-column z-scores from the references (NaN references ignored)."""
-    mu = np.nanmean(X, axis=0)
-    sd = np.nanstd(X, axis=0)
-    sd = np.where(sd > 0, sd, 1.0)
-    return np.nan_to_num(mu), np.nan_to_num(sd, nan=1.0)
-
-
 class RidgeVote(_VoterEnsemble):
     """The paper's ridge rival: per voter, ridge regression of size on standardised spectra,
     rounded to the nearest known size, then the majority vote. Solved for all voters at once."""
 
-    def __init__(self, kinds=("a", "b", "ba"), alpha=1.0, tie="median"):
+    def __init__(self, kinds=DEFAULT_KINDS, alpha=1.0, tie="median"):
         self.kinds = kinds
         self.alpha = alpha
         self.tie = tie
 
     def _fit_voters(self, X, yi) -> None:
-        self.mu_, self.sd_ = _standardise(X)
-        self.coef_, self.intercept_ = _batched_ridge(
+        self.mu_, self.sd_ = standardise(X)
+        self.coef_, self.intercept_ = batched_ridge(
             (X - self.mu_) / self.sd_, self.classes_[yi].astype(float), self.alpha
         )
 
     def _voter_classes(self, X: np.ndarray) -> np.ndarray:
         z = (X - self.mu_) / self.sd_
         pred = np.einsum("mvw,vw->mv", np.nan_to_num(z), self.coef_) + self.intercept_
-        ci = _nearest_class(pred, self.classes_)
+        ci = nearest_class(pred, self.classes_)
         return np.where(np.isnan(X).any(axis=2), -1, ci)
-
-
-def _batched_ridge(Z: np.ndarray, y: np.ndarray, alpha: float):
-    """Ridge per voter: Z (N, V, W), y (N,) -> coef (V, W), intercept (V,). NaN rows skipped."""
-    ok = ~np.isnan(Z).any(axis=2)  # (N, V)
-    Zc = np.nan_to_num(Z) * ok[:, :, None]
-    n = ok.sum(axis=0).clip(min=1)  # (V,)
-    zbar = Zc.sum(axis=0) / n[:, None]
-    ybar = (ok * y[:, None]).sum(axis=0) / n
-    Zc = (Zc - zbar[None]) * ok[:, :, None]
-    yc = (y[:, None] - ybar[None]) * ok
-    gram = np.einsum("nvw,nvu->vwu", Zc, Zc) + alpha * np.eye(Z.shape[2])[None]
-    rhs = np.einsum("nvw,nv->vw", Zc, yc)
-    coef = np.linalg.solve(gram, rhs[:, :, None])[:, :, 0]
-    return coef, ybar - np.einsum("vw,vw->v", coef, zbar)
 
 
 class GDAVote(_VoterEnsemble):
@@ -408,7 +242,7 @@ class GDAVote(_VoterEnsemble):
     references per class than values per voter, ``per-class`` is exactly scikit-learn's
     ``QuadraticDiscriminantAnalysis(reg_param=reg)`` per voter (tested), without 384 objects."""
 
-    def __init__(self, kinds=("a", "b", "ba"), reg=0.3, covariance="per-class", tie="median"):
+    def __init__(self, kinds=DEFAULT_KINDS, reg=0.3, covariance="per-class", tie="median"):
         self.kinds = kinds
         self.reg = reg
         self.covariance = covariance
@@ -417,7 +251,7 @@ class GDAVote(_VoterEnsemble):
     def _fit_voters(self, X, yi) -> None:
         if self.covariance not in ("per-class", "shared"):
             raise ValueError(f"covariance must be 'per-class' or 'shared', not {self.covariance!r}")
-        self.mu_, self.sd_ = _standardise(X)
+        self.mu_, self.sd_ = standardise(X)
         Z = np.nan_to_num((X - self.mu_) / self.sd_)
         w, c = X.shape[2], len(self.classes_)
         means = np.stack([Z[yi == k].mean(axis=0) for k in range(c)], axis=1)  # (V, C, W)
@@ -444,18 +278,6 @@ class GDAVote(_VoterEnsemble):
 # --------------------------------------------------------------------------- beyond the paper
 
 
-def _log_features(X: np.ndarray) -> np.ndarray:
-    # singular values span decades and fall with size roughly as a power law: logs make that linear
-    return np.log(np.abs(X) + 1e-8)
-
-
-def _group_folds(groups: np.ndarray | None, n: int) -> list[np.ndarray]:
-    """Boolean masks of the held-out models, one per micro-dataset (or per model)."""
-    if groups is None:
-        return [np.arange(n) == i for i in range(n)]
-    return [groups == g for g in np.unique(groups)]
-
-
 class SizeInterval(RegressorMixin, BaseEstimator):
     """A continuous size estimate with an interval, for sizes the references never had.
 
@@ -470,7 +292,7 @@ class SizeInterval(RegressorMixin, BaseEstimator):
     to ±1.28·s (80 % of a normal) and ``calibrated_`` is False.
     """
 
-    def __init__(self, kinds=("a", "b", "ba"), base="ridge", alpha=1.0, coverage=0.8):
+    def __init__(self, kinds=DEFAULT_KINDS, base="ridge", alpha=1.0, coverage=0.8):
         self.kinds = kinds
         self.base = base
         self.alpha = alpha
@@ -486,48 +308,11 @@ class SizeInterval(RegressorMixin, BaseEstimator):
             raise ValueError("coverage must lie strictly between 0 and 1")
         self.train_, self.width_ = X, X.shape[2]
         self.classes_ = np.unique(y)
-        self.logy_ = np.log(y.astype(float))
-        self.state_ = self._fit_state(X, self.logy_)
-        folds = _group_folds(groups, len(y)) if groups is not None and len(np.unique(groups)) > 1 else []
-        self.calibrated_ = bool(folds)
-        if folds:
-            resid = np.empty(len(y))
-            for held in folds:
-                point, spread = self._point(self._fit_state(X[~held], self.logy_[~held]), X[held])
-                resid[held] = (self.logy_[held] - point) / (spread + 0.05)
-            lo, hi = (1 - self.coverage) / 2, (1 + self.coverage) / 2
-            self.quantiles_ = (float(np.quantile(resid, lo)), float(np.quantile(resid, hi)))
-            self.residuals_ = resid
-        else:
-            self.quantiles_ = (-1.2816, 1.2816)
+        self.state_ = IntervalState.fit(X, y, groups, self.base, self.alpha, self.coverage)
+        self.calibrated_, self.quantiles_ = self.state_.calibrated, self.state_.quantiles
+        if self.state_.residuals is not None:
+            self.residuals_ = self.state_.residuals
         return self
-
-    def _fit_state(self, X: np.ndarray, logy: np.ndarray) -> dict:
-        if self.base == "votes":
-            return {"ref": References.of(X), "logy": logy}
-        F = _log_features(X)
-        mu, sd = _standardise(F)
-        coef, icpt = _batched_ridge((F - mu) / sd, logy, self.alpha)
-        return {"mu": mu, "sd": sd, "coef": coef, "icpt": icpt}
-
-    def _point(self, state: dict, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Point estimate (log size) and voter spread for each model in X."""
-        if self.base == "votes":
-            idx, _ = nearest_references(state["ref"], X)
-            per = np.where(idx >= 0, state["logy"][np.maximum(idx, 0)], np.nan)
-            self._check_any(per)
-            return np.nanmean(per, axis=1), np.nanstd(per, axis=1)
-        F = _log_features(X)
-        z = (F - state["mu"]) / state["sd"]
-        per = np.einsum("mvw,vw->mv", z, state["coef"]) + state["icpt"]  # NaN rows stay NaN
-        self._check_any(per)
-        med = np.nanmedian(per, axis=1)
-        return med, 1.4826 * np.nanmedian(np.abs(per - med[:, None]), axis=1)
-
-    @staticmethod
-    def _check_any(per: np.ndarray) -> None:
-        if np.isnan(per).all(axis=1).any():
-            raise BankError("the target shares no layer with the reference models: nothing can vote")
 
     def predict(self, X) -> np.ndarray:
         return self.predict_interval(X)[0]
@@ -536,12 +321,7 @@ class SizeInterval(RegressorMixin, BaseEstimator):
         """(estimate, low, high) in images; the interval covers ``coverage`` of held-out concepts."""
         check_is_fitted(self, "state_")
         X, _, _ = _as_xy(self, X)
-        point, spread = self._point(self.state_, X)
-        width = spread + 0.05
-        lo = np.exp(point + self.quantiles_[0] * width)
-        hi = np.exp(point + self.quantiles_[1] * width)
-        est = np.exp(point)
-        return est, np.minimum(lo, est), np.maximum(hi, est)
+        return self.state_.predict_interval(X)
 
 
 class Applicability(BaseEstimator):
@@ -557,58 +337,47 @@ class Applicability(BaseEstimator):
     (0, 1]; a LoRA of another backbone, rank, recipe or step count lands near 1/(N+1).
     """
 
-    def __init__(self, kinds=("a", "b", "ba")):
+    def __init__(self, kinds=DEFAULT_KINDS):
         self.kinds = kinds
 
     def fit(self, X, y=None, groups=None):
         X, _, groups = _as_xy(self, X, None, groups, fitting=True)
         self.train_, self.width_ = X, X.shape[2]
-        logs = _log_features(X)
-        self.ref_ = References.of(logs)
-        # with a single micro-dataset nothing is left when it is held out: leave out each model instead
-        g = np.arange(len(X)) if groups is None or len(np.unique(groups)) < 2 else groups
-        _, dist = nearest_references(self.ref_, logs, exclude=g[:, None] == g[None, :])
-        scale = np.nanmedian(dist, axis=0)
-        self.scale_ = np.where(np.isfinite(scale) & (scale > 0), scale, 1e-12)
-        self.reference_stats_ = np.nanmedian(np.log(dist / self.scale_ + 1e-12), axis=1)
+        self.state_ = ApplicabilityState.fit(X, groups)
+        self.scale_, self.reference_stats_ = self.state_.scale, self.state_.reference_stats
         return self
 
     def statistic(self, X) -> tuple[np.ndarray, np.ndarray]:
         """(median log distance ratio, fraction of voters present) per target."""
-        check_is_fitted(self, "ref_")
+        check_is_fitted(self, "state_")
         X, _, _ = _as_xy(self, X)
-        present = ~np.isnan(X).any(axis=2)
-        _, dist = nearest_references(self.ref_, _log_features(X))
-        with np.errstate(all="ignore"):
-            stat = np.nanmedian(np.log(dist / self.scale_ + 1e-12), axis=1)
-        return np.where(present.any(axis=1), stat, np.inf), present.mean(axis=1)
+        return self.state_.statistic(X)
 
     def score_samples(self, X) -> np.ndarray:
         """Applicability in [0, 1] per target."""
-        stat, present = self.statistic(X)
-        ref = np.sort(self.reference_stats_[np.isfinite(self.reference_stats_)])
-        at_least = len(ref) - np.searchsorted(ref, stat, side="left")
-        return (1 + at_least) / (len(ref) + 1) * present
+        check_is_fitted(self, "state_")
+        X, _, _ = _as_xy(self, X)
+        return self.state_.score_samples(X)
 
 
-#: The methods the evaluation compares, by the names the CLI and tables use (paper Table 5).
+#: The classifiers the evaluation compares, by the names the CLI and tables use (paper Table 5).
 METHODS: dict[str, type] = {
-    "dsire": DSiRe,
-    "frobenius-nn": FrobeniusNN,
-    "nn-full-model": NNFullModel,
-    "ridge": RidgeVote,
-    "gda": GDAVote,
+    DSIRE: DSiRe,
+    FROBENIUS_NN: FrobeniusNN,
+    NN_FULL_MODEL: NNFullModel,
+    RIDGE: RidgeVote,
+    GDA: GDAVote,
 }
 
 
 def make_method(name: str, kinds: Sequence[str] | None = None) -> BaseEstimator:
     """A fresh estimator by table name; ``average-vote`` is DSiRe with ``vote="average"``."""
-    if name == "average-vote":
+    if name == AVERAGE_VOTE:
         est = DSiRe(vote="average")
     elif name in METHODS:
         est = METHODS[name]()
     else:
-        raise ValueError(f"unknown method {name!r}; choose from {[*METHODS, 'average-vote']}")
-    if kinds is not None and name != "frobenius-nn":
+        raise ValueError(f"unknown method {name!r}; choose from {[*METHODS, AVERAGE_VOTE]}")
+    if kinds is not None and name != FROBENIUS_NN:
         est.set_params(kinds=tuple(kinds))
     return est
