@@ -62,13 +62,21 @@ def _category(cat) -> Callable[[str], bool]:
     raise ValueError(f"character category {cat}")
 
 
+def _is(char: str) -> Callable[[str], bool]:
+    return char.__eq__
+
+
+def _is_not(char: str) -> Callable[[str], bool]:
+    return char.__ne__
+
+
 def _char_class(items) -> Callable[[str], bool]:
     negate, tests = False, []
     for op, av in items:
         if op is sre_c.NEGATE:
             negate = True
         elif op is sre_c.LITERAL:
-            tests.append(lambda c, v=chr(av): c == v)
+            tests.append(_is(chr(av)))
         elif op is sre_c.RANGE:
             tests.append(lambda c, lo=av[0], hi=av[1]: lo <= ord(c) <= hi)
         elif op is sre_c.CATEGORY:
@@ -98,9 +106,9 @@ class _Builder:
 
     def item(self, op, av, nxt: int) -> int:
         if op is sre_c.LITERAL:
-            return self.add(("char", lambda c, v=chr(av): c == v, nxt))
+            return self.add(("char", _is(chr(av)), nxt))
         if op is sre_c.NOT_LITERAL:
-            return self.add(("char", lambda c, v=chr(av): c != v, nxt))
+            return self.add(("char", _is_not(chr(av)), nxt))
         if op is sre_c.ANY:
             return self.add(("char", lambda c: c != "\n", nxt))
         if op is sre_c.IN:
