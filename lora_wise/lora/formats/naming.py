@@ -13,6 +13,8 @@ from __future__ import annotations
 from functools import lru_cache
 from types import SimpleNamespace
 
+from lora_wise.lora.formats.kohya_keys import convert_text_encoder_key, convert_unet_key, map_sgm_blocks
+
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "prior")
 TEXT_COMPONENTS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
@@ -126,11 +128,6 @@ def _kohya_big_model(rest: str) -> str:
 
 def kohya_unet_paths(rests: list[str]) -> dict[str, str]:
     """Map kohya UNet names (prefix stripped) to diffusers paths, sgm block names included."""
-    from diffusers.loaders.lora_conversion_utils import (
-        _convert_unet_lora_key,
-        _maybe_map_sgm_blocks_to_diffusers,
-    )
-
     out: dict[str, str] = {}
     plain = []
     for rest in rests:
@@ -144,19 +141,17 @@ def kohya_unet_paths(rests: list[str]) -> dict[str, str]:
     # Only the sgm names go through the block map (diffusers drops them when both spellings mix);
     # it moves each value to its renamed key, so values = old keys give us the map.
     try:
-        renamed.update({new: old for new, old in _maybe_map_sgm_blocks_to_diffusers(sgm, _sgm_config()).items()})
+        renamed.update(map_sgm_blocks(list(sgm), _sgm_config().layers_per_block))
     except (ValueError, IndexError, KeyError):
         renamed.update({k: k for k in sgm})  # unusual sgm names: keep them as they are
     for key in keyed.keys() - set(renamed.values()):  # any key the block map might have dropped
         renamed[key] = key
     for new, old in renamed.items():
-        out[keyed[old]] = _strip_known_tail(_convert_unet_lora_key(new))
+        out[keyed[old]] = _strip_known_tail(convert_unet_key(new))
     return out
 
 
 def kohya_text_path(rest: str) -> str:
     """Map a kohya text-encoder name (prefix stripped) to the CLIP/T5 module path."""
-    from diffusers.loaders.lora_conversion_utils import _convert_text_encoder_lora_key
-
     key = f"lora_te_{rest}.lora_down.weight"
-    return _strip_known_tail(_convert_text_encoder_lora_key(key, f"lora_te_{rest}"))
+    return _strip_known_tail(convert_text_encoder_key(key, f"lora_te_{rest}"))
