@@ -21,7 +21,7 @@ def describe(weights: LoraWeights) -> dict[str, Any]:
         "backbone": weights.backbone.name,
         "backbone_evidence": list(weights.backbone.evidence),
         "rank": weights.rank,
-        "layers": sum(1 for layer in weights.layers.values() if layer.low_rank),
+        "layers": weights.layer_count,
         "all_layers": len(weights.layers),
         "layer_kinds": dict(sorted(kinds.items())),
         "components": weights.components,
@@ -43,7 +43,7 @@ def render(summary: dict[str, Any], console: Console) -> None:
     table.add_row("format", summary["format"])
     table.add_row("backbone", f"{summary['backbone']}" + (f"  [dim]({evidence})[/]" if evidence else ""))
     table.add_row("rank", str(summary["rank"]))
-    table.add_row("low-rank layers", str(summary["layers"]))
+    table.add_row("layers", str(summary["layers"]))
     table.add_row("layer kinds", ", ".join(f"{k}: {v}" for k, v in summary["layer_kinds"].items()))
     table.add_row("components", ", ".join(f"{k}: {v}" for k, v in summary["components"].items()))
     table.add_row("dtype", summary["dtype"])

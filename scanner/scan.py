@@ -98,7 +98,7 @@ def _describe(report: ScanReport, weights: LoraWeights) -> None:
     report.backbone = weights.backbone.name
     report.backbone_evidence = list(weights.backbone.evidence)
     report.rank = weights.rank
-    report.layers = sum(1 for layer in weights.layers.values() if layer.low_rank)
+    report.layers = weights.layer_count
     report.components = weights.components
     report.dtype = weights.dtype
     report.declared = weights.declared.as_dict() if weights.declared else None

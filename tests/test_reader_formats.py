@@ -214,11 +214,11 @@ SHAPES = {
 
 
 @pytest.mark.parametrize("writer, kind", [(write_loha, "loha"), (write_lokr, "lokr")])
-def test_loha_lokr_build_dense_delta(tmp_path, writer, kind):
+def test_loha_lokr_factors_give_the_dense_delta_and_its_spectrum(tmp_path, writer, kind):
     path, deltas = writer(tmp_path / f"{kind}.safetensors", SHAPES)
     weights = read_lora(path)
     assert weights.format == kind
-    assert any("not low rank" in w for w in weights.warnings)
+    assert any("LyCORIS factors" in w for w in weights.warnings)
     spectra = compute_spectra(weights)
     assert not spectra.low_rank.any()
     for kohya, delta in deltas.items():
@@ -230,7 +230,7 @@ def test_loha_lokr_build_dense_delta(tmp_path, writer, kind):
         }[kohya]  # fmt: skip
         layer = weights.layers[canonical]
         assert layer.kind == kind and layer.down is None
-        np.testing.assert_allclose(layer.delta * layer.scale, delta, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(layer.dense() * layer.scale, delta, rtol=1e-5, atol=1e-5)
         row = spectra.layers.index(canonical)
         full = np.linalg.svd(delta, compute_uv=False)[: spectra.width]
         # ΔW is stored float32, so compare against the top singular value's scale
@@ -376,7 +376,7 @@ def test_tucker_conv_layers_loha_and_locon_mid(tmp_path):
     weights = read_lora(save(tmp_path / "tucker.safetensors", tensors))
     expected_loha = (_cp_by_loops(t1, w1a, w1b) * _cp_by_loops(t2, w2a, w2b)).reshape(o, -1) * 0.5
     got = weights.layers["unet.down_blocks.0.resnets.0.conv1"]
-    np.testing.assert_allclose(got.delta * got.scale, expected_loha, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.dense() * got.scale, expected_loha, rtol=1e-4, atol=1e-5)
     # LoCon Tucker: ΔW[o, i] = Σ up[o, a] mid[a, b, k, l] down[b, i]
     expected_locon = np.zeros((o, i, 3, 3))
     for a in range(dim):
@@ -384,4 +384,4 @@ def test_tucker_conv_layers_loha_and_locon_mid(tmp_path):
             expected_locon += np.outer(up[:, a, 0, 0], down[b, :, 0, 0])[:, :, None, None] * mid[a, b][None, None]
     got = weights.layers["unet.down_blocks.0.resnets.1.conv2"]
     assert got.kind == "full" and got.scale == 1.0
-    np.testing.assert_allclose(got.delta, expected_locon.reshape(o, -1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.dense(), expected_locon.reshape(o, -1), rtol=1e-4, atol=1e-5)

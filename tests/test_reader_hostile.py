@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reader_helpers import raw_file, save, tiny_valid_file
 
-from lora_wise import InvalidLoraFile, NoLoraWeightsError, UnsafeFormatError, read_lora
+from lora_wise import InvalidLoraFile, NoLoraWeightsError, UnsafeFormatError, compute_spectra, read_lora
 from lora_wise.lora.safetensors_io import MAX_HEADER_BYTES, read_header
 
 NAME = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
@@ -171,12 +171,40 @@ def test_bad_adapter_config(tmp_path):
         read_lora(tmp_path)
 
 
-def test_huge_lokr_is_refused_not_allocated(tmp_path):
+def test_huge_lokr_gets_exact_spectra_without_allocating_its_dense_update(tmp_path):
+    """ΔW = kron(64×64, 100000×100000 of rank 1) would be 3·10¹³ elements; its σ are σ(w1)·‖w2a‖‖w2b‖."""
+    import tracemalloc
+
     kohya = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
-    path = save(tmp_path / "x.safetensors", {f"{kohya}.lokr_w1": np.ones((64, 64), np.float32),
-                                             f"{kohya}.lokr_w2_a": np.ones((100000, 1), np.float32),
-                                             f"{kohya}.lokr_w2_b": np.ones((1, 100000), np.float32)})  # fmt: skip
-    _expect(path, InvalidLoraFile, "cap")
+    w1 = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    path = save(tmp_path / "x.safetensors", {f"{kohya}.lokr_w1": w1,
+                                             f"{kohya}.lokr_w2_a": np.full((100000, 1), 0.5, np.float32),
+                                             f"{kohya}.lokr_w2_b": np.full((1, 100000), 2.0, np.float32)})  # fmt: skip
+    tracemalloc.start()
+    spectra = compute_spectra(read_lora(path), width=64)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB"
+    expected = np.linalg.svd(w1.astype(np.float64), compute_uv=False) * (0.5 * 2.0 * 100000) / 1  # alpha = dim = 1
+    np.testing.assert_allclose(spectra.ba[0], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shapes, match",
+    [
+        # w1 and w2 would broadcast to (4096, 4096) under numpy's `*`; LyCORIS never broadcasts
+        ({"hada_w1_a": (4096, 1), "hada_w1_b": (1, 1), "hada_w2_a": (1, 1), "hada_w2_b": (1, 4096)}, "w1 is"),
+        # equal shapes, but the dense update (inner 64·64 ≥ min side) would be 3·10¹⁰ elements
+        ({"hada_w1_a": (180000, 64), "hada_w1_b": (64, 180000), "hada_w2_a": (1, 64), "hada_w2_b": (64, 1)}, "w1 is"),
+        ({"hada_w1_a": (2**14, 128), "hada_w1_b": (128, 2**14), "hada_w2_a": (2**14, 128),
+          "hada_w2_b": (128, 2**14)}, "cap"),
+        ({"hada_w1_a": (8, 2), "hada_w1_b": (3, 8), "hada_w2_a": (8, 2), "hada_w2_b": (2, 8)}, "do not multiply"),
+    ],
+)  # fmt: skip
+def test_loha_factors_that_broadcast_or_explode_are_refused_before_allocating(tmp_path, shapes, match):
+    kohya = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
+    tensors = {f"{kohya}.{role}": np.zeros(shape, np.float16) for role, shape in shapes.items()}
+    _expect(save(tmp_path / "x.safetensors", tensors), InvalidLoraFile, match)
 
 
 def test_header_is_checked_before_safetensors_sees_the_file(tmp_path):

@@ -26,11 +26,10 @@ _VERSION_PREFIXES = (  # ss_base_model_version / modelspec.architecture / sideca
 
 
 def _input_width(layer: LoraLayer) -> int | None:
-    if layer.down is not None:
-        return int(layer.down.shape[1])
-    if layer.delta is not None:
-        return int(layer.delta.reshape(layer.delta.shape[0], -1).shape[1])
-    return None
+    try:
+        return layer.shape[1]
+    except (IndexError, ValueError):  # a layer without any weights: no width to read
+        return None
 
 
 def from_shapes(layers: dict[str, LoraLayer]) -> tuple[str | None, list[str]]:

@@ -82,8 +82,8 @@ def _warnings(layers: dict[str, LoraLayer], ignored: list[str]) -> list[str]:
     if dense:
         n = sum(not layer.low_rank for layer in layers.values())
         out.append(
-            f"{n} {'/'.join(dense)} layers are not low rank: their dense ΔW was rebuilt; "
-            "σ(A) and σ(B) are zero for them"
+            f"{n} {'/'.join(dense)} layers are not LoRA products: their exact spectra come from their "
+            "LyCORIS factors; σ(A) and σ(B) are zero for them"
         )
     if any(layer.kind == "dora" for layer in layers.values()):
         out.append("DoRA: dora_scale kept, but spectra describe scale·B·A only (the magnitude step needs the base weight)")
