@@ -15,6 +15,7 @@ from lora_wise import LoraWeights, compute_spectra, read_lora
 from lora_wise.cli.tools import one_line
 from lora_wise.errors import LoraWiseError, NoLoraWeightsError, UnsafeFormatError
 from lora_wise.estimation.bank import Bank, bank_for, quoted_self_check
+from lora_wise.lora.checks import non_image_adapter
 from lora_wise.spectra.compute import Spectra
 
 from .download import DEFAULT_MAX_SIZE
@@ -103,7 +104,8 @@ def _describe(report: ScanReport, weights: LoraWeights) -> None:
     report.dtype = weights.dtype
     report.declared = weights.declared.as_dict() if weights.declared else None
     report.warnings.extend(weights.warnings)
-    if "unet" not in report.components and "transformer" not in report.components:
+    image_model = not non_image_adapter(weights)  # a T5/LLM adapter gets its own warning from the reader
+    if "unet" not in report.components and "transformer" not in report.components and image_model:
         report.warnings.append("text-encoder-only LoRA: dataset-size estimates are made from UNet layers")
 
 

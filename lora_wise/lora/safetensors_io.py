@@ -67,8 +67,15 @@ class SafetensorsFile:
     dtypes: dict[str, str]
 
 
+def display_name(path: str | os.PathLike) -> str:
+    """A file name fit for a one-line message: bytes that are not UTF-8 (kept by the OS as lone
+    surrogates) shown as ``\\xff`` escapes, so that printing the message cannot fail."""
+    name = Path(path).name or str(path)
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def _bad(path: Path, problem: str) -> InvalidLoraFile:
-    return InvalidLoraFile(f"{path.name}: {problem}")
+    return InvalidLoraFile(f"{display_name(path)}: {problem}")
 
 
 def looks_like_pickle(path: Path) -> bool:
@@ -90,11 +97,11 @@ def refuse_unsafe(path: Path) -> None:
     """Raise :class:`UnsafeFormatError` for pickle-based files, by name or by magic bytes."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise UnsafeFormatError(
-            f"{path.name}: pickle-based format ({path.suffix}) refused; it was not opened. "
+            f"{display_name(path)}: pickle-based format ({path.suffix}) refused; it was not opened. "
             "Ask for a .safetensors file."
         )
     if looks_like_pickle(path):
-        raise UnsafeFormatError(f"{path.name}: pickle/zip content refused (never deserialised); not a safetensors file")
+        raise UnsafeFormatError(f"{display_name(path)}: pickle/zip content refused (never deserialised); not a safetensors file")
 
 
 def _read_header_bytes(path: Path) -> tuple[bytes, int]:

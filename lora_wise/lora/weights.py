@@ -155,10 +155,22 @@ class DeclaredTraining:
     title: str | None = None
     trigger_phrase: str | None = None
     target_modules: list[str] | None = None
+    task_type: str | None = None  # PEFT task_type: CAUSAL_LM, SEQ_2_SEQ_LM... (language models only)
+    optimizer: str | None = None
+    lr_scheduler: str | None = None
+    output_name: str | None = None
+    resolution: str | None = None  # as declared, e.g. "(1024, 1024)"
+    noise_offset: float | None = None
+    min_snr_gamma: float | None = None
+    clip_skip: int | None = None
+    tag_frequency: dict[str, dict[str, int]] | None = None  # dataset dir -> tag -> count
+    top_tags: dict[str, list[str]] | None = None  # dataset dir -> most frequent tags first
+    buckets: dict[str, Any] | None = None  # aspect-ratio bucketing settings and bucket_info
     extra: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # declared values that were impossible and left out
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v not in (None, {}, [], "")}
+        return {k: v for k, v in self.__dict__.items() if v not in (None, {}, [], "") and k != "warnings"}
 
 
 @dataclass
