@@ -223,7 +223,7 @@ _NUMPY_DTYPES = {
 }  # fmt: skip
 
 
-def decode(dtype: str, buffer: bytearray, begin: int, count: int) -> np.ndarray:
+def decode(dtype: str, buffer: np.ndarray, begin: int, count: int) -> np.ndarray:
     """A 1-D float32 array of ``count`` values of safetensors ``dtype`` starting at byte ``begin``."""
     if dtype == "BF16":  # bfloat16 is the top half of a float32
         halves = np.frombuffer(buffer, "<u2", count, begin)
@@ -237,11 +237,11 @@ def decode(dtype: str, buffer: bytearray, begin: int, count: int) -> np.ndarray:
 
 def _load_tensors(path: Path, header: SafetensorsHeader) -> dict[str, np.ndarray]:
     size = max((info.end for info in header.tensors.values()), default=0)
-    buffer = bytearray(size)  # writable, so F32 views are ordinary arrays; bounded by the file's size
-    with open(path, "rb") as fh:
+    with open(path, "rb") as fh:  # one read into an uninitialised buffer, bounded by the file's size
         fh.seek(8 + header.header_size)
-        if fh.readinto(buffer) != size:
-            raise _bad(path, "the file got shorter while it was read")
+        buffer = np.fromfile(fh, dtype=np.uint8, count=size)
+    if buffer.size != size:
+        raise _bad(path, "the file got shorter while it was read")
     return {
         name: decode(info.dtype, buffer, info.begin, math.prod(info.shape)).reshape(info.shape)
         for name, info in header.tensors.items()
