@@ -34,3 +34,37 @@ class NoLoraWeightsError(LoraWiseError):
 
 class BankError(LoraWiseError):
     """A reference bank is missing, malformed, or does not fit the target."""
+
+
+class ExecutorError(LoraWiseError):
+    """The executor cannot run at all (bad option, Ray missing or unreachable)."""
+
+
+class MicroDatasetError(LoraWiseError):
+    """A micro-dataset spec is malformed, points nowhere, or has too few images."""
+
+
+class BackboneError(LoraWiseError):
+    """A backbone name or folder cannot be loaded as a Stable-Diffusion-style pipeline."""
+
+
+class GridError(LoraWiseError):
+    """The grid spec is malformed or names something that does not exist."""
+
+
+class FactoryError(LoraWiseError):
+    """The factory cannot plan or start (bad output folder, trainer not importable, ...)."""
+
+
+class HubError(LoraWiseError):
+    """The Hub (or its stand-in) refused or could not be reached; the message says what to do."""
+
+
+class DatasetBuildError(LoraWiseError):
+    """The factory folder or the dataset folder is not usable as asked."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line (messages may hold newlines from servers or files): what every
+    outcome row, log line and CLI error shows."""
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -8,7 +8,6 @@ Protocol: split BY micro-dataset (a concept is never on both sides), 15 train / 
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from lora_wise.dataset.load import table_loader
-from lora_wise.errors import InvalidLoraFile, LoraWiseError
+from lora_wise.errors import LoraWiseError
 from lora_wise.estimation.estimators import Applicability, SizeInterval, make_method
-from lora_wise.factory.jobs import TrainJob
 from lora_wise.factory.micro_datasets import matches
+from lora_wise.factory.snapshots import iter_snapshots
 from lora_wise.lora.reader import read_lora
 from lora_wise.paper import PAPER_SEED, PAPER_TEST, PAPER_TRAIN, RANGES, SCHEDULES
 from lora_wise.spectra.compute import compute_spectra
@@ -422,22 +421,15 @@ def table_from_factory(folder: str | Path, config: str | None = None) -> Spectra
     LoRA and sidecar are both present, so a killed run's leftovers are safe to read)."""
     folder = Path(folder)
     items, configs = [], set()
-    for sidecar_path in sorted(folder.rglob("step-*.json")):
-        lora_path = sidecar_path.with_suffix(".safetensors")
-        if not lora_path.is_file():
+    for snap in iter_snapshots(folder):
+        sc = snap.sidecar
+        configs.add(sc.config)
+        if config is not None and sc.config != config:
             continue
-        try:
-            meta = json.loads(sidecar_path.read_text())
-            job = TrainJob.from_dict(meta["job"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise InvalidLoraFile(f"{sidecar_path}: not a factory sidecar ({exc})") from None
-        configs.add(job.config_name)
-        if config is not None and job.config_name != config:
-            continue
-        spectra = compute_spectra(read_lora(lora_path))
-        items.append((spectra, {"size": meta["dataset_size"], "micro_dataset": meta["micro_dataset"],
-                                "step": meta["step"], "rank": meta["rank"], "backbone": meta["backbone"],
-                                "model_id": f"{meta['model_id']}@{meta['step']}", "config": job.config_name}))
+        spectra = compute_spectra(read_lora(snap.lora))
+        items.append((spectra, {"size": sc.dataset_size, "micro_dataset": sc.micro_dataset, "step": sc.step,
+                                "rank": sc.rank, "backbone": sc.backbone, "model_id": f"{sc.model_id}@{sc.step}",
+                                "config": sc.config}))  # fmt: skip
     if not items:
         found = ", ".join(sorted(configs)) or "none"
         raise LoraWiseError(f"no snapshots{f' of config {config}' if config else ''} under {folder} (configs found: {found})")

@@ -1,7 +1,8 @@
 """One way to run many independent tasks: in-process, a local process pool, a shard, or Ray.
 
-The benchmark factory (training groups of LoRAs) and the crawl (scanning many LoRAs) both call
-``run_tasks``. A task that raises is reported in its ``TaskResult`` and never stops the others.
+The benchmark factory calls ``run_tasks`` to train groups of LoRAs; a task that raises is reported
+in its ``TaskResult`` and never stops the others. The crawl keeps its own loop (it must claim targets
+from its state as slots free up) but shares this module's Ray setup (``import_ray``, ``init_worker``).
 
 - ``inprocess``: one after another in this process (debugging, tests, a single job).
 - ``pool``: a local process pool (spawn context, so no inherited torch/OpenMP state) with one torch
@@ -32,13 +33,9 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
 
-from lora_wise.errors import LoraWiseError
+from lora_wise.errors import ExecutorError
 
 EXECUTORS = ("inprocess", "pool", "ray")
-
-
-class ExecutorError(LoraWiseError):
-    """The executor cannot run at all (bad option, Ray missing or unreachable)."""
 
 
 @dataclass

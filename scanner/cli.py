@@ -9,23 +9,10 @@ from __future__ import annotations
 import click
 from rich.console import Console
 
-from lora_wise.cli.tools import EXIT_CODES_HELP, main_for, print_json
+from lora_wise.cli.tools import EXIT_CODES_HELP, main_for, parse_size, print_json
 
 from .crawl.cli import register as register_crawl
 from .inspect import inspect_path, render
-
-_SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def parse_size(text: str) -> int:
-    """``500M``, ``2G``, ``123456`` -> bytes."""
-    text = text.strip().lower().removesuffix("b").removesuffix("i")
-    unit = _SIZE_UNITS.get(text[-1:], 1)
-    number = text[:-1] if text[-1:] in _SIZE_UNITS else text
-    try:
-        return int(float(number) * unit)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a size such as 500M or 2G") from None
 
 
 class TargetFirstGroup(click.Group):

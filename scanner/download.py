@@ -32,6 +32,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from lora_wise.lora.safetensors_io import PICKLE_SUFFIXES
+
 from .errors import (
     AuthRequired,
     FetchError,
@@ -44,7 +46,6 @@ from .errors import (
 )
 
 DEFAULT_MAX_SIZE = 2 * 1024**3  # the largest public LoRAs (Flux, high-rank SDXL) stay well under 2 GiB
-PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
 MAX_JSON_BYTES = 32 * 1024 * 1024
 _FILENAME_RE = re.compile(r"""filename\*?=(?:UTF-8'')?["']?([^"';]+)""", re.IGNORECASE)
 
@@ -260,11 +261,6 @@ class Downloaded:
     size: int
     sha256: str
     verified: bool
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def safe_filename(name: str | None, default: str = "download.safetensors") -> str:

@@ -64,3 +64,9 @@ class NoLoraFiles(FetchError, NoLoraWeightsError):
     """The source holds no file that could be LoRA weights (e.g. only full checkpoints)."""
 
     exit_code = 3
+
+
+class StateError(LoraWiseError):
+    """The state file is not a crawl state, or another crawl holds it."""
+
+    exit_code = 2

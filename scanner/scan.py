@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_wise import LoraWeights, compute_spectra, read_lora
-from lora_wise.cli.tools import one_line
-from lora_wise.errors import LoraWiseError, NoLoraWeightsError, UnsafeFormatError
+from lora_wise.errors import LoraWiseError, NoLoraWeightsError, UnsafeFormatError, one_line
 from lora_wise.estimation.bank import Bank, bank_for, quoted_self_check
 from lora_wise.lora.checks import non_image_adapter
 from lora_wise.spectra.compute import Spectra

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_import_upstream import sd15_layers  # noqa: E402
 
 from lora_wise.factory.jobs import TrainJob  # noqa: E402
+from lora_wise.factory.snapshots import Sidecar, job_folder, mark_done, write_snapshot  # noqa: E402
 
 RANK = 32
 SIZES, STEPS = (1, 10, 20), (1200, 1400)
@@ -75,20 +76,16 @@ def write_factory(out: Path, n_micro: int) -> int:
     for m in range(n_micro):
         for size in SIZES:
             job = TrainJob("sd15", "medium", size, f"imagenet:n{m:08d}", rank=RANK)
-            folder = out / job.job_id
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = job_folder(out, job)
             for step in STEPS:
-                side = {"model_id": job.job_id, "job": job.to_dict(), "step": step, "dataset_size": size,
-                        "micro_dataset": job.micro_dataset, "image_ids": [], "backbone": "sd15", "rank": RANK,
-                        "alpha": float(RANK), "recipe": {}}  # fmt: skip
+                side = Sidecar(job.job_id, job, step, size, job.micro_dataset, "sd15", RANK, float(RANK))
                 tensors = {}
                 for name, (d, k) in layers.items():
                     tensors[f"{name}.lora_A.weight"] = (rng.standard_normal((RANK, k)) / np.sqrt(k)).astype(np.float32)
                     tensors[f"{name}.lora_B.weight"] = (rng.standard_normal((d, RANK)) * 1e-3).astype(np.float32)
-                save_file(tensors, str(folder / f"step-{step:05d}.safetensors"), metadata={"lora_wise": json.dumps(side)})
-                (folder / f"step-{step:05d}.json").write_text(json.dumps(side))
+                write_snapshot(folder, side, lambda path, meta, t=tensors: save_file(t, str(path), metadata=meta))
                 count += 1
-            (folder / "done.json").write_text("{}")
+            mark_done(folder, {})
     return count
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lora_wise import read_lora
-from lora_wise.factory.runner import finished_snapshots
+from lora_wise.factory.snapshots import finished_snapshots
 from lora_wise.lora.weights import LoraWeights
 
 

@@ -25,7 +25,7 @@ import torch
 from lora_wise import read_lora
 from lora_wise.factory.backbones import DiffusionBackbone, load_backbone
 from lora_wise.factory.micro_datasets import open_micro_dataset
-from lora_wise.factory.runner import finished_snapshots
+from lora_wise.factory.snapshots import finished_snapshots
 
 
 @contextmanager

@@ -31,8 +31,9 @@ import yaml
 from dataset_helpers import isolated_datasets_cache, make_factory  # noqa: F401
 
 from lora_wise.dataset.build import build_dataset
-from lora_wise.dataset.hub import HubError, download, local_files, publish
+from lora_wise.dataset.hub import download, local_files, publish
 from lora_wise.dataset.load import load_benchmark
+from lora_wise.errors import HubError
 
 CONFIG = "medium-tiny_sd-r8"
 REPO = "user/lora-wise"

@@ -22,9 +22,10 @@ from dataset_helpers import (  # noqa: F401
 )
 
 from lora_wise import InvalidLoraFile, compute_spectra
-from lora_wise.dataset.build import DatasetBuildError, read_manifest, split_micro_datasets
+from lora_wise.dataset.build import read_manifest, split_micro_datasets
 from lora_wise.dataset.load import load_benchmark
 from lora_wise.dataset.upstream import find_upstream_files, import_upstream, our_config
+from lora_wise.errors import DatasetBuildError
 from lora_wise.spectra.compute import natural_key
 
 RANK = 32  # the rank of upstream config medium_32

@@ -7,7 +7,8 @@ import os
 import executors_helpers as h
 import pytest
 
-from lora_wise.executors import ExecutorError, parse_shard, run_tasks, select_shard, shard_of
+from lora_wise.errors import ExecutorError
+from lora_wise.executors import parse_shard, run_tasks, select_shard, shard_of
 
 
 def test_inprocess_returns_results_in_task_order_and_reports_each():

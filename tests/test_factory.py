@@ -21,9 +21,10 @@ from safetensors import safe_open
 
 from lora_wise.cli.generate import generate
 from lora_wise.cli.tools import run
+from lora_wise.errors import FactoryError
 from lora_wise.factory.grid import expand_grid
 from lora_wise.factory.jobs import TrainJob
-from lora_wise.factory.runner import FactoryError, group_jobs, is_done, make_plan, run_plan
+from lora_wise.factory.runner import group_jobs, is_done, make_plan, run_plan
 
 FAKE = "factory_helpers:fake_train_group"
 TESTS = Path(__file__).parent

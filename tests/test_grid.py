@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 import yaml
 
-from lora_wise.factory.grid import GridError, expand_grid, load_grid, preset_names
+from lora_wise.errors import GridError
+from lora_wise.factory.grid import expand_grid, load_grid, preset_names
 from lora_wise.paper import RANGES, SCHEDULES
 
 CONCEPTS = [f"concept-{i:02d}" for i in range(60)]

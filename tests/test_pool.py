@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lora_wise.errors import MicroDatasetError
 from lora_wise.factory import pool
-from lora_wise.factory.micro_datasets import MicroDatasetError, choose_images, open_micro_dataset
+from lora_wise.factory.micro_datasets import choose_images, open_micro_dataset
 
 
 def test_pool_has_50_concepts_of_50_distinct_images():

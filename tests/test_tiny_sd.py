@@ -6,7 +6,8 @@ import pytest
 import torch
 from train_helpers import tiny
 
-from lora_wise.factory.backbones import BackboneError, load_backbone, tiny_sd
+from lora_wise.errors import BackboneError
+from lora_wise.factory.backbones import load_backbone, tiny_sd
 from lora_wise.factory.train import target_module_names
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")

@@ -22,7 +22,7 @@ def cli() -> None:
 def spectra(path: str, as_json: bool) -> None:
     """Singular values of A, B and scale·B·A of every layer of a LoRA file.
 
-    Computed exactly through the QR route (no dense d×k product), in float64, in the
+    Computed exactly from the r×r Gram matrices of the factors (no dense d×k product), in the
     fixed layer order the benchmark and the estimators use.
     """
     from lora_wise import compute_spectra, read_lora

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -38,11 +37,12 @@ def concat_tables(tables: list[SpectraTable]) -> SpectraTable:
 
 def recipe_from_factory(source: Path) -> dict:
     """The training recipe the factory recorded in its sidecars (first snapshot found)."""
-    for sidecar in sorted(source.rglob("step-*.json")):
-        meta = json.loads(sidecar.read_text())
-        job = meta.get("job", {})
+    from lora_wise.factory.snapshots import iter_snapshots
+
+    for snap in iter_snapshots(source):
+        job = snap.sidecar.job.to_dict()
         keys = ("learning_rate", "batch_size", "steps", "snapshot_every", "target_modules", "seed", "resolution")
-        return {**{k: job[k] for k in keys if k in job}, **meta.get("recipe", {})}
+        return {**{k: job[k] for k in keys if k in job}, **snap.sidecar.recipe}
     return {}
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from lora_wise.errors import LoraWiseError
+from lora_wise.errors import LoraWiseError, one_line
 
 EXIT_OK, EXIT_INPUT, EXIT_NO_LORA, EXIT_USAGE = 0, 2, 3, 4
 
@@ -24,6 +24,19 @@ EXIT_CODES_HELP = (
 )
 
 err_console = Console(stderr=True)
+_SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """``500M``, ``2G``, ``123456`` -> bytes."""
+    text = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = _SIZE_UNITS.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in _SIZE_UNITS else text
+    try:
+        return int(float(number) * unit)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size such as 500M or 2G") from None
+
 
 
 def run(group: click.Command, args: list[str] | None = None, prog_name: str | None = None) -> int:
@@ -48,10 +61,6 @@ def run(group: click.Command, args: list[str] | None = None, prog_name: str | No
         err_console.print("interrupted")
         return 130
     return rv if isinstance(rv, int) else EXIT_OK
-
-
-def one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def print_json(data: Any) -> None:

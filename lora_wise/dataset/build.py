@@ -26,9 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lora_wise.errors import LoraWiseError
+from lora_wise._files import atomic_write_text
+from lora_wise.errors import DatasetBuildError, InvalidLoraFile
 from lora_wise.factory.jobs import TrainJob
-from lora_wise.lora.weights import LoraLayer, LoraWeights
+from lora_wise.factory.snapshots import Sidecar, folder_done, iter_snapshots, lora_path
+from lora_wise.lora.reader import read_lora
 from lora_wise.paper import PAPER_SEED, PAPER_TOTAL, PAPER_TRAIN, SCHEDULES
 from lora_wise.spectra.compute import Spectra, compute_spectra, natural_key
 
@@ -46,10 +48,6 @@ PRECISIONS = ("float32", "float64")
 MAX_SHARD_BYTES = 500 * 1024 * 1024
 #: Rows are flushed to a parquet row group past either bound: small groups keep memory flat.
 FLUSH_ROWS, FLUSH_BYTES = 256, 16 * 1024 * 1024
-
-
-class DatasetBuildError(LoraWiseError):
-    """The factory folder or the dataset folder is not usable as asked."""
 
 
 # --------------------------------------------------------------------------- schema
@@ -324,15 +322,9 @@ def update_manifest(folder: str | Path, entries: dict[str, dict | None]) -> dict
         else:
             manifest["configs"][name] = entry
     manifest["configs"] = dict(sorted(manifest["configs"].items()))
-    _atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=False))
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=False))
     write_card(folder, manifest)
     return manifest
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- factory input
@@ -344,7 +336,7 @@ class FactoryJob:
 
     folder: Path
     job: TrainJob
-    sidecars: dict[int, dict]  # step -> sidecar
+    sidecars: dict[int, Sidecar]
 
 
 def scan_factory(factory_dir: str | Path) -> tuple[list[FactoryJob], list[str]]:
@@ -352,53 +344,22 @@ def scan_factory(factory_dir: str | Path) -> tuple[list[FactoryJob], list[str]]:
     root = Path(factory_dir)
     if not root.is_dir():
         raise DatasetBuildError(f"{root}: not a folder (expected the factory's output folder)")
+    by_folder: dict[Path, dict[int, Sidecar]] = {}
+    try:
+        for snap in iter_snapshots(root):
+            by_folder.setdefault(snap.folder, {})[snap.sidecar.step] = snap.sidecar
+    except InvalidLoraFile as exc:
+        raise DatasetBuildError(str(exc)) from None
     jobs, notes = [], []
-    folders = sorted({p.parent for p in root.rglob("step-*.json")}, key=lambda p: natural_key(str(p)))
-    for folder in folders:
-        if not (folder / "done.json").exists():
+    for folder in sorted(by_folder, key=lambda p: natural_key(str(p))):
+        if not folder_done(folder):
             notes.append(f"{folder.relative_to(root)}: unfinished (no done.json), skipped")
             continue
-        sidecars = {}
-        for path in sorted(folder.glob("step-*.json")):
-            try:
-                sidecar = json.loads(path.read_text())
-                sidecars[int(sidecar["step"])] = sidecar
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise DatasetBuildError(f"{path}: not a factory sidecar ({exc})") from exc
-        job = TrainJob.from_dict(next(iter(sidecars.values()))["job"])
-        jobs.append(FactoryJob(folder, job, sidecars))
+        sidecars = by_folder[folder]
+        jobs.append(FactoryJob(folder, next(iter(sidecars.values())).job, sidecars))
     if not jobs:
         raise DatasetBuildError(f"{root}: no finished factory job (step-*.json + done.json) found")
     return jobs, notes
-
-
-def _read_snapshot(path: Path) -> LoraWeights:
-    """The project's reader when present; until it lands, a minimal diffusers ``lora_A/lora_B`` reader."""
-    import lora_wise
-
-    reader = getattr(lora_wise, "read_lora", None)
-    if reader is not None:
-        return reader(path)
-    return _read_diffusers_lora(path)
-
-
-def _read_diffusers_lora(path: Path) -> LoraWeights:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="np") as f:
-        meta = f.metadata() or {}
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
-    declared = json.loads(meta.get("lora_wise", "{}"))
-    layers = {}
-    for key in tensors:
-        if key.endswith(".lora_A.weight"):
-            name = key[: -len(".lora_A.weight")]
-            down = tensors[key].astype(np.float32)
-            up = tensors[f"{name}.lora_B.weight"].astype(np.float32)
-            down, up = down.reshape(down.shape[0], -1), up.reshape(up.shape[0], -1)
-            alpha = float(declared.get("alpha", down.shape[0]))
-            layers[name] = LoraLayer(name, "lora", down, up, alpha, alpha / down.shape[0])
-    return LoraWeights(layers, "diffusers", header_metadata=meta, source=str(path))
 
 
 def _snapshot_layers(path: Path) -> list[str]:
@@ -468,7 +429,7 @@ def _build_config(out: Path, config: str, members: list[FactoryJob], wanted: set
         writer.add(splits[row["micro_dataset"]], row)
     for done, (member, step) in enumerate(snapshots, 1):
         path = _snapshot_path(member, step)
-        spectra = compute_spectra(_read_snapshot(path), width=width)
+        spectra = compute_spectra(read_lora(path), width=width)
         meta = _row_meta(member, step)
         writer.add(splits[member.job.micro_dataset], spectra_row(spectra, layers, width, meta, precision),
                    path.read_bytes() if weights else None)  # fmt: skip
@@ -529,19 +490,11 @@ def _config_files(folder: Path, entry: dict) -> list[Path]:
 
 
 def _snapshot_path(member: FactoryJob, step: int) -> Path:
-    return member.folder / f"step-{step:05d}.safetensors"
+    return lora_path(member.folder, step)
 
 
 def _row_meta(member: FactoryJob, step: int) -> dict:
-    sidecar, job = member.sidecars[step], member.job
-    return {
-        "model_id": sidecar.get("model_id", job.job_id),
-        "micro_dataset": sidecar.get("micro_dataset", job.micro_dataset),
-        "dataset_size": sidecar.get("dataset_size", job.dataset_size),
-        "backbone": sidecar.get("backbone", job.backbone),
-        "rank": sidecar.get("rank", job.rank),
-        "alpha": sidecar.get("alpha", job.alpha),
-        "step": step,
-        "image_ids": sidecar.get("image_ids", []),
-        "recipe": sidecar.get("recipe", {}),
-    }
+    sc = member.sidecars[step]
+    return {"model_id": sc.model_id, "micro_dataset": sc.micro_dataset, "dataset_size": sc.dataset_size,
+            "backbone": sc.backbone, "rank": sc.rank, "alpha": sc.alpha, "step": step,
+            "image_ids": sc.image_ids, "recipe": sc.recipe}  # fmt: skip

@@ -8,12 +8,12 @@ byte-identical cards, so a re-publish uploads nothing.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from lora_wise._files import atomic_write_text
 from lora_wise.paper import RANGES, SCHEDULES, TARGET_MODULES
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "dataset_card" / "README.md.j2"
@@ -82,11 +82,7 @@ def render_card(manifest: dict, repo_id: str | None = None) -> str:
 
 def write_card(folder: str | Path, manifest: dict, repo_id: str | None = None) -> Path:
     """Render the card into ``folder/README.md`` (atomically) and return its path."""
-    path = Path(folder) / "README.md"
-    tmp = path.with_name("README.md.tmp")
-    tmp.write_text(render_card(manifest, repo_id))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(folder) / "README.md", render_card(manifest, repo_id))
 
 
 def human_bytes(n: int) -> str:

@@ -12,20 +12,16 @@ The endpoint comes from ``HF_ENDPOINT`` (read at call time), the token from the 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_wise.errors import LoraWiseError
+from lora_wise._files import git_blob_sha1, sha256_file
+from lora_wise.errors import HubError
 
 REPO_TYPE = "dataset"
 #: Remote paths publish owns: stale files there are deleted; anything else on the repo is left alone.
 OWNED_PREFIXES = ("data/",)
-
-
-class HubError(LoraWiseError):
-    """The Hub (or its stand-in) refused or could not be reached; the message says what to do."""
 
 
 @dataclass
@@ -71,24 +67,6 @@ def local_files(folder: str | Path) -> dict[str, Path]:
         if path.is_file() and not any(p.startswith(".") for p in rel.parts) and not path.name.endswith(".tmp"):
             out[rel.as_posix()] = path
     return out
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def git_blob_sha1(path: Path) -> str:
-    """git's object id of a regular (non-LFS) file: sha1(b"blob <size>\\0" + content)."""
-    digest = hashlib.sha1()
-    digest.update(f"blob {path.stat().st_size}\0".encode())
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def remote_files(repo_id: str, token: str | None = None, revision: str | None = None) -> dict[str, object] | None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lora_wise.dataset.build import MANIFEST, DatasetBuildError, read_manifest
+from lora_wise.dataset.build import MANIFEST, read_manifest
+from lora_wise.errors import DatasetBuildError
 from lora_wise.spectra.table import SpectraTable
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from lora_wise.errors import LoraWiseError
+from lora_wise.errors import GridError
 from lora_wise.factory.jobs import TrainJob
 from lora_wise.factory.micro_datasets import matches
 from lora_wise.paper import RANGES, SCHEDULES, TARGET_MODULES
@@ -36,10 +36,6 @@ JOB_KEYS = {"steps", "snapshot_every", "batch_size", "learning_rate", "resolutio
 AXIS_KEYS = {"backbones", "ranks", "micro_datasets", "sizes"}
 TOP_KEYS = JOB_KEYS | AXIS_KEYS | {"name", "description", "ranges"}
 DEFAULT_SNAPSHOT_EVERY = 100
-
-
-class GridError(LoraWiseError):
-    """The grid spec is malformed or names something that does not exist."""
 
 
 def load_grid(source: str | Path, pool_concepts: list[str] | None = None) -> list[TrainJob]:
@@ -175,16 +171,9 @@ def pool_concepts_or_load(pool_concepts: list[str] | None) -> list[str]:
     """The offline pool's concept names, from the argument or from ``lora_wise.factory.pool``."""
     if pool_concepts is not None:
         return list(pool_concepts)
-    try:
-        from lora_wise.factory import pool
-    except ImportError as exc:
-        raise GridError(f"the offline image pool is not available ({exc}); list micro-datasets explicitly") from None
-    for attr in ("concepts", "concept_names", "CONCEPTS"):
-        found = getattr(pool, attr, None)
-        if found is not None:
-            names = found() if callable(found) else found
-            return [str(n) for n in names]
-    raise GridError("lora_wise.factory.pool exposes no concept list (expected concepts())")
+    from lora_wise.factory import pool  # the pool's images load lazily; only its names are needed here
+
+    return list(pool.concepts())
 
 
 def _check_keys(mapping: Any, allowed: set[str], where: str) -> None:

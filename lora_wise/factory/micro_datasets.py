@@ -2,7 +2,8 @@
 
 Specs:
 
-- ``pool:<concept>``: a concept of the offline pool (``lora_wise.factory.pool``).
+- ``pool:<concept>``: a concept of the offline pool (``lora_wise.factory.pool``), or of the v2 emoji pool
+  (``pool:emoji-animal``, ``lora_wise.factory.pool_emoji``; fetched through npm on first use).
 - ``folder:<path>``: a folder of images of one concept; the class noun is the folder name
   (or the ``class`` line of an optional ``concept.txt``).
 - ``concept101:<root>/<concept>``: the CustomConcept101 layout (``<root>/<concept>/*.jpg``,
@@ -26,14 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lora_wise.errors import LoraWiseError
-from lora_wise.factory import pool
+from lora_wise.errors import MicroDatasetError
+from lora_wise.factory import pool, pool_emoji
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".JPEG", ".JPG", ".PNG")
-
-
-class MicroDatasetError(LoraWiseError):
-    """A micro-dataset spec is malformed, points nowhere, or has too few images."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +65,8 @@ class MicroDataset:
 
         if self.root is None:
             concept, index = image_id.rsplit("/", 1)
-            return Image.fromarray(pool.concept_images(concept)[int(index)])
+            source = pool_emoji if pool_emoji.is_concept(concept) else pool
+            return Image.fromarray(source.concept_images(concept)[int(index)])
         with Image.open(self.root / image_id) as img:
             return img.convert("RGB")
 
@@ -78,6 +76,9 @@ def open_micro_dataset(spec: str) -> MicroDataset:
     kind, sep, rest = spec.partition(":")
     if not sep or not rest:
         raise MicroDatasetError(f"bad micro-dataset spec {spec!r}: expected kind:value, e.g. pool:face")
+    if kind == "pool" and pool_emoji.is_concept(rest):  # the v2 pool (fetched through npm once)
+        c = pool_emoji.concepts()[rest]
+        return MicroDataset(spec, spec, c.class_noun, tuple(f"{rest}/{i:04d}" for i in range(c.size)))
     if kind == "pool":
         if rest not in pool.concepts():
             raise MicroDatasetError(f"unknown pool concept {rest!r} (see lora_wise.factory.pool.concepts())")

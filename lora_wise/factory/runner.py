@@ -13,10 +13,7 @@ Groups run through :func:`lora_wise.executors.run_tasks` (in-process, process po
 from __future__ import annotations
 
 import importlib
-import json
 import math
-import os
-import re
 import threading
 import time
 from collections import Counter
@@ -29,45 +26,15 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lora_wise.errors import LoraWiseError
+from lora_wise._files import exclusive_lock
+from lora_wise.errors import FactoryError
 from lora_wise.executors import TaskResult, run_tasks, select_shard
 from lora_wise.factory.jobs import TrainJob
-from lora_wise.factory.micro_datasets import matches
+from lora_wise.factory.snapshots import is_done, job_folder, remove_temp_files, snapshot_steps
 
-#: Jobs per trained group. The trainer batches a group into one forward pass; 16 is the starting point.
+#: Jobs per trained group: the trainer batches a group into one forward pass (docs/factory.md has the rates).
 DEFAULT_GROUP_SIZE = 32
 DEFAULT_TRAINER = "lora_wise.factory.train:train_group"
-DONE = "done.json"
-SNAPSHOT = re.compile(r"^step-(\d+)\.json$")
-
-
-class FactoryError(LoraWiseError):
-    """The factory cannot plan or start (bad output folder, trainer not importable, ...)."""
-
-
-def job_dir(out_dir: Path, job: TrainJob) -> Path:
-    return Path(out_dir) / job.job_id
-
-
-def is_done(out_dir: Path, job: TrainJob) -> bool:
-    return (job_dir(out_dir, job) / DONE).is_file()
-
-
-def finished_snapshots(out_dir: Path, step: int, config: str | None = None,
-                       micro_datasets: Collection[str] = ()) -> dict[tuple[str, int], Path]:
-    """(micro-dataset, size) -> the LoRA file of every snapshot at ``step`` whose sidecar is there
-    too, of one config and of the micro-datasets matching any glob when given (for diagnostics)."""
-    found = {}
-    for sidecar in sorted(Path(out_dir).rglob(f"step-{step:05d}.json")):
-        meta = json.loads(sidecar.read_text())
-        lora, name = sidecar.with_suffix(".safetensors"), meta["micro_dataset"]
-        if config and not str(meta.get("model_id", "")).startswith(f"{config}/"):
-            continue
-        if lora.is_file() and (not micro_datasets or matches(name, micro_datasets)):
-            found[(name, int(meta["dataset_size"]))] = lora
-    return found
-
-
 def group_key(job: TrainJob) -> tuple:
     """What the jobs of one trained group must share."""
     return (job.backbone, job.rank, job.steps, job.snapshot_every, job.batch_size, job.learning_rate,
@@ -148,16 +115,7 @@ def make_plan(
 
 def remove_partial_files(out_dir: Path, jobs: list[TrainJob]) -> int:
     """Delete temp files a killed trainer left in unfinished job folders; return how many."""
-    removed = 0
-    for job in jobs:
-        folder = job_dir(out_dir, job)
-        if not folder.is_dir():
-            continue
-        for path in folder.iterdir():
-            if path.is_file() and (".tmp" in path.name or path.name.startswith(("tmp", ".tmp"))):
-                path.unlink()
-                removed += 1
-    return removed
+    return sum(remove_temp_files(job_folder(out_dir, job)) for job in jobs)
 
 
 def train_task(task: dict[str, Any]) -> list[str]:
@@ -217,17 +175,8 @@ def run_lock(out_dir: Path, shard: tuple[int, int] | None) -> Iterator[None]:
     An OS lock (flock): the kernel drops it when its process dies, so a killed run never blocks
     its rerun. Shards take separate locks so that an array of shards can share one folder.
     """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: run unguarded
-        yield
-        return
     name = f".generate-shard-{shard[0]}-of-{shard[1]}.lock" if shard else ".generate.lock"
-    with open(Path(out_dir) / name, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FactoryError(f"another generate is already running on {out_dir} ({name})") from None
+    with exclusive_lock(Path(out_dir) / name, lambda: FactoryError(f"another generate is already running on {out_dir} ({name})")):
         yield
 
 
@@ -312,12 +261,10 @@ class _Display:
         """Σ over the plan's jobs of the last snapshot step on disk (``steps`` once done)."""
         total = 0
         for job in self.plan.todo:
-            folder = job_dir(self.plan.out_dir, job)
-            if (folder / DONE).is_file():
+            if is_done(self.plan.out_dir, job):
                 total += job.steps
-            elif folder.is_dir():
-                steps = [int(m.group(1)) for name in os.listdir(folder) if (m := SNAPSHOT.match(name))]
-                total += min(max(steps, default=0), job.steps)
+            else:
+                total += min(max(snapshot_steps(job_folder(self.plan.out_dir, job)), default=0), job.steps)
         return total
 
     def group_finished(self, group: list[TrainJob], result: TaskResult) -> None:

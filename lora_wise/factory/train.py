@@ -28,20 +28,18 @@ alone.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lora_wise.factory.backbones import DiffusionBackbone, load_backbone
 from lora_wise.factory.jobs import TrainJob
 from lora_wise.factory.micro_datasets import open_micro_dataset
+from lora_wise.factory.snapshots import Sidecar, folder_done, job_folder, mark_done, write_snapshot
 from lora_wise.lora.safetensors_io import write_safetensors
 
 #: The diffusers script's optimiser defaults that the paper did not change.
@@ -116,8 +114,8 @@ def train_group(
     rank, steps, snapshot interval, batch size, lr, target modules and resolution.
     """
     out_dir = Path(out_dir)
-    folders = [out_dir / j.job_id for j in jobs]
-    todo = [j for j, f in zip(jobs, folders, strict=True) if not (f / "done.json").is_file()]
+    folders = [job_folder(out_dir, j) for j in jobs]
+    todo = [j for j, f in zip(jobs, folders, strict=True) if not folder_done(f)]
     if not todo:
         return folders
     _check_group(todo)
@@ -185,9 +183,8 @@ def _train(jobs: list[TrainJob], bb: DiffusionBackbone, out_dir: Path, progress:
             if progress:
                 progress(step, j0.steps)
         for d in data:
-            _write_json(out_dir / d.job.job_id / "done.json",
-                        {"model_id": d.job.job_id, "steps": j0.steps, "group_size": k,
-                         "seconds": round(time.time() - t0, 2)})  # fmt: skip
+            mark_done(job_folder(out_dir, d.job), {"model_id": d.job.job_id, "steps": j0.steps, "group_size": k,
+                                                   "seconds": round(time.time() - t0, 2)})  # fmt: skip
     finally:
         _swap(bb.unet, {n: layer.base for n, layer in layers.items()})
 
@@ -248,19 +245,19 @@ def lora_state_dict(layers: dict[str, StackedLoraLinear], k: int) -> dict[str, t
     return out
 
 
-def sidecar(d: _JobData, step: int, bb: DiffusionBackbone) -> dict:
+def sidecar(d: _JobData, step: int, bb: DiffusionBackbone) -> Sidecar:
     job = d.job
-    return {
-        "model_id": job.job_id,
-        "job": job.to_dict(),
-        "step": step,
-        "dataset_size": job.dataset_size,
-        "micro_dataset": job.micro_dataset,
-        "image_ids": d.image_ids,
-        "backbone": job.backbone,
-        "rank": job.rank,
-        "alpha": job.alpha,
-        "recipe": {
+    return Sidecar(
+        model_id=job.job_id,
+        job=job,
+        step=step,
+        dataset_size=job.dataset_size,
+        micro_dataset=job.micro_dataset,
+        image_ids=d.image_ids,
+        backbone=job.backbone,
+        rank=job.rank,
+        alpha=job.alpha,
+        recipe={
             "method": "dreambooth-lora (diffusers train_dreambooth_lora.py)",
             "instance_prompt": open_micro_dataset(job.micro_dataset).instance_prompt,
             "resolution": job.resolution or bb.resolution,
@@ -274,26 +271,10 @@ def sidecar(d: _JobData, step: int, bb: DiffusionBackbone) -> dict:
             "init": "peft default (A kaiming_uniform a=sqrt(5), B zeros)",
             "torch": torch.__version__,
         },
-    }
+    )
 
 
 def _write_snapshot(out_dir: Path, d: _JobData, k: int, step: int, layers: dict, bb: DiffusionBackbone) -> None:
-    folder = out_dir / d.job.job_id
-    folder.mkdir(parents=True, exist_ok=True)
-    meta = sidecar(d, step, bb)
-    path = folder / f"step-{step:05d}.safetensors"
-    write_safetensors(path, lora_state_dict(layers, k), metadata={"lora_wise": json.dumps(meta), "format": "pt"})
-    _write_json(folder / f"step-{step:05d}.json", meta)
+    state = lora_state_dict(layers, k)
+    write_snapshot(job_folder(out_dir, d.job), sidecar(d, step, bb), lambda path, meta: write_safetensors(path, state, meta))
 
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

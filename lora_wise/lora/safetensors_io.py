@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lora_wise._files import atomic_write_bytes
 from lora_wise.errors import InvalidLoraFile, UnsafeFormatError
 
 #: Header cap: real LoRA headers (kohya metadata with tag frequencies included) stay far below.
@@ -286,8 +287,4 @@ def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str
         from safetensors.numpy import save
     else:
         from safetensors.torch import save
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(save(tensors, metadata=metadata))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, save(tensors, metadata=metadata))

@@ -13,7 +13,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from lora_wise.cli.tools import EXIT_CODES_HELP, EXIT_INPUT, EXIT_NO_LORA, EXIT_OK, print_json
+from lora_wise.cli.tools import EXIT_CODES_HELP, EXIT_INPUT, EXIT_NO_LORA, EXIT_OK, parse_size, print_json
 
 DEFAULT_STATE = "lora-scan-crawl.db"
 
@@ -25,7 +25,8 @@ CRAWL_EXIT_HELP = (
 
 
 def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-    from lora_wise.executors import ExecutorError, parse_shard
+    from lora_wise.errors import ExecutorError
+    from lora_wise.executors import parse_shard
 
     try:
         return parse_shard(value) if value else None
@@ -168,7 +169,6 @@ def crawl_list(file: str, **common: Any) -> int:
 def _run(listing: Any, *, state: str, out: str | None, jobs: int, max_size: str, keep: str | None, attempts: int,
          ray_address: str | None, shard: tuple[int, int] | None, bank_dir: str | None, force_estimate: bool,
          retry_failed: bool, relist: bool, no_report: bool, as_json: bool, quiet: bool) -> int:  # fmt: skip
-    from ..cli import parse_size
     from .report import default_out, write_report
     from .run import CrawlOptions
     from .run import crawl as run_crawl

@@ -14,7 +14,8 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-from lora_wise.executors import ExecutorError, import_ray, init_worker
+from lora_wise.errors import ExecutorError
+from lora_wise.executors import import_ray, init_worker
 
 from .task import TaskOptions, run_task
 

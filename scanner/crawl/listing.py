@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from lora_wise.cli.tools import one_line
+from lora_wise.errors import one_line
 from lora_wise.executors import shard_of
 
 from ..errors import TargetError

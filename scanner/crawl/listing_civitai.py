@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
-from lora_wise.cli.tools import one_line
+from lora_wise.errors import one_line
 
 from ..download import RetryPolicy, client, get_json
 from ..errors import FetchError, NoLoraFiles, NotFound, UnsafeFormat

@@ -14,7 +14,7 @@ from typing import Any
 from huggingface_hub import HfApi
 from huggingface_hub.hf_api import ModelInfo
 
-from lora_wise.cli.tools import one_line
+from lora_wise.errors import one_line
 
 from ..errors import NoLoraFiles, UnsafeFormat
 from ..sources.base import RepoEntry, pick_candidates

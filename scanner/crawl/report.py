@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from lora_wise._files import atomic_write
 
 from .html import render_html
 from .table import COLUMNS, ReportStats, report_rows
@@ -84,10 +85,4 @@ def _csv_safe(value: Any) -> Any:
     return value
 
 
-def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+_atomic = atomic_write

@@ -18,8 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lora_wise.cli.tools import one_line
-from lora_wise.errors import LoraWiseError
+from lora_wise.errors import LoraWiseError, one_line
 
 from ..download import DEFAULT_MAX_SIZE, RetryPolicy, format_size
 from .dispatch import dispatcher

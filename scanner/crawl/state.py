@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lora_wise.errors import LoraWiseError
+from lora_wise._files import exclusive_lock
+
+from ..errors import StateError
 
 FINAL = ("ok", "error", "unsafe", "no-lora", "skipped", "failed")
 STATUSES = ("pending", "running", *FINAL)
@@ -45,12 +47,6 @@ CREATE INDEX IF NOT EXISTS targets_todo ON targets (status, seq);
 CREATE INDEX IF NOT EXISTS targets_seq ON targets (seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-
-class StateError(LoraWiseError):
-    """The state file is not a crawl state, or another crawl holds it."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -258,15 +254,7 @@ def exclusive(path: str | Path) -> Iterator[None]:
     An OS lock (flock) on ``<state>.lock``: the kernel drops it when its process dies, so a crawl
     killed with ``kill -9`` never blocks its rerun.
     """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: run unguarded
-        yield
-        return
     lock = Path(f"{path}.lock")
-    with open(lock, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StateError(f"another crawl is running on {path} (lock {lock.name}); wait for it or stop it") from None
+    busy = f"another crawl is running on {path} (lock {lock.name}); wait for it or stop it"
+    with exclusive_lock(lock, lambda: StateError(busy)):
         yield

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lora_wise.cli.tools import one_line
-from lora_wise.errors import LoraWiseError, NoLoraWeightsError, UnsafeFormatError
+from lora_wise.errors import LoraWiseError, NoLoraWeightsError, UnsafeFormatError, one_line
 
 from ..download import DEFAULT_MAX_SIZE, RetryPolicy, safe_filename
 from ..errors import AuthRequired, FetchError, InvalidHeader, NotFound, RateLimited, TooLarge

@@ -9,7 +9,6 @@ comes from the cache's snapshot folder and the files through ``hf_hub_download(l
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import re
 import time
@@ -35,7 +34,9 @@ from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.repocard import metadata_load
 from huggingface_hub.utils import SafetensorsFileMetadata
 
-from ..download import DEFAULT_RETRY, ByteMeter, RetryPolicy, retry_after_seconds, sha256_file
+from lora_wise._files import atomic_write_text, git_blob_sha1, sha256_file
+
+from ..download import DEFAULT_RETRY, ByteMeter, RetryPolicy, retry_after_seconds
 from ..errors import (
     AuthRequired,
     FetchError,
@@ -203,9 +204,7 @@ def _remember_ref(hub: HubSettings, repo_id: str, revision: str, commit: str) ->
     try:
         ref.parent.mkdir(parents=True, exist_ok=True)
         if not ref.is_file() or ref.read_text() != commit:
-            tmp = ref.with_name(f".{ref.name}.tmp")
-            tmp.write_text(commit)
-            os.replace(tmp, ref)
+            atomic_write_text(ref, commit)
     except OSError:
         pass  # a read-only cache still serves this run; only the offline shortcut is lost
 
@@ -241,7 +240,7 @@ def _verify(path: Path, entry: RepoEntry, repo_id: str) -> None:
     if entry.sha256 is not None:
         ok = sha256_file(path) == entry.sha256.lower()
     elif entry.git_sha1 is not None:
-        ok = _git_blob_sha1(path) == entry.git_sha1.lower()
+        ok = git_blob_sha1(path) == entry.git_sha1.lower()
     else:
         return
     if not ok:
@@ -253,13 +252,6 @@ def _verify(path: Path, entry: RepoEntry, repo_id: str) -> None:
             "Retry; if it persists the mirror (HF_ENDPOINT) serves altered files"
         )
 
-
-def _git_blob_sha1(path: Path) -> str:
-    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class hub_errors:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lora_wise.errors import LoraWiseError
+from lora_wise.errors import BackboneError
 
 PRESETS: dict[str, str] = {
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -24,10 +24,6 @@ PRESETS: dict[str, str] = {
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
 }
 TINY_SD = "tiny-sd"
-
-
-class BackboneError(LoraWiseError):
-    """A backbone name or folder cannot be loaded as a Stable-Diffusion-style pipeline."""
 
 
 @dataclass
