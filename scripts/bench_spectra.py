@@ -9,7 +9,8 @@ Prints ratios against the obvious alternatives:
   4. peak RSS of read + spectra above the interpreter's baseline, vs the file size (target ≤ 2×)
 and the largest error of σ(scale·B·A) against a float64 dense SVD, relative to each layer's σ₁.
 
-Run: .venv/bin/python scripts/bench_spectra.py [--model sd15|sdxl] [--rank 32] [--dtype F32|F16|BF16] [--repeats 5]
+Run: .venv/bin/python scripts/bench_spectra.py [--model sd15|sdxl] [--rank 32] [--dtype F32|F16|BF16]
+                                               [--repeats 5]
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ from lora_wise import compute_spectra, read_lora
 _SD15_BLOCKS = (
     [(f"down_blocks.{b}.attentions.{a}", c) for b, c in enumerate((320, 640, 1280)) for a in range(2)]
     + [("mid_block.attentions.0", 1280)]
-    + [(f"up_blocks.{b}.attentions.{a}", c) for b, c in zip((1, 2, 3), (1280, 640, 320), strict=True) for a in range(3)]
+    + [
+        (f"up_blocks.{b}.attentions.{a}", c)
+        for b, c in zip((1, 2, 3), (1280, 640, 320), strict=True)
+        for a in range(3)
+    ]
 )
 
 
@@ -154,13 +159,17 @@ print(json.dumps({"base_kb": base / 1024, "peak_kb": peak[0] / 1024}))
 
 def peak_memory(path: Path) -> tuple[float, float]:
     """(baseline MB, peak MB) of a fresh interpreter that reads the file and computes spectra."""
-    out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(path)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD, str(path)], capture_output=True, text=True, check=True
+    )
     data = json.loads(out.stdout.strip().splitlines()[-1])
     return data["base_kb"] / 1024, data["peak_kb"] / 1024
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", choices=sorted(MODELS), default="sd15")
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--dtype", choices=["F32", "F16", "BF16"], default="F32")
@@ -186,16 +195,31 @@ def main() -> None:
         error = worst_relative_error(compute_spectra(weights), reference)
         base_mb, peak_mb = peak_memory(path)
 
-    print(f"{args.model}-shaped LoRA: {len(weights.layers)} layers, rank {args.rank}, {args.dtype}, file {size_mb:.1f} MB")
-    print(f"safetensors.torch load_file (mmap) {t_load * 1e3:9.1f} ms")
-    print(f"safetensors.numpy read + touch     {t_touch * 1e3:9.1f} ms")
-    print(f"read_lora + compute_spectra        {t_ours * 1e3:9.1f} ms   ratio {t_ours / t_touch:6.2f}x the touch (target <= 3x)")
-    print(f"compute_spectra (batched Gram)     {t_spectra * 1e3:9.1f} ms   ratio {t_spectra / t_touch:6.2f}x the touch (target <= 2x)")
-    print(f"max |σ - σ_dense| / σ₁             {error:9.2e}      over {len(reference)} layers, float64 dense SVD")
-    print(f"per-layer QR route (REFERENCE §3)  {t_qr * 1e3:9.1f} ms   ours is {t_qr / t_spectra:5.2f}x faster")
-    print(f"full SVD of dense dW, all layers   {t_dense * 1e3:9.1f} ms   speed-up {t_dense / t_spectra:6.0f}x (target >= 50x)")
+    rows = [
+        ("safetensors.torch load_file (mmap)", t_load, ""),
+        ("safetensors.numpy read + touch", t_touch, ""),
+        ("read_lora + compute_spectra", t_ours, f"ratio {t_ours / t_touch:6.2f}x the touch (target <= 3x)"),
+        (
+            "compute_spectra (batched Gram)",
+            t_spectra,
+            f"ratio {t_spectra / t_touch:6.2f}x the touch (target <= 2x)",
+        ),
+        ("per-layer QR route (REFERENCE §3)", t_qr, f"ours is {t_qr / t_spectra:5.2f}x faster"),
+        (
+            "full SVD of dense dW, all layers",
+            t_dense,
+            f"speed-up {t_dense / t_spectra:6.0f}x (target >= 50x)",
+        ),
+    ]
+    shape = f"{len(weights.layers)} layers, rank {args.rank}, {args.dtype}, {size_mb:.0f} MB"
+    print(f"{args.model}-shaped LoRA: {shape}")
+    for label, seconds, note in rows:
+        print(f"{label:<35}{seconds * 1e3:9.1f} ms   {note}")
+    print(f"{'max |σ - σ_dense| / σ₁':<35}{error:9.2e}      over {len(reference)} layers, float64 dense SVD")
     extra = peak_mb - base_mb
-    print(f"peak RSS above baseline            {extra:9.1f} MB   = {extra / size_mb:5.2f}x file size (target <= 2x)")
+    print(
+        f"{'peak RSS above baseline':<35}{extra:9.1f} MB   = {extra / size_mb:5.2f}x file size (target <= 2x)"
+    )
 
 
 if __name__ == "__main__":

@@ -75,10 +75,28 @@ NAMES = [
     "a.b",
 ]
 KEYS = [
-    "to_q", "attn2.to_k", "attn1.to_.", r"down_blocks\.\d+\..*to_q", "(to_q|to_k)", r"layers\.1[0-9]\.self_attn\.q_proj",
-    "^down.*", "blocks.[01]", "to_[qk]$", "a{2,5}", "[^.]+_q", r"ttn\d\.to_q", "q_proj$", "(?:attn1|attn2)\\.to_(?:q|k)",
-    "o_q", "axb", "a.b", r"\w+_in", r"[\d]+\.proj_in", "(mid|up)_block(s)?.*", "x?to_q",
-]  # fmt: skip
+    "to_q",
+    "attn2.to_k",
+    "attn1.to_.",
+    r"down_blocks\.\d+\..*to_q",
+    "(to_q|to_k)",
+    r"layers\.1[0-9]\.self_attn\.q_proj",
+    "^down.*",
+    "blocks.[01]",
+    "to_[qk]$",
+    "a{2,5}",
+    "[^.]+_q",
+    r"ttn\d\.to_q",
+    "q_proj$",
+    "(?:attn1|attn2)\\.to_(?:q|k)",
+    "o_q",
+    "axb",
+    "a.b",
+    r"\w+_in",
+    r"[\d]+\.proj_in",
+    "(mid|up)_block(s)?.*",
+    "x?to_q",
+]
 
 
 @pytest.mark.parametrize("key", KEYS)
@@ -114,12 +132,22 @@ def test_unusable_keys_are_one_line_config_errors(tmp_path, key, match):
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("r", 1e400), ("r", float("nan")), ("r", -4), ("r", 2.5), ("r", "four"), ("lora_alpha", 1e400),
-        ("lora_alpha", float("nan")), ("lora_alpha", -1.0), ("lora_alpha", True), ("alpha_pattern", {"to_q": 1e400}),
-        ("rank_pattern", {"to_q": 1e400}), ("rank_pattern", {"to_q": -2}), ("rank_pattern", {"to_q": float("nan")}),
+        ("r", 1e400),
+        ("r", float("nan")),
+        ("r", -4),
+        ("r", 2.5),
+        ("r", "four"),
+        ("lora_alpha", 1e400),
+        ("lora_alpha", float("nan")),
+        ("lora_alpha", -1.0),
+        ("lora_alpha", True),
+        ("alpha_pattern", {"to_q": 1e400}),
+        ("rank_pattern", {"to_q": 1e400}),
+        ("rank_pattern", {"to_q": -2}),
+        ("rank_pattern", {"to_q": float("nan")}),
         ("alpha_pattern", [1, 2]),
     ],
-)  # fmt: skip
+)
 @pytest.mark.parametrize("where", ["adapter_config", "lora_adapter_metadata"])
 def test_impossible_numbers_are_config_errors_not_nan_spectra(tmp_path, field, value, where):
     config = {field: value}

@@ -14,9 +14,12 @@ from reader_helpers import kohya_state
 
 from lora_wise.lora.formats.kohya_keys import convert_text_encoder_key, convert_unet_key, map_sgm_blocks
 
-ATTN = [f"transformer_blocks_{t}_{a}_{p}" for t in (0, 1) for a in ("attn1", "attn2")
-        for p in ("to_q", "to_k", "to_v", "to_out_0")] + ["proj_in", "proj_out", "transformer_blocks_0_ff_net_0_proj",
-                                                           "transformer_blocks_0_ff_net_2"]  # fmt: skip
+ATTN = [
+    f"transformer_blocks_{t}_{a}_{p}"
+    for t in (0, 1)
+    for a in ("attn1", "attn2")
+    for p in ("to_q", "to_k", "to_v", "to_out_0")
+] + ["proj_in", "proj_out", "transformer_blocks_0_ff_net_0_proj", "transformer_blocks_0_ff_net_2"]
 RESNET = ["in_layers_2", "emb_layers_1", "out_layers_3", "skip_connection"]
 
 
@@ -38,7 +41,9 @@ def _sdxl_sgm_modules() -> list[str]:
 
 
 def _sd15_modules() -> list[str]:
-    return sorted(k for k in kohya_state(rank=2, text=True) if k.startswith("lora_unet_") and "lora_down" in k)
+    return sorted(
+        k for k in kohya_state(rank=2, text=True) if k.startswith("lora_unet_") and "lora_down" in k
+    )
 
 
 @pytest.mark.parametrize("keys", [_sdxl_sgm_modules(), _sd15_modules()], ids=["sdxl-sgm", "sd15"])
@@ -58,11 +63,22 @@ def test_mixed_sgm_and_diffusers_names_drop_the_sgm_ones_as_diffusers_does():
 
 @pytest.mark.parametrize("prefix", ["lora_te_", "lora_te1_", "lora_te2_"])
 def test_text_encoder_names_match_diffusers(prefix):
-    modules = [f"text_model_encoder_layers_{i}_{p}" for i in (0, 11, 31)
-               for p in ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_out_proj",
-                         "mlp_fc1", "mlp_fc2")] + ["text_projection"]  # fmt: skip
+    modules = [
+        f"text_model_encoder_layers_{i}_{p}"
+        for i in (0, 11, 31)
+        for p in (
+            "self_attn_q_proj",
+            "self_attn_k_proj",
+            "self_attn_v_proj",
+            "self_attn_out_proj",
+            "mlp_fc1",
+            "mlp_fc2",
+        )
+    ] + ["text_projection"]
     for module in modules:
         for role in ("lora_down.weight", "lora_up.weight", "lora.down.weight", "alpha"):
             key = f"{prefix}{module}.{role}"
             lora_name = f"{prefix}{module}"
-            assert convert_text_encoder_key(key, lora_name) == _convert_text_encoder_lora_key(key, lora_name), key
+            assert convert_text_encoder_key(key, lora_name) == _convert_text_encoder_lora_key(
+                key, lora_name
+            ), key

@@ -71,10 +71,15 @@ def test_lokr_spectrum_is_every_product_of_factor_singular_values(tmp_path, w1_k
     if w1_kind == "full":
         w1 = _f64(tensors.setdefault(f"{base}.lokr_w1", _f(o1, i1)))
     else:
-        a, b = tensors.setdefault(f"{base}.lokr_w1_a", _f(o1, dim)), tensors.setdefault(f"{base}.lokr_w1_b", _f(dim, i1))
+        a, b = (
+            tensors.setdefault(f"{base}.lokr_w1_a", _f(o1, dim)),
+            tensors.setdefault(f"{base}.lokr_w1_b", _f(dim, i1)),
+        )
         w1 = _f64(a) @ _f64(b)
     if w2_kind == "full":
-        w2 = _f64(tensors.setdefault(f"{base}.lokr_w2", _f(o2, i2, ks, ks) if layer == "conv" else _f(o2, i2)))
+        w2 = _f64(
+            tensors.setdefault(f"{base}.lokr_w2", _f(o2, i2, ks, ks) if layer == "conv" else _f(o2, i2))
+        )
     elif w2_kind == "factored":
         a, b = tensors.setdefault(f"{base}.lokr_w2_a", _f(o2, dim)), _f(dim, i2 * ks * ks)
         tensors[f"{base}.lokr_w2_b"] = b
@@ -87,7 +92,11 @@ def test_lokr_spectrum_is_every_product_of_factor_singular_values(tmp_path, w1_k
     scale = 1.0 if both_full else alpha / dim
     # LyCORIS make_kron: a 4-D w2 takes w1 as (o1, i1, 1, 1); np.kron then builds the 4-D ΔW
     delta = np.kron(w1[:, :, None, None] if w2.ndim == 4 else w1, w2) * scale
-    name = "unet.down_blocks.0.resnets.0.conv1" if layer == "conv" else "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    name = (
+        "unet.down_blocks.0.resnets.0.conv1"
+        if layer == "conv"
+        else "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    )
     weights, _ = _check(_save(tmp_path, tensors), name, delta, width=64)
     assert weights.layers[name].rank == (0 if both_full else dim)
 
@@ -111,7 +120,11 @@ def test_loha_spectrum_through_face_splitting_factors(tmp_path, tucker, dims, sh
             tensors |= {f"{base}.hada_{side}_a": a, f"{base}.hada_{side}_b": b}
             sides.append(_f64(a) @ _f64(b))
     delta = sides[0] * sides[1] * (1.5 / r1)
-    name = "unet.down_blocks.0.resnets.0.conv1" if tucker else "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    name = (
+        "unet.down_blocks.0.resnets.0.conv1"
+        if tucker
+        else "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    )
     weights, _ = _check(_save(tmp_path, tensors), name, delta, width=64)
     assert weights.layers[name].rank == r1 and weights.rank == r1
 
@@ -122,7 +135,11 @@ def test_conv_locon_spectrum(tmp_path, mid):
     r, out, inp = 4, 16, 8
     if mid:
         up, core, down = _f(out, r, 1, 1), _f(r, r, 3, 3), _f(r, inp, 1, 1)
-        tensors = {f"{CONV}.lora_up.weight": up, f"{CONV}.lora_mid.weight": core, f"{CONV}.lora_down.weight": down}
+        tensors = {
+            f"{CONV}.lora_up.weight": up,
+            f"{CONV}.lora_mid.weight": core,
+            f"{CONV}.lora_down.weight": down,
+        }
         delta = np.einsum("nmkl,in,mj->ijkl", _f64(core), _f64(up[:, :, 0, 0]), _f64(down[:, :, 0, 0]))
     else:
         up, down = _f(out, r, 1, 1), _f(r, inp, 3, 3)
@@ -136,12 +153,25 @@ def test_conv_locon_spectrum(tmp_path, mid):
 def test_kohya_lokr_file_with_text_encoder_reports_rank_and_layers(tmp_path):
     """The shape of real LoKr training outputs: kohya names, both sides factored, UNet + text encoder."""
     dim, tensors = 8, {}
-    unet = [f"lora_unet_down_blocks_{b}_attentions_{a}_transformer_blocks_0_{p}" for b in range(3) for a in range(2)
-            for p in ("attn1_to_q", "attn1_to_k", "attn2_to_q", "ff_net_2")]  # fmt: skip
-    text = [f"lora_te_text_model_encoder_layers_{i}_self_attn_{p}" for i in range(4) for p in ("q_proj", "out_proj")]
+    unet = [
+        f"lora_unet_down_blocks_{b}_attentions_{a}_transformer_blocks_0_{p}"
+        for b in range(3)
+        for a in range(2)
+        for p in ("attn1_to_q", "attn1_to_k", "attn2_to_q", "ff_net_2")
+    ]
+    text = [
+        f"lora_te_text_model_encoder_layers_{i}_self_attn_{p}"
+        for i in range(4)
+        for p in ("q_proj", "out_proj")
+    ]
     for base in unet + text:
-        tensors |= {f"{base}.lokr_w1_a": _f(4, dim), f"{base}.lokr_w1_b": _f(dim, 4), f"{base}.lokr_w2_a": _f(80, dim),
-                    f"{base}.lokr_w2_b": _f(dim, 80), f"{base}.alpha": np.array(4.0, np.float32)}  # fmt: skip
+        tensors |= {
+            f"{base}.lokr_w1_a": _f(4, dim),
+            f"{base}.lokr_w1_b": _f(dim, 4),
+            f"{base}.lokr_w2_a": _f(80, dim),
+            f"{base}.lokr_w2_b": _f(dim, 80),
+            f"{base}.alpha": np.array(4.0, np.float32),
+        }
     weights = read_lora(_save(tmp_path, tensors))
     summary = describe(weights)
     assert summary["format"] == "lokr" and summary["rank"] == dim

@@ -29,7 +29,11 @@ def non_image_adapter(weights: LoraWeights) -> str | None:
         return f"layers under {', '.join(sorted(components))[:60]}, no image-model component"
     if components & {"unet", "transformer"} or "text_encoder" not in components:
         return None
-    t5 = [name for name in weights.layers if name.startswith("text_encoder.") and any(p in name for p in _T5_PARTS)]
+    t5 = [
+        name
+        for name in weights.layers
+        if name.startswith("text_encoder.") and any(p in name for p in _T5_PARTS)
+    ]
     if t5 and not any("text_model." in name for name in weights.layers):
         return "a T5 text model's (encoder.block.* layers, no UNet, no CLIP text model)"
     return None

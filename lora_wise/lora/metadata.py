@@ -73,7 +73,9 @@ def _count(value: Any, where: str, warnings: list[str]) -> int | None:
     """An image count: a negative or non-numeric one is reported and left out, never summed."""
     count = _int(value)
     if count is not None and count < 0:
-        warnings.append(f"declared img_count {count} for {where[:60]!r} is negative: left out of the image count")
+        warnings.append(
+            f"declared img_count {count} for {where[:60]!r} is negative: left out of the image count"
+        )
         return None
     return count
 
@@ -83,7 +85,9 @@ def _from_dataset_dirs(dirs: Any, warnings: list[str]) -> tuple[int | None, dict
         return None, None
     entries = {str(k): v for k, v in dirs.items() if isinstance(v, dict)}
     counts = [_count(v.get("img_count"), k, warnings) for k, v in entries.items()]
-    repeats = {k: _int(v.get("n_repeats")) for k, v in entries.items() if _int(v.get("n_repeats")) is not None}
+    repeats = {
+        k: _int(v.get("n_repeats")) for k, v in entries.items() if _int(v.get("n_repeats")) is not None
+    }
     if counts and all(c is not None for c in counts):
         return sum(counts), repeats or None
     return None, None
@@ -119,7 +123,7 @@ def _kohya_images(meta: dict[str, str], warnings: list[str]) -> tuple[int | None
 
 
 def _tag_frequency(meta: dict[str, str]) -> dict[str, dict[str, int]] | None:
-    """``ss_tag_frequency`` (``{dataset dir: {tag: count}}``), or the per-dataset copies in ``ss_datasets``."""
+    """``ss_tag_frequency`` ``{dir: {tag: count}}``, else the per-dataset copies in ``ss_datasets``."""
     data = _json(meta.get("ss_tag_frequency"))
     if not isinstance(data, dict):
         datasets = _json(meta.get("ss_datasets"))
@@ -239,7 +243,9 @@ def component_configs(meta: dict[str, str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def parse_declared(meta: dict[str, str], peft_config: dict[str, Any] | None = None) -> DeclaredTraining | None:
+def parse_declared(
+    meta: dict[str, str], peft_config: dict[str, Any] | None = None
+) -> DeclaredTraining | None:
     """The typed declared metadata, or None when the file declares nothing we know."""
     out = DeclaredTraining()
     sources = []
@@ -265,7 +271,9 @@ def parse_declared(meta: dict[str, str], peft_config: dict[str, Any] | None = No
     return out
 
 
-def alpha_configs(meta: dict[str, str], peft_config: dict[str, Any] | None, source: str) -> dict[str, AlphaConfig]:
+def alpha_configs(
+    meta: dict[str, str], peft_config: dict[str, Any] | None, source: str
+) -> dict[str, AlphaConfig]:
     """Alpha settings by component (``*`` = all) from PEFT config, diffusers metadata, our sidecar."""
     if peft_config:
         return {"*": AlphaConfig.from_dict(peft_config, source)}
@@ -274,5 +282,7 @@ def alpha_configs(meta: dict[str, str], peft_config: dict[str, Any] | None, sour
         return configs
     sidecar = _json(meta.get(LORA_WISE_KEY))
     if isinstance(sidecar, dict) and sidecar.get("alpha") is not None:
-        return {"*": AlphaConfig.from_dict({"r": sidecar.get("rank"), "lora_alpha": sidecar.get("alpha")}, source)}
+        return {
+            "*": AlphaConfig.from_dict({"r": sidecar.get("rank"), "lora_alpha": sidecar.get("alpha")}, source)
+        }
     return {}

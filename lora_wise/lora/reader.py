@@ -40,10 +40,15 @@ def _pick_in_folder(folder: Path) -> Path:
         return candidates[0]
     if len(candidates) > 1:
         shown = ", ".join(display_name(p) for p in candidates[:3])
-        raise InvalidLoraFile(f"{display_name(folder)}/: {len(candidates)} .safetensors files ({shown}...); pass one file")
+        raise InvalidLoraFile(
+            f"{display_name(folder)}/: {len(candidates)} .safetensors files ({shown}...); pass one file"
+        )
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
-        raise UnsafeFormatError(f"{display_name(folder)}/: only pickle-based weights ({display_name(pickles[0])}); refused, not opened")
+        raise UnsafeFormatError(
+            f"{display_name(folder)}/: only pickle-based weights ({display_name(pickles[0])}); "
+            "refused, not opened"
+        )
     raise NoLoraWeightsError(f"{display_name(folder)}/: no .safetensors file in this folder")
 
 
@@ -63,7 +68,9 @@ def _peft_config(folder: Path) -> dict[str, Any] | None:
 
 
 def _dominant_dtype(dtypes: dict[str, str], used: set[str]) -> str:
-    counts = Counter(dtype for key, dtype in dtypes.items() if key in used and dtype in ("F32", "F16", "BF16", "F64"))
+    counts = Counter(
+        dtype for key, dtype in dtypes.items() if key in used and dtype in ("F32", "F16", "BF16", "F64")
+    )
     return counts.most_common(1)[0][0] if counts else "F32"
 
 
@@ -72,12 +79,16 @@ def read_lora(path: str | os.PathLike) -> LoraWeights:
     try:
         return _read(Path(path))
     except OSError as exc:  # unreadable file, vanished mid-read, I/O error: still a one-line input error
-        raise InvalidLoraFile(f"{display_name(path)}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+        raise InvalidLoraFile(
+            f"{display_name(path)}: cannot be read ({exc.strerror or type(exc).__name__})"
+        ) from None
 
 
 def _read(path: Path) -> LoraWeights:
     if not path.exists():
-        raise InvalidLoraFile(f"{os.fsencode(path).decode('utf-8', 'backslashreplace')}: no such file or folder")
+        raise InvalidLoraFile(
+            f"{os.fsencode(path).decode('utf-8', 'backslashreplace')}: no such file or folder"
+        )
     peft_config = None
     if path.is_dir():
         peft_config = _peft_config(path)

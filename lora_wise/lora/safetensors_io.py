@@ -33,10 +33,19 @@ MAX_NAME_CHARS = 4096
 
 #: dtypes we accept, with their item sizes. Anything else is refused rather than guessed.
 ITEMSIZE = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-    "F8_E4M3": 1, "F8_E5M2": 1,
-}  # fmt: skip
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
 
@@ -102,7 +111,9 @@ def refuse_unsafe(path: Path) -> None:
             "Ask for a .safetensors file."
         )
     if looks_like_pickle(path):
-        raise UnsafeFormatError(f"{display_name(path)}: pickle/zip content refused (never deserialised); not a safetensors file")
+        raise UnsafeFormatError(
+            f"{display_name(path)}: pickle/zip content refused (never deserialised); not a safetensors file"
+        )
 
 
 def _read_header_bytes(path: Path) -> tuple[bytes, int]:
@@ -114,7 +125,9 @@ def _read_header_bytes(path: Path) -> tuple[bytes, int]:
         if n > MAX_HEADER_BYTES:
             raise _bad(path, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte cap")
         if n > size - 8:
-            raise _bad(path, f"header length {n} is larger than the file ({size} bytes): truncated or corrupt")
+            raise _bad(
+                path, f"header length {n} is larger than the file ({size} bytes): truncated or corrupt"
+            )
         if n < 2:
             raise _bad(path, f"header length {n} is too small for a JSON object")
         raw = fh.read(n)
@@ -134,7 +147,9 @@ def _parse_json(path: Path, raw: bytes) -> dict:
 def _parse_metadata(path: Path, meta: object) -> dict[str, str]:
     if meta is None:
         return {}
-    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+    if not isinstance(meta, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+    ):
         raise _bad(path, "__metadata__ must map strings to strings")
     return dict(meta)
 
@@ -160,7 +175,9 @@ def _parse_entry(path: Path, name: str, entry: object) -> TensorInfo:
         raise _bad(path, f"tensor {name!r}: data_offsets end before they begin")
     expected = math.prod(shape) * ITEMSIZE[dtype]
     if end - begin != expected:
-        raise _bad(path, f"tensor {name!r}: {dtype}{shape} needs {expected} bytes but offsets span {end - begin}")
+        raise _bad(
+            path, f"tensor {name!r}: {dtype}{shape} needs {expected} bytes but offsets span {end - begin}"
+        )
     return TensorInfo(dtype, tuple(shape), begin, end)
 
 
@@ -219,9 +236,16 @@ def _f8_table(exponent_bits: int, bias: int, ieee_specials: bool) -> np.ndarray:
 
 
 _NUMPY_DTYPES = {
-    "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1",
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
     "BOOL": "?",
-}  # fmt: skip
+}
 
 
 def decode(dtype: str, buffer: np.ndarray, begin: int, count: int) -> np.ndarray:

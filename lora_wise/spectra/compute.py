@@ -102,7 +102,7 @@ def _grams(ups: list[np.ndarray], downs: list[np.ndarray]) -> tuple[np.ndarray, 
     the conversion stays in cache and never faults in fresh pages; stacking the factors first
     measured twice as slow on an SDXL file (scripts/bench_spectra.py --model sdxl).
     """
-    (d, r), k = ups[0].shape, downs[0].shape[1]
+    r = ups[0].shape[1]
     gram_b, gram_a = np.empty((len(ups), r, r)), np.empty((len(ups), r, r))
     for i, (up, down) in enumerate(zip(ups, downs, strict=True)):
         up64, down64 = up.astype(np.float64), down.astype(np.float64)

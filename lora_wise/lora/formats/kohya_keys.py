@@ -18,7 +18,9 @@ _NOT_SGM = ("down_blocks", "mid_block", "up_blocks")
 _INNER = ("resnets", "attentions", "upsamplers")
 
 
-def map_sgm_blocks(keys: list[str], layers_per_block: int = 2, sep: str = "_", slice_pos: int = 5) -> dict[str, str]:
+def map_sgm_blocks(
+    keys: list[str], layers_per_block: int = 2, sep: str = "_", slice_pos: int = 5
+) -> dict[str, str]:
     """``{new key: old key}`` as ``_maybe_map_sgm_blocks_to_diffusers`` renames a state dict's keys."""
     has_sgm = any(any(p in k for p in _SGM) for k in keys)
     has_plain = any(not any(p in k for p in _SGM) and any(p in k for p in _NOT_SGM) for k in keys)
@@ -51,16 +53,31 @@ def map_sgm_blocks(keys: list[str], layers_per_block: int = 2, sep: str = "_", s
 
 
 _UNET_REPLACEMENTS = (
-    ("input.blocks.0.0", "conv_in"), ("out.2", "conv_out"), ("input.blocks", "down_blocks"),
-    ("down.blocks", "down_blocks"), ("middle.block", "mid_block"), ("mid.block", "mid_block"),
-    ("output.blocks", "up_blocks"), ("up.blocks", "up_blocks"), ("transformer.blocks", "transformer_blocks"),
-    ("to.q.lora", "to_q_lora"), ("to.k.lora", "to_k_lora"), ("to.v.lora", "to_v_lora"),
-    ("to.out.0.lora", "to_out_lora"), ("proj.in", "proj_in"), ("proj.out", "proj_out"),
-    ("emb.layers", "time_emb_proj"), ("conv.in", "conv_in"), ("conv.out", "conv_out"),
-    ("time.embed.0", "time_embedding.linear_1"), ("time.embed.2", "time_embedding.linear_2"),
-    ("label.emb.0.0", "add_embedding.linear_1"), ("label.emb.0.2", "add_embedding.linear_2"),
-    ("time.embedding.linear.1", "time_embedding.linear_1"), ("time.embedding.linear.2", "time_embedding.linear_2"),
-)  # fmt: skip
+    ("input.blocks.0.0", "conv_in"),
+    ("out.2", "conv_out"),
+    ("input.blocks", "down_blocks"),
+    ("down.blocks", "down_blocks"),
+    ("middle.block", "mid_block"),
+    ("mid.block", "mid_block"),
+    ("output.blocks", "up_blocks"),
+    ("up.blocks", "up_blocks"),
+    ("transformer.blocks", "transformer_blocks"),
+    ("to.q.lora", "to_q_lora"),
+    ("to.k.lora", "to_k_lora"),
+    ("to.v.lora", "to_v_lora"),
+    ("to.out.0.lora", "to_out_lora"),
+    ("proj.in", "proj_in"),
+    ("proj.out", "proj_out"),
+    ("emb.layers", "time_emb_proj"),
+    ("conv.in", "conv_in"),
+    ("conv.out", "conv_out"),
+    ("time.embed.0", "time_embedding.linear_1"),
+    ("time.embed.2", "time_embedding.linear_2"),
+    ("label.emb.0.0", "add_embedding.linear_1"),
+    ("label.emb.0.2", "add_embedding.linear_2"),
+    ("time.embedding.linear.1", "time_embedding.linear_1"),
+    ("time.embedding.linear.2", "time_embedding.linear_2"),
+)
 _SDXL_INDEX = re.compile(r"\.\d+(?=\D*$)")  # linear in the name: one lookahead over non-digits
 
 
@@ -86,10 +103,14 @@ def convert_unet_key(key: str) -> str:
 
 
 _TEXT_REPLACEMENTS = (
-    ("text.model", "text_model"), ("self.attn", "self_attn"), ("q.proj.lora", "to_q_lora"),
-    ("k.proj.lora", "to_k_lora"), ("v.proj.lora", "to_v_lora"), ("out.proj.lora", "to_out_lora"),
+    ("text.model", "text_model"),
+    ("self.attn", "self_attn"),
+    ("q.proj.lora", "to_q_lora"),
+    ("k.proj.lora", "to_k_lora"),
+    ("v.proj.lora", "to_v_lora"),
+    ("out.proj.lora", "to_out_lora"),
     ("text.projection", "text_projection"),
-)  # fmt: skip
+)
 
 
 def convert_text_encoder_key(key: str, lora_name: str) -> str:

@@ -36,14 +36,16 @@ def _matrix(array: np.ndarray, what: str) -> np.ndarray:
 
 
 def _factor(a: np.ndarray, b: np.ndarray, t: np.ndarray | None, what: str) -> Factor:
-    """``a·b``, or with a Tucker core ``t`` (dim, dim, kh, kw): ``aᵀ · (t ×₂ b)`` with a (dim, out), b (dim, in)."""
+    """``a·b``, or with a Tucker core t (dim, dim, kh, kw): ``aᵀ · (t ×₂ b)``, a (dim, out), b (dim, in)."""
     if t is None:
         up, down = _matrix(a, f"{what}_a"), _matrix(b, f"{what}_b")
         if up.shape[1] != down.shape[0]:
             raise _Shapes(f"{what}_a {list(a.shape)} and {what}_b {list(b.shape)} do not multiply")
         return Factor(up, down)
     if t.ndim != 4 or a.ndim != 2 or b.ndim != 2 or a.shape[0] != t.shape[0] or b.shape[0] != t.shape[1]:
-        raise _Shapes(f"Tucker core {list(t.shape)} does not fit {what}_a {list(a.shape)} / {what}_b {list(b.shape)}")
+        raise _Shapes(
+            f"Tucker core {list(t.shape)} does not fit {what}_a {list(a.shape)} / {what}_b {list(b.shape)}"
+        )
     _check_size(f"{what} Tucker product", t.shape[0], b.shape[1], t.shape[2], t.shape[3])
     core = np.einsum("ijkl,jr->irkl", t, b).reshape(t.shape[0], -1)
     return Factor(np.ascontiguousarray(a.T), core.astype(np.float32))

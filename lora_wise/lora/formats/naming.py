@@ -33,7 +33,15 @@ _OLD_UNET = {"to_q_lora": "to_q", "to_k_lora": "to_k", "to_v_lora": "to_v", "to_
 _OLD_TEXT = {"to_q_lora": "q_proj", "to_k_lora": "k_proj", "to_v_lora": "v_proj", "to_out_lora": "out_proj"}
 
 _CLIP_ROOTS = ("encoder.layers.", "embeddings.", "final_layer_norm")
-_UNET_ROOTS = ("down_blocks", "mid_block", "up_blocks", "conv_in", "conv_out", "time_embedding", "add_embedding")
+_UNET_ROOTS = (
+    "down_blocks",
+    "mid_block",
+    "up_blocks",
+    "conv_in",
+    "conv_out",
+    "time_embedding",
+    "add_embedding",
+)
 _TRANSFORMER_ROOTS = (
     "transformer_blocks", "single_transformer_blocks", "double_blocks", "single_blocks", "joint_blocks",
     "context_embedder", "x_embedder", "time_text_embed", "proj_out", "norm_out", "pos_embed",
@@ -76,7 +84,7 @@ def infer_component(path: str) -> str:
 
 
 def normalize_dotted(component: str, path: str) -> str:
-    """Fold processor/old spellings into the module path: ``attn1.processor.to_out_lora`` -> ``attn1.to_out.0``."""
+    """Fold old spellings into the path (``attn1.processor.to_out_lora`` -> ``attn1.to_out.0``)."""
     path = path.replace(".processor.", ".")
     if path.endswith(".processor"):
         path = path[: -len(".processor")]
@@ -136,7 +144,9 @@ def kohya_unet_paths(rests: list[str]) -> dict[str, str]:
         else:
             plain.append(rest)
     keyed = {f"lora_unet_{rest}.lora_down.weight": rest for rest in plain}
-    sgm = {k: k for k in keyed if any(block in k for block in ("input_blocks", "middle_block", "output_blocks"))}
+    sgm = {
+        k: k for k in keyed if any(block in k for block in ("input_blocks", "middle_block", "output_blocks"))
+    }
     renamed = {k: k for k in keyed if k not in sgm}
     # Only the sgm names go through the block map (diffusers drops them when both spellings mix);
     # it moves each value to its renamed key, so values = old keys give us the map.
