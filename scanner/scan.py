@@ -15,6 +15,7 @@ from lora_wise import LoraWeights, compute_spectra, read_lora
 from lora_wise.dataset.upstream import no_bank_advice
 from lora_wise.errors import LoraWiseError, NoLoraWeightsError, UnsafeFormatError, one_line
 from lora_wise.estimation.bank import estimate as estimate_size
+from lora_wise.lora.checks import non_image_adapter
 from lora_wise.spectra.compute import Spectra
 
 from .download import DEFAULT_MAX_SIZE
@@ -98,12 +99,13 @@ def _describe(report: ScanReport, weights: LoraWeights) -> None:
     report.backbone = weights.backbone.name
     report.backbone_evidence = list(weights.backbone.evidence)
     report.rank = weights.rank
-    report.layers = sum(1 for layer in weights.layers.values() if layer.low_rank)
+    report.layers = weights.layer_count
     report.components = weights.components
     report.dtype = weights.dtype
     report.declared = weights.declared.as_dict() if weights.declared else None
     report.warnings.extend(weights.warnings)
-    if "unet" not in report.components and "transformer" not in report.components:
+    image_model = not non_image_adapter(weights)  # a T5/LLM adapter gets its own warning from the reader
+    if "unet" not in report.components and "transformer" not in report.components and image_model:
         report.warnings.append("text-encoder-only LoRA: dataset-size estimates are made from UNet layers")
 
 

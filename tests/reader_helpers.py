@@ -44,9 +44,15 @@ def tiny_text_encoder():
 
     torch.manual_seed(0)
     config = CLIPTextConfig(
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        vocab_size=1000, bos_token_id=0, eos_token_id=2, pad_token_id=1,
-    )  # fmt: skip
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=1000,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
     return CLIPTextModel(config)
 
 
@@ -85,10 +91,15 @@ def state_dicts(rank: int = 4, seed: int = 0) -> tuple[dict[str, torch.Tensor], 
 
 
 def cast(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    return {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+        for k, v in state.items()
+    }
 
 
-def save(path: Path, tensors: dict, metadata: dict[str, str] | None = None, dtype: torch.dtype | None = None) -> Path:
+def save(
+    path: Path, tensors: dict, metadata: dict[str, str] | None = None, dtype: torch.dtype | None = None
+) -> Path:
     from safetensors.torch import save_file
 
     tensors = {k: torch.as_tensor(v) for k, v in tensors.items()}
@@ -99,14 +110,19 @@ def save(path: Path, tensors: dict, metadata: dict[str, str] | None = None, dtyp
 # --- the published formats --------------------------------------------------------------
 
 
-def write_diffusers(folder: Path, rank: int = 4, seed: int = 0, dtype=None, text: bool = True, **kwargs) -> Path:
+def write_diffusers(
+    folder: Path, rank: int = 4, seed: int = 0, dtype=None, text: bool = True, **kwargs
+) -> Path:
     """diffusers ``StableDiffusionPipeline.save_lora_weights`` (unet. / text_encoder. prefixes)."""
     from diffusers import StableDiffusionPipeline
 
     unet, te = state_dicts(rank, seed)
     folder.mkdir(parents=True, exist_ok=True)
     StableDiffusionPipeline.save_lora_weights(
-        folder, unet_lora_layers=cast(unet, dtype), text_encoder_lora_layers=cast(te, dtype) if text else None, **kwargs
+        folder,
+        unet_lora_layers=cast(unet, dtype),
+        text_encoder_lora_layers=cast(te, dtype) if text else None,
+        **kwargs,
     )
     return folder / "pytorch_lora_weights.safetensors"
 
@@ -137,8 +153,15 @@ def kohya_state(rank: int = 4, seed: int = 0, text: bool = True) -> dict[str, to
     return convert_state_dict_to_kohya(peft)
 
 
-def write_kohya(path: Path, rank: int = 4, seed: int = 0, alpha: float | None = None, drop_alpha: bool = False,
-                metadata: dict[str, str] | None = None, dtype=None) -> Path:  # fmt: skip
+def write_kohya(
+    path: Path,
+    rank: int = 4,
+    seed: int = 0,
+    alpha: float | None = None,
+    drop_alpha: bool = False,
+    metadata: dict[str, str] | None = None,
+    dtype=None,
+) -> Path:
     state = kohya_state(rank, seed)
     if drop_alpha:
         state = {k: v for k, v in state.items() if not k.endswith(".alpha")}
@@ -167,7 +190,7 @@ def write_lora_down_up(path: Path, rank: int = 4, seed: int = 0) -> Path:
 
 
 def write_mangled(path: Path, rank: int = 4, seed: int = 0) -> Path:
-    """Kohya names with a doubled prefix and ``_`` before the role: ``lora_unet_unet_..._lora_down.weight``."""
+    """A doubled prefix and ``_`` before the role (``lora_unet_unet_..._lora_down.weight``)."""
     out = {}
     for key, value in kohya_state(rank, seed, text=False).items():
         module, _, role = key.partition(".")
@@ -214,21 +237,35 @@ def _split_peft(key: str) -> tuple[str, str, str]:
 # --- LyCORIS and conv -------------------------------------------------------------------
 
 
-def write_loha(path: Path, shapes: dict[str, tuple[int, int]], dim: int = 4, alpha: float = 2.0,
-               seed: int = 0) -> tuple[Path, dict[str, np.ndarray]]:  # fmt: skip
+def write_loha(
+    path: Path, shapes: dict[str, tuple[int, int]], dim: int = 4, alpha: float = 2.0, seed: int = 0
+) -> tuple[Path, dict[str, np.ndarray]]:
     """LoHa (kohya names); returns the true scaled ΔW per canonical name."""
     rng = np.random.default_rng(seed)
     out, deltas = {}, {}
     for kohya, (d, k) in shapes.items():
-        w1a, w1b, w2a, w2b = (rng.standard_normal(s).astype(np.float32) for s in [(d, dim), (dim, k), (d, dim), (dim, k)])
-        out |= {f"{kohya}.hada_w1_a": w1a, f"{kohya}.hada_w1_b": w1b, f"{kohya}.hada_w2_a": w2a,
-                f"{kohya}.hada_w2_b": w2b, f"{kohya}.alpha": np.array(alpha, dtype=np.float32)}  # fmt: skip
+        w1a, w1b, w2a, w2b = (
+            rng.standard_normal(s).astype(np.float32) for s in [(d, dim), (dim, k), (d, dim), (dim, k)]
+        )
+        out |= {
+            f"{kohya}.hada_w1_a": w1a,
+            f"{kohya}.hada_w1_b": w1b,
+            f"{kohya}.hada_w2_a": w2a,
+            f"{kohya}.hada_w2_b": w2b,
+            f"{kohya}.alpha": np.array(alpha, dtype=np.float32),
+        }
         deltas[kohya] = (w1a.astype(np.float64) @ w1b) * (w2a.astype(np.float64) @ w2b) * (alpha / dim)
     return save(path, out), deltas
 
 
-def write_lokr(path: Path, shapes: dict[str, tuple[int, int]], factor: int = 4, dim: int = 2, alpha: float = 1.0,
-               seed: int = 0) -> tuple[Path, dict[str, np.ndarray]]:  # fmt: skip
+def write_lokr(
+    path: Path,
+    shapes: dict[str, tuple[int, int]],
+    factor: int = 4,
+    dim: int = 2,
+    alpha: float = 1.0,
+    seed: int = 0,
+) -> tuple[Path, dict[str, np.ndarray]]:
     """LoKr with a full w1 and a decomposed w2 (kohya names); returns the true scaled ΔW."""
     rng = np.random.default_rng(seed)
     out, deltas = {}, {}
@@ -236,13 +273,19 @@ def write_lokr(path: Path, shapes: dict[str, tuple[int, int]], factor: int = 4, 
         w1 = rng.standard_normal((factor, factor)).astype(np.float32)
         w2a = rng.standard_normal((d // factor, dim)).astype(np.float32)
         w2b = rng.standard_normal((dim, k // factor)).astype(np.float32)
-        out |= {f"{kohya}.lokr_w1": w1, f"{kohya}.lokr_w2_a": w2a, f"{kohya}.lokr_w2_b": w2b,
-                f"{kohya}.alpha": np.array(alpha, dtype=np.float32)}  # fmt: skip
+        out |= {
+            f"{kohya}.lokr_w1": w1,
+            f"{kohya}.lokr_w2_a": w2a,
+            f"{kohya}.lokr_w2_b": w2b,
+            f"{kohya}.alpha": np.array(alpha, dtype=np.float32),
+        }
         deltas[kohya] = np.kron(w1.astype(np.float64), w2a.astype(np.float64) @ w2b) * (alpha / dim)
     return save(path, out), deltas
 
 
-def write_locon(path: Path, rank: int = 4, alpha: float = 2.0, seed: int = 0) -> tuple[Path, dict[str, np.ndarray]]:
+def write_locon(
+    path: Path, rank: int = 4, alpha: float = 2.0, seed: int = 0
+) -> tuple[Path, dict[str, np.ndarray]]:
     """LyCORIS LoCon: kohya names on resnet convs (3×3 down, 1×1 up) plus one linear layer."""
     rng = np.random.default_rng(seed)
     convs = {
@@ -254,8 +297,11 @@ def write_locon(path: Path, rank: int = 4, alpha: float = 2.0, seed: int = 0) ->
     for kohya, (o, i, ks) in convs.items():
         down = rng.standard_normal((rank, i, ks, ks)).astype(np.float32)
         up = rng.standard_normal((o, rank, 1, 1)).astype(np.float32)
-        out |= {f"{kohya}.lora_down.weight": down, f"{kohya}.lora_up.weight": up,
-                f"{kohya}.alpha": np.array(alpha, dtype=np.float32)}  # fmt: skip
+        out |= {
+            f"{kohya}.lora_down.weight": down,
+            f"{kohya}.lora_up.weight": up,
+            f"{kohya}.alpha": np.array(alpha, dtype=np.float32),
+        }
         deltas[kohya] = up.reshape(o, rank).astype(np.float64) @ down.reshape(rank, -1) * (alpha / rank)
     return save(path, out), deltas
 
@@ -278,7 +324,11 @@ def tiny_valid_file(rank: int = 2, d: int = 4, k: int = 3, seed: int = 0) -> byt
     name = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
     header = {
         f"{name}.lora_A.weight": {"dtype": "F32", "shape": [rank, k], "data_offsets": [0, len(down)]},
-        f"{name}.lora_B.weight": {"dtype": "F32", "shape": [d, rank], "data_offsets": [len(down), len(down) + len(up)]},
+        f"{name}.lora_B.weight": {
+            "dtype": "F32",
+            "shape": [d, rank],
+            "data_offsets": [len(down), len(down) + len(up)],
+        },
         "__metadata__": {"format": "pt"},
     }
     return raw_file(header, down + up)

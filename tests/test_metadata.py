@@ -47,7 +47,11 @@ def test_kohya_file_declares_unique_images_not_repeats(tmp_path):
     assert d.learning_rate == pytest.approx(1e-4)
     assert (d.network_module, d.network_dim, d.network_alpha) == ("networks.lora", 4, 2.0)
     assert d.base_model == "v1-5-pruned-emaonly.safetensors" and d.base_model_version == "sd_v1"
-    assert (d.architecture, d.title, d.trigger_phrase) == ("stable-diffusion-v1/lora", "Alice", "alice person")
+    assert (d.architecture, d.title, d.trigger_phrase) == (
+        "stable-diffusion-v1/lora",
+        "Alice",
+        "alice person",
+    )
     assert weights.header_metadata["ss_network_dim"] == "4"
 
 
@@ -107,7 +111,13 @@ def test_lora_wise_sidecar_key(tmp_path):
     weights = read_lora(path)
     d = weights.declared
     assert d.source == "lora-wise"
-    assert (d.unique_images, d.steps, d.max_train_steps, d.network_dim, d.network_alpha) == (3, 600, 1400, 4, 4.0)
+    assert (d.unique_images, d.steps, d.max_train_steps, d.network_dim, d.network_alpha) == (
+        3,
+        600,
+        1400,
+        4,
+        4.0,
+    )
     assert d.base_model == "tiny-sd" and d.extra["micro_dataset"] == "pool:digit-3"
     assert {layer.scale for layer in weights.layers.values()} == {1.0}
     assert weights.backbone.name == "tiny-sd"
@@ -137,6 +147,8 @@ def test_backbone_from_metadata_when_shapes_say_nothing(tmp_path, meta, backbone
 
 
 def test_shapes_beat_metadata_and_the_conflict_is_reported(tmp_path):
-    weights = read_lora(write_kohya(tmp_path / "k.safetensors", metadata={"ss_base_model_version": "sdxl_base_v1-0"}))
+    weights = read_lora(
+        write_kohya(tmp_path / "k.safetensors", metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    )
     assert weights.backbone.name == "tiny-sd"
     assert any("sdxl" in clue for clue in weights.backbone.evidence)

@@ -49,7 +49,13 @@ def reference(files):
 
 def _unet_rows(spectra):
     rows = [i for i, name in enumerate(spectra.layers) if name.startswith("unet.")]
-    return [spectra.layers[i] for i in rows], spectra.a[rows], spectra.b[rows], spectra.ba[rows], spectra.fro[rows]
+    return (
+        [spectra.layers[i] for i in rows],
+        spectra.a[rows],
+        spectra.b[rows],
+        spectra.ba[rows],
+        spectra.fro[rows],
+    )
 
 
 def test_diffusers_file_gives_canonical_names_and_components(reference):
@@ -67,9 +73,15 @@ def test_diffusers_file_gives_canonical_names_and_components(reference):
 
 @pytest.mark.parametrize(
     "fmt, label",
-    [("peft", "peft"), ("kohya", "kohya"), ("diffusers-old", "diffusers-old"), ("lora.down", "diffusers"),
-     ("mangled", "mangled"), ("cloneofsimo", "cloneofsimo")],
-)  # fmt: skip
+    [
+        ("peft", "peft"),
+        ("kohya", "kohya"),
+        ("diffusers-old", "diffusers-old"),
+        ("lora.down", "diffusers"),
+        ("mangled", "mangled"),
+        ("cloneofsimo", "cloneofsimo"),
+    ],
+)
 def test_every_format_of_the_same_weights_gives_the_same_spectra(files, reference, fmt, label):
     weights = read_lora(files[fmt])
     assert weights.format == label
@@ -133,7 +145,9 @@ def test_kohya_alpha_scales_and_missing_alpha_means_dim(tmp_path, reference):
 def test_peft_alpha_rslora_and_alpha_pattern(tmp_path):
     plain = read_lora(write_peft_folder(tmp_path / "a", RANK, lora_alpha=8))
     rs = read_lora(write_peft_folder(tmp_path / "b", RANK, lora_alpha=8, use_rslora=True))
-    pattern = read_lora(write_peft_folder(tmp_path / "c", RANK, lora_alpha=8, alpha_pattern={"attn2.to_k": 2}))
+    pattern = read_lora(
+        write_peft_folder(tmp_path / "c", RANK, lora_alpha=8, alpha_pattern={"attn2.to_k": 2})
+    )
     q = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
     k2 = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
     assert plain.layers[q].scale == pytest.approx(2.0)
@@ -147,7 +161,9 @@ def test_peft_rank_pattern_uses_each_layers_own_rank(tmp_path):
     from peft import get_peft_model
     from reader_helpers import lora_config, randomise_lora, tiny_unet
 
-    config = lora_config(RANK, ["to_q", "to_k", "to_v", "to_out.0"], lora_alpha=8, rank_pattern={"attn2.to_k": 2})
+    config = lora_config(
+        RANK, ["to_q", "to_k", "to_v", "to_out.0"], lora_alpha=8, rank_pattern={"attn2.to_k": 2}
+    )
     model = get_peft_model(tiny_unet(), config)
     randomise_lora(model, 0)
     model.save_pretrained(tmp_path)
@@ -214,23 +230,25 @@ SHAPES = {
 
 
 @pytest.mark.parametrize("writer, kind", [(write_loha, "loha"), (write_lokr, "lokr")])
-def test_loha_lokr_build_dense_delta(tmp_path, writer, kind):
+def test_loha_lokr_factors_give_the_dense_delta_and_its_spectrum(tmp_path, writer, kind):
     path, deltas = writer(tmp_path / f"{kind}.safetensors", SHAPES)
     weights = read_lora(path)
     assert weights.format == kind
-    assert any("not low rank" in w for w in weights.warnings)
+    assert any("LyCORIS factors" in w for w in weights.warnings)
     spectra = compute_spectra(weights)
     assert not spectra.low_rank.any()
     for kohya, delta in deltas.items():
         canonical = {
-            "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k":
-                "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k",
-            "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_out_0":
-                "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0",
-        }[kohya]  # fmt: skip
+            "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k": (
+                "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
+            ),
+            "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_out_0": (
+                "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0"
+            ),
+        }[kohya]
         layer = weights.layers[canonical]
         assert layer.kind == kind and layer.down is None
-        np.testing.assert_allclose(layer.delta * layer.scale, delta, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(layer.dense() * layer.scale, delta, rtol=1e-5, atol=1e-5)
         row = spectra.layers.index(canonical)
         full = np.linalg.svd(delta, compute_uv=False)[: spectra.width]
         # ΔW is stored float32, so compare against the top singular value's scale
@@ -258,17 +276,23 @@ def test_sdxl_kohya_sgm_names_and_text_encoders(tmp_path):
     tensors = {}
     for kohya, (d, k) in modules.items():
         down, up = _lowrank(rng, d, k)
-        tensors |= {f"{kohya}.lora_down.weight": down, f"{kohya}.lora_up.weight": up, f"{kohya}.alpha": np.float32(1)}
+        tensors |= {
+            f"{kohya}.lora_down.weight": down,
+            f"{kohya}.lora_up.weight": up,
+            f"{kohya}.alpha": np.float32(1),
+        }
     weights = read_lora(save(tmp_path / "sdxl.safetensors", tensors))
-    assert sorted(weights.layers) == sorted([
-        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k",
-        "unet.down_blocks.2.attentions.0.transformer_blocks.1.attn1.to_q",
-        "unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_v",
-        "unet.up_blocks.1.attentions.2.transformer_blocks.0.attn1.to_out.0",
-        "text_encoder.text_model.encoder.layers.0.self_attn.q_proj",
-        "text_encoder_2.text_model.encoder.layers.0.self_attn.k_proj",
-        "text_encoder_2.text_model.encoder.layers.0.mlp.fc1",
-    ])  # fmt: skip
+    assert sorted(weights.layers) == sorted(
+        [
+            "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k",
+            "unet.down_blocks.2.attentions.0.transformer_blocks.1.attn1.to_q",
+            "unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_v",
+            "unet.up_blocks.1.attentions.2.transformer_blocks.0.attn1.to_out.0",
+            "text_encoder.text_model.encoder.layers.0.self_attn.q_proj",
+            "text_encoder_2.text_model.encoder.layers.0.self_attn.k_proj",
+            "text_encoder_2.text_model.encoder.layers.0.mlp.fc1",
+        ]
+    )
     assert weights.backbone.name == "sdxl"
     assert weights.layers["unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"].scale == 0.5
 
@@ -294,7 +318,10 @@ def test_flux_kohya_names_kept_under_transformer(tmp_path):
         down, up = _lowrank(rng, d, k)
         tensors |= {f"{kohya}.lora_down.weight": down, f"{kohya}.lora_up.weight": up}
     weights = read_lora(save(tmp_path / "flux.safetensors", tensors, {"ss_base_model_version": "flux1"}))
-    assert sorted(weights.layers) == ["transformer.double_blocks.0.img_attn.qkv", "transformer.single_blocks.3.linear1"]
+    assert sorted(weights.layers) == [
+        "transformer.double_blocks.0.img_attn.qkv",
+        "transformer.single_blocks.3.linear1",
+    ]
     assert weights.backbone.name == "flux"
 
 
@@ -330,7 +357,10 @@ def _sdxl_kohya_tensors():
     tensors = {}
     for kohya, (d, k) in modules.items():
         down, up = _lowrank(rng, d, k)
-        tensors |= {f"{kohya}.lora_down.weight": torch.from_numpy(down), f"{kohya}.lora_up.weight": torch.from_numpy(up)}
+        tensors |= {
+            f"{kohya}.lora_down.weight": torch.from_numpy(down),
+            f"{kohya}.lora_up.weight": torch.from_numpy(up),
+        }
     return tensors
 
 
@@ -344,7 +374,9 @@ def test_kohya_names_agree_with_diffusers_own_lora_state_dict(tmp_path):
     from lora_wise.lora.formats.naming import canonical_dotted
 
     tensors = _sdxl_kohya_tensors()
-    converted, _ = StableDiffusionXLPipeline.lora_state_dict(dict(tensors), unet_config=SimpleNamespace(layers_per_block=2))
+    converted, _ = StableDiffusionXLPipeline.lora_state_dict(
+        dict(tensors), unet_config=SimpleNamespace(layers_per_block=2)
+    )
     theirs = sorted({canonical_dotted(split_key(key)[0]) for key in converted})
     mine = sorted(read_lora(save(tmp_path / "sdxl.safetensors", tensors)).layers)
     assert mine == theirs
@@ -364,24 +396,40 @@ def test_tucker_conv_layers_loha_and_locon_mid(tmp_path):
     rng = np.random.default_rng(5)
     dim, o, i = 2, 6, 5
     f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
-    t1, w1a, w1b, t2, w2a, w2b = f(dim, dim, 3, 3), f(dim, o), f(dim, i), f(dim, dim, 3, 3), f(dim, o), f(dim, i)
+    t1, w1a, w1b, t2, w2a, w2b = (
+        f(dim, dim, 3, 3),
+        f(dim, o),
+        f(dim, i),
+        f(dim, dim, 3, 3),
+        f(dim, o),
+        f(dim, i),
+    )
     loha = "lora_unet_down_blocks_0_resnets_0_conv1"
     up, mid, down = f(o, dim, 1, 1), f(dim, dim, 3, 3), f(dim, i, 1, 1)
     locon = "lora_unet_down_blocks_0_resnets_1_conv2"
     tensors = {
-        f"{loha}.hada_t1": t1, f"{loha}.hada_w1_a": w1a, f"{loha}.hada_w1_b": w1b,
-        f"{loha}.hada_t2": t2, f"{loha}.hada_w2_a": w2a, f"{loha}.hada_w2_b": w2b, f"{loha}.alpha": np.float32(1),
-        f"{locon}.lora_up.weight": up, f"{locon}.lora_mid.weight": mid, f"{locon}.lora_down.weight": down,
-    }  # fmt: skip
+        f"{loha}.hada_t1": t1,
+        f"{loha}.hada_w1_a": w1a,
+        f"{loha}.hada_w1_b": w1b,
+        f"{loha}.hada_t2": t2,
+        f"{loha}.hada_w2_a": w2a,
+        f"{loha}.hada_w2_b": w2b,
+        f"{loha}.alpha": np.float32(1),
+        f"{locon}.lora_up.weight": up,
+        f"{locon}.lora_mid.weight": mid,
+        f"{locon}.lora_down.weight": down,
+    }
     weights = read_lora(save(tmp_path / "tucker.safetensors", tensors))
     expected_loha = (_cp_by_loops(t1, w1a, w1b) * _cp_by_loops(t2, w2a, w2b)).reshape(o, -1) * 0.5
     got = weights.layers["unet.down_blocks.0.resnets.0.conv1"]
-    np.testing.assert_allclose(got.delta * got.scale, expected_loha, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.dense() * got.scale, expected_loha, rtol=1e-4, atol=1e-5)
     # LoCon Tucker: ΔW[o, i] = Σ up[o, a] mid[a, b, k, l] down[b, i]
     expected_locon = np.zeros((o, i, 3, 3))
     for a in range(dim):
         for b in range(dim):
-            expected_locon += np.outer(up[:, a, 0, 0], down[b, :, 0, 0])[:, :, None, None] * mid[a, b][None, None]
+            expected_locon += (
+                np.outer(up[:, a, 0, 0], down[b, :, 0, 0])[:, :, None, None] * mid[a, b][None, None]
+            )
     got = weights.layers["unet.down_blocks.0.resnets.1.conv2"]
     assert got.kind == "full" and got.scale == 1.0
-    np.testing.assert_allclose(got.delta, expected_locon.reshape(o, -1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.dense(), expected_locon.reshape(o, -1), rtol=1e-4, atol=1e-5)

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reader_helpers import raw_file, save, tiny_valid_file
 
-from lora_wise import InvalidLoraFile, NoLoraWeightsError, UnsafeFormatError, read_lora
+from lora_wise import InvalidLoraFile, NoLoraWeightsError, UnsafeFormatError, compute_spectra, read_lora
 from lora_wise.lora.safetensors_io import MAX_HEADER_BYTES, read_header
 
 NAME = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
@@ -110,14 +110,18 @@ def _header(dtype="F32", shape=(2, 3), offsets=(0, 24), extra=None):
         (raw_file(_header(dtype="F16"), b"\x00" * 24), "needs 12 bytes"),
         (raw_file(_header(), b"\x00" * 30), "trailing bytes"),
         (raw_file(_header(offsets=(8, 32)), b"\x00" * 32), "gap"),
-        (raw_file(_header(extra={"b": {"dtype": "F32", "shape": [6], "data_offsets": [0, 24]}}), b"\x00" * 24),
-         "overlap"),
+        (
+            raw_file(
+                _header(extra={"b": {"dtype": "F32", "shape": [6], "data_offsets": [0, 24]}}), b"\x00" * 24
+            ),
+            "overlap",
+        ),
         (raw_file(_header(offsets=(24, 0)), b"\x00" * 24), "end before"),
         (raw_file({"x": [1, 2]}), "not an object"),
         (raw_file({"a" * 5000: {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}}), "characters"),
         (struct.pack("<Q", 4000) + b"[" * 2000 + b"]" * 2000, "not valid JSON"),
     ],
-)  # fmt: skip
+)
 def test_malformed_container(tmp_path, data, match):
     _expect(_write(tmp_path, data), InvalidLoraFile, match)
 
@@ -126,12 +130,17 @@ def test_malformed_container(tmp_path, data, match):
 def test_nan_and_inf_values_rejected(tmp_path, bad):
     down = np.ones((2, 3), np.float32)
     down[1, 2] = bad
-    path = save(tmp_path / "x.safetensors", {f"{NAME}.lora_A.weight": down, f"{NAME}.lora_B.weight": np.ones((4, 2))})
+    path = save(
+        tmp_path / "x.safetensors", {f"{NAME}.lora_A.weight": down, f"{NAME}.lora_B.weight": np.ones((4, 2))}
+    )
     _expect(path, InvalidLoraFile, "NaN or Inf")
 
 
 def test_rank_mismatch(tmp_path):
-    path = save(tmp_path / "x.safetensors", {f"{NAME}.lora_A.weight": np.ones((2, 3)), f"{NAME}.lora_B.weight": np.ones((4, 3))})
+    path = save(
+        tmp_path / "x.safetensors",
+        {f"{NAME}.lora_A.weight": np.ones((2, 3)), f"{NAME}.lora_B.weight": np.ones((4, 3))},
+    )
     _expect(path, InvalidLoraFile, "rank mismatch")
 
 
@@ -171,12 +180,65 @@ def test_bad_adapter_config(tmp_path):
         read_lora(tmp_path)
 
 
-def test_huge_lokr_is_refused_not_allocated(tmp_path):
+def test_huge_lokr_gets_exact_spectra_without_allocating_its_dense_update(tmp_path):
+    """ΔW = kron(64×64, 100000×100000 of rank 1) would be 3·10¹³ elements; its σ are σ(w1)·‖w2a‖‖w2b‖."""
+    import tracemalloc
+
     kohya = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
-    path = save(tmp_path / "x.safetensors", {f"{kohya}.lokr_w1": np.ones((64, 64), np.float32),
-                                             f"{kohya}.lokr_w2_a": np.ones((100000, 1), np.float32),
-                                             f"{kohya}.lokr_w2_b": np.ones((1, 100000), np.float32)})  # fmt: skip
-    _expect(path, InvalidLoraFile, "cap")
+    w1 = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    path = save(
+        tmp_path / "x.safetensors",
+        {
+            f"{kohya}.lokr_w1": w1,
+            f"{kohya}.lokr_w2_a": np.full((100000, 1), 0.5, np.float32),
+            f"{kohya}.lokr_w2_b": np.full((1, 100000), 2.0, np.float32),
+        },
+    )
+    tracemalloc.start()
+    spectra = compute_spectra(read_lora(path), width=64)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB"
+    expected = (
+        np.linalg.svd(w1.astype(np.float64), compute_uv=False) * (0.5 * 2.0 * 100000) / 1
+    )  # alpha = dim = 1
+    np.testing.assert_allclose(spectra.ba[0], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shapes, match",
+    [
+        # w1 and w2 would broadcast to (4096, 4096) under numpy's `*`; LyCORIS never broadcasts
+        ({"hada_w1_a": (4096, 1), "hada_w1_b": (1, 1), "hada_w2_a": (1, 1), "hada_w2_b": (1, 4096)}, "w1 is"),
+        # equal shapes, but the dense update (inner 64·64 ≥ min side) would be 3·10¹⁰ elements
+        (
+            {
+                "hada_w1_a": (180000, 64),
+                "hada_w1_b": (64, 180000),
+                "hada_w2_a": (1, 64),
+                "hada_w2_b": (64, 1),
+            },
+            "w1 is",
+        ),
+        (
+            {
+                "hada_w1_a": (2**14, 128),
+                "hada_w1_b": (128, 2**14),
+                "hada_w2_a": (2**14, 128),
+                "hada_w2_b": (128, 2**14),
+            },
+            "cap",
+        ),
+        (
+            {"hada_w1_a": (8, 2), "hada_w1_b": (3, 8), "hada_w2_a": (8, 2), "hada_w2_b": (2, 8)},
+            "do not multiply",
+        ),
+    ],
+)
+def test_loha_factors_that_broadcast_or_explode_are_refused_before_allocating(tmp_path, shapes, match):
+    kohya = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
+    tensors = {f"{kohya}.{role}": np.zeros(shape, np.float16) for role, shape in shapes.items()}
+    _expect(save(tmp_path / "x.safetensors", tensors), InvalidLoraFile, match)
 
 
 def test_header_is_checked_before_safetensors_sees_the_file(tmp_path):
@@ -189,7 +251,9 @@ def test_header_is_checked_before_safetensors_sees_the_file(tmp_path):
 # --- property tests: only the documented error types may come out -----------------------
 
 ALLOWED = (InvalidLoraFile, NoLoraWeightsError)
-_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+_SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def _only_documented_errors(path):
@@ -221,7 +285,9 @@ def test_mutated_valid_files(tmp_path, flips, cut):
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -245,22 +311,43 @@ def test_mutated_headers(tmp_path, key, value):
 @_SETTINGS
 @given(
     names=st.lists(
-        st.sampled_from([
-            "lora_unet_down_blocks_0_attentions_0_proj_in", "unet.mid_block.attentions.0.proj_out",
-            "lora_te2_text_model_encoder_layers_0_mlp_fc1", "unet:0", "text_encoder:3",
-            "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k", "lora_unet_double_blocks_0_img_attn_qkv",
-        ]),
-        min_size=1, max_size=3,
+        st.sampled_from(
+            [
+                "lora_unet_down_blocks_0_attentions_0_proj_in",
+                "unet.mid_block.attentions.0.proj_out",
+                "lora_te2_text_model_encoder_layers_0_mlp_fc1",
+                "unet:0",
+                "text_encoder:3",
+                "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k",
+                "lora_unet_double_blocks_0_img_attn_qkv",
+            ]
+        ),
+        min_size=1,
+        max_size=3,
     ),
     suffixes=st.lists(
-        st.sampled_from([
-            ".lora_down.weight", ".lora_up.weight", ".alpha", ".dora_scale", ".hada_w1_a", ".hada_w2_b",
-            ".lokr_w1", ".lokr_w2_a", ".lora_mid.weight", ".lora_A.weight", ":up", ":down", "_lora_down.weight",
-        ]),
-        min_size=1, max_size=4,
+        st.sampled_from(
+            [
+                ".lora_down.weight",
+                ".lora_up.weight",
+                ".alpha",
+                ".dora_scale",
+                ".hada_w1_a",
+                ".hada_w2_b",
+                ".lokr_w1",
+                ".lokr_w2_a",
+                ".lora_mid.weight",
+                ".lora_A.weight",
+                ":up",
+                ":down",
+                "_lora_down.weight",
+            ]
+        ),
+        min_size=1,
+        max_size=4,
     ),
     shapes=st.lists(st.lists(st.integers(0, 5), max_size=4), min_size=1, max_size=4),
-)  # fmt: skip
+)
 def test_random_key_and_shape_soup(tmp_path, names, suffixes, shapes):
     tensors = {}
     for i, suffix in enumerate(suffixes):
@@ -270,19 +357,49 @@ def test_random_key_and_shape_soup(tmp_path, names, suffixes, shapes):
 
 @_SETTINGS
 @given(
-    prefix=st.sampled_from(["lora_unet_", "lora_te_", "lora_te2_", "lora_unet_unet_", "unet.", "base_model.model.", ""]),
+    prefix=st.sampled_from(
+        ["lora_unet_", "lora_te_", "lora_te2_", "lora_unet_unet_", "unet.", "base_model.model.", ""]
+    ),
     body=st.lists(
-        st.sampled_from(["input", "output", "middle", "blocks", "block", "0", "1", "4", "99", "attn2", "to", "k",
-                         "emb", "layers", "out", "in", "transformer", "double", "op", "skip", "connection", "", "x"]),
-        min_size=1, max_size=9,
+        st.sampled_from(
+            [
+                "input",
+                "output",
+                "middle",
+                "blocks",
+                "block",
+                "0",
+                "1",
+                "4",
+                "99",
+                "attn2",
+                "to",
+                "k",
+                "emb",
+                "layers",
+                "out",
+                "in",
+                "transformer",
+                "double",
+                "op",
+                "skip",
+                "connection",
+                "",
+                "x",
+            ]
+        ),
+        min_size=1,
+        max_size=9,
     ),
     sep=st.sampled_from(["_", "."]),
     role=st.sampled_from([".lora_down.weight", ".lora_A.weight", "_lora.down.weight", ".hada_w1_a"]),
-)  # fmt: skip
+)
 def test_random_module_names_through_the_name_converters(tmp_path, prefix, body, sep, role):
     module = prefix + sep.join(body)
     tensors = {module + role: np.ones((2, 3), np.float32)}
-    tensors[module + role.replace("down", "up").replace("_A", "_B").replace("w1_a", "w1_b")] = np.ones((4, 2), np.float32)
+    tensors[module + role.replace("down", "up").replace("_A", "_B").replace("w1_a", "w1_b")] = np.ones(
+        (4, 2), np.float32
+    )
     _only_documented_errors(save(tmp_path / "x.safetensors", tensors))
 
 

@@ -32,7 +32,10 @@ def _dense_sv(layer):
 )
 def test_ba_spectrum_equals_dense_svd(shapes):
     rng = np.random.default_rng(0)
-    layers = {f"unet.l.{i}": _layer(rng, f"unet.l.{i}", d, k, r, scale=0.25 * (i + 1)) for i, (d, k, r) in enumerate(shapes)}
+    layers = {
+        f"unet.l.{i}": _layer(rng, f"unet.l.{i}", d, k, r, scale=0.25 * (i + 1))
+        for i, (d, k, r) in enumerate(shapes)
+    }
     spectra = compute_spectra(LoraWeights(layers, "test"))
     for row, name in enumerate(spectra.layers):
         expected, norm = _dense_sv(layers[name])

@@ -26,11 +26,10 @@ _VERSION_PREFIXES = (  # ss_base_model_version / modelspec.architecture / sideca
 
 
 def _input_width(layer: LoraLayer) -> int | None:
-    if layer.down is not None:
-        return int(layer.down.shape[1])
-    if layer.delta is not None:
-        return int(layer.delta.reshape(layer.delta.shape[0], -1).shape[1])
-    return None
+    try:
+        return layer.shape[1]
+    except (IndexError, ValueError):  # a layer without any weights: no width to read
+        return None
 
 
 def from_shapes(layers: dict[str, LoraLayer]) -> tuple[str | None, list[str]]:
@@ -51,7 +50,9 @@ def from_names(names: Iterable[str], raw_keys: Iterable[str]) -> tuple[str | Non
     names = list(names)
     components = {name.split(".", 1)[0] for name in names}
     raw = list(raw_keys)
-    if any(".double_blocks." in n or ".single_blocks." in n or ".single_transformer_blocks." in n for n in names):
+    if any(
+        ".double_blocks." in n or ".single_blocks." in n or ".single_transformer_blocks." in n for n in names
+    ):
         return "flux", ["flux block names (double_blocks / single_blocks)"]
     if any(".joint_blocks." in n for n in names):
         return "sd3", ["sd3 block names (joint_blocks)"]
@@ -87,7 +88,12 @@ def from_metadata(meta: dict[str, str]) -> tuple[str | None, list[str]]:
 
 def fingerprint(layers: dict[str, LoraLayer], meta: dict[str, str], raw_keys: Iterable[str] = ()) -> Backbone:
     """The backbone verdict with its evidence: shapes win over names, names over metadata."""
-    votes = [from_shapes(layers), from_names(layers, raw_keys), from_metadata(meta), from_text_encoder(layers)]
+    votes = [
+        from_shapes(layers),
+        from_names(layers, raw_keys),
+        from_metadata(meta),
+        from_text_encoder(layers),
+    ]
     evidence = [clue for _, clues in votes for clue in clues]
     verdicts = [verdict for verdict, _ in votes if verdict]
     if not verdicts:
@@ -100,7 +106,7 @@ def fingerprint(layers: dict[str, LoraLayer], meta: dict[str, str], raw_keys: It
 
 
 def from_text_encoder(layers: dict[str, LoraLayer]) -> tuple[str | None, list[str]]:
-    """Text-encoder-only LoRAs: CLIP width 1024 is SD2's OpenCLIP-H; 768 is CLIP-L (SD1.x, or SDXL's first)."""
+    """Text-encoder-only: CLIP width 1024 is SD2's OpenCLIP-H; 768 is CLIP-L (SD1.x or SDXL's first)."""
     widths = {
         _input_width(layer)
         for name, layer in layers.items()

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from lora_wise.errors import InvalidLoraFile, NoLoraWeightsError, UnsafeFormatError
+from lora_wise.lora.checks import declared_conflicts
 from lora_wise.lora.fingerprint import fingerprint
 from lora_wise.lora.formats import ScalePolicy, parse_state_dict
 from lora_wise.lora.metadata import alpha_configs, parse_declared
-from lora_wise.lora.safetensors_io import PICKLE_SUFFIXES, read_safetensors, refuse_unsafe
+from lora_wise.lora.safetensors_io import PICKLE_SUFFIXES, display_name, read_safetensors, refuse_unsafe
 from lora_wise.lora.weights import LoraWeights
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -38,12 +39,17 @@ def _pick_in_folder(folder: Path) -> Path:
     if len(candidates) == 1:
         return candidates[0]
     if len(candidates) > 1:
-        shown = ", ".join(p.name for p in candidates[:3])
-        raise InvalidLoraFile(f"{folder.name}/: {len(candidates)} .safetensors files ({shown}...); pass one file")
+        shown = ", ".join(display_name(p) for p in candidates[:3])
+        raise InvalidLoraFile(
+            f"{display_name(folder)}/: {len(candidates)} .safetensors files ({shown}...); pass one file"
+        )
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
-        raise UnsafeFormatError(f"{folder.name}/: only pickle-based weights ({pickles[0]}); refused, not opened")
-    raise NoLoraWeightsError(f"{folder.name}/: no .safetensors file in this folder")
+        raise UnsafeFormatError(
+            f"{display_name(folder)}/: only pickle-based weights ({display_name(pickles[0])}); "
+            "refused, not opened"
+        )
+    raise NoLoraWeightsError(f"{display_name(folder)}/: no .safetensors file in this folder")
 
 
 def _peft_config(folder: Path) -> dict[str, Any] | None:
@@ -62,7 +68,9 @@ def _peft_config(folder: Path) -> dict[str, Any] | None:
 
 
 def _dominant_dtype(dtypes: dict[str, str], used: set[str]) -> str:
-    counts = Counter(dtype for key, dtype in dtypes.items() if key in used and dtype in ("F32", "F16", "BF16", "F64"))
+    counts = Counter(
+        dtype for key, dtype in dtypes.items() if key in used and dtype in ("F32", "F16", "BF16", "F64")
+    )
     return counts.most_common(1)[0][0] if counts else "F32"
 
 
@@ -71,29 +79,36 @@ def read_lora(path: str | os.PathLike) -> LoraWeights:
     try:
         return _read(Path(path))
     except OSError as exc:  # unreadable file, vanished mid-read, I/O error: still a one-line input error
-        raise InvalidLoraFile(f"{Path(path).name}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+        raise InvalidLoraFile(
+            f"{display_name(path)}: cannot be read ({exc.strerror or type(exc).__name__})"
+        ) from None
 
 
 def _read(path: Path) -> LoraWeights:
     if not path.exists():
-        raise InvalidLoraFile(f"{path}: no such file or folder")
+        raise InvalidLoraFile(
+            f"{os.fsencode(path).decode('utf-8', 'backslashreplace')}: no such file or folder"
+        )
     peft_config = None
     if path.is_dir():
         peft_config = _peft_config(path)
         path = _pick_in_folder(path)
     elif not path.is_file():
-        raise InvalidLoraFile(f"{path.name}: not a regular file")
+        raise InvalidLoraFile(f"{display_name(path)}: not a regular file")
     refuse_unsafe(path)
     loaded = read_safetensors(path)
-    policy = ScalePolicy(alpha_configs(loaded.metadata, peft_config, path.name))
-    parsed = parse_state_dict(loaded.tensors, path.name, policy)
-    return LoraWeights(
+    policy = ScalePolicy(alpha_configs(loaded.metadata, peft_config, display_name(path)))
+    parsed = parse_state_dict(loaded.tensors, display_name(path), policy)
+    declared = parse_declared(loaded.metadata, peft_config)
+    weights = LoraWeights(
         layers=parsed.layers,
         format=parsed.format,
         backbone=fingerprint(parsed.layers, loaded.metadata, loaded.tensors.keys()),
-        declared=parse_declared(loaded.metadata, peft_config),
+        declared=declared,
         dtype=_dominant_dtype(loaded.dtypes, set(loaded.tensors)),
         header_metadata=loaded.metadata,
         source=str(path),
-        warnings=parsed.warnings,
+        warnings=parsed.warnings + (declared.warnings if declared else []),
     )
+    weights.warnings += declared_conflicts(weights)
+    return weights

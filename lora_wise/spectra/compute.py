@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lora_wise.lora.weights import LoraLayer, LoraWeights
+from lora_wise.lora.formats.lycoris import loha_uses_factors
+from lora_wise.lora.weights import Factor, LoraLayer, LoraWeights
 
 
 def natural_key(name: str) -> list:
@@ -80,10 +81,6 @@ class Spectra:
         return Spectra(list(layers), out["a"], out["b"], out["ba"], fro, low)
 
 
-#: Layers converted to float64 at once: bounds the transient memory to a few layers' worth.
-_CHUNK = 8
-
-
 def _gram_root(gram: np.ndarray) -> np.ndarray:
     """A stack of r×r roots M with MᵀM = gram: Cholesky's Lᵀ when every Gram is positive
     definite (trained layers), else D^½Vᵀ from eigh, which also takes singular ones (B = 0)."""
@@ -98,36 +95,78 @@ def _gram_singular_values(gram: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None))[:, ::-1]
 
 
-def _grams(layers: list[LoraLayer]) -> tuple[np.ndarray, np.ndarray]:
-    """BᵀB and A·Aᵀ in float64 for same-shaped layers, converting a few layers at a time."""
-    grams_b, grams_a = [], []
-    for start in range(0, len(layers), _CHUNK):
-        chunk = layers[start : start + _CHUNK]
-        ups = np.stack([layer.up for layer in chunk]).astype(np.float64)
-        downs = np.stack([layer.down for layer in chunk]).astype(np.float64)
-        grams_b.append(np.swapaxes(ups, 1, 2) @ ups)
-        grams_a.append(downs @ np.swapaxes(downs, 1, 2))
-    return np.concatenate(grams_b), np.concatenate(grams_a)
+def _grams(ups: list[np.ndarray], downs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """BᵀB and A·Aᵀ in float64 for same-shaped factors.
+
+    One layer at a time: its float64 copy is freed (and its memory reused) before the next, so
+    the conversion stays in cache and never faults in fresh pages; stacking the factors first
+    measured twice as slow on an SDXL file (scripts/bench_spectra.py --model sdxl).
+    """
+    r = ups[0].shape[1]
+    gram_b, gram_a = np.empty((len(ups), r, r)), np.empty((len(ups), r, r))
+    for i, (up, down) in enumerate(zip(ups, downs, strict=True)):
+        up64, down64 = up.astype(np.float64), down.astype(np.float64)
+        np.matmul(up64.T, up64, out=gram_b[i])
+        np.matmul(down64, down64.T, out=gram_a[i])
+    return gram_b, gram_a
 
 
-def _low_rank_group(layers: list[LoraLayer]):
-    """σ(A), σ(B), σ(scale·B·A) for same-shaped layers."""
-    gram_b, gram_a = _grams(layers)
+def _pair_spectra(ups: list[np.ndarray], downs: list[np.ndarray]):
+    """σ(A), σ(B), σ(B·A) for same-shaped pairs B (d×r), A (r×k), unscaled."""
+    gram_b, gram_a = _grams(ups, downs)
     sv_b, sv_a = _gram_singular_values(gram_b), _gram_singular_values(gram_a)
     sv_ba = np.linalg.svd(_gram_root(gram_b) @ np.swapaxes(_gram_root(gram_a), 1, 2), compute_uv=False)
     # Past min(d, r) (resp. min(k, r)) singular values are zero by construction; the Gram route
     # would leave round-off there (about √ε·σ₁), so write the exact zeros.
-    (d, r), k = layers[0].up.shape, layers[0].down.shape[1]
+    (d, r), k = ups[0].shape, downs[0].shape[1]
     sv_b[:, min(d, r) :] = 0.0
     sv_a[:, min(k, r) :] = 0.0
     sv_ba[:, min(d, k, r) :] = 0.0
+    return sv_a, sv_b, sv_ba
+
+
+def _low_rank_group(layers: list[LoraLayer]):
+    """σ(A), σ(B), σ(scale·B·A) for same-shaped layers."""
+    sv_a, sv_b, sv_ba = _pair_spectra([layer.up for layer in layers], [layer.down for layer in layers])
     scales = np.array([layer.scale for layer in layers], dtype=np.float64)
     return sv_a, sv_b, sv_ba * np.abs(scales)[:, None]
 
 
-def _dense_singular_values(layer: LoraLayer) -> np.ndarray:
-    delta = np.asarray(layer.delta, dtype=np.float64).reshape(layer.delta.shape[0], -1)
-    return np.linalg.svd(delta * layer.scale, compute_uv=False)
+def _product_singular_values(up: np.ndarray, down: np.ndarray | None) -> np.ndarray:
+    """Every singular value of ``up @ down`` (of ``up`` when ``down`` is None), descending."""
+    if down is None:
+        return np.linalg.svd(up.astype(np.float64), compute_uv=False)
+    d, r, k = up.shape[0], up.shape[1], down.shape[1]
+    if r >= min(d, k):  # the Gram route only pays below full rank
+        return np.linalg.svd(up.astype(np.float64) @ down.astype(np.float64), compute_uv=False)
+    return _pair_spectra([up], [down])[2][0, : min(d, k, r)]
+
+
+def _loha_singular_values(f1: Factor, f2: Factor) -> np.ndarray:
+    """(U1V1) ⊙ (U2V2) = (U1 • U2)(V1ᵀ • V2ᵀ)ᵀ, • the face-splitting (row-wise Kronecker) product."""
+    (d, k), inner = f1.shape, f1.inner * f2.inner
+    if not loha_uses_factors(d, k, inner):
+        return np.linalg.svd(f1.dense() * f2.dense(), compute_uv=False)
+    up = (f1.up[:, :, None] * f2.up[:, None, :]).reshape(d, inner)
+    down = (f1.down[:, None, :] * f2.down[None, :, :]).reshape(inner, k)
+    return _product_singular_values(up, down)
+
+
+def structured_singular_values(layer: LoraLayer) -> np.ndarray:
+    """Every singular value of an unscaled LyCORIS (or hand-built dense) ΔW, descending, exactly.
+
+    LoKr: σ(kron(W1, W2)) = {σᵢ(W1)·σⱼ(W2)}; LoHa: the face-splitting factorisation above;
+    Tucker LoCon: one factor pair. Only the small factors are ever multiplied out.
+    """
+    if layer.delta is not None:
+        return np.linalg.svd(layer.dense(), compute_uv=False)
+    if layer.kind == "lokr":
+        s1, s2 = (_product_singular_values(f.up, f.down) for f in layer.factors)
+        return np.sort(np.outer(s1, s2).ravel())[::-1]
+    if layer.kind == "loha":
+        return _loha_singular_values(*layer.factors)
+    (factor,) = layer.factors
+    return _product_singular_values(factor.up, factor.down)
 
 
 def _fill(row: np.ndarray, values: np.ndarray) -> None:
@@ -138,31 +177,30 @@ def _fill(row: np.ndarray, values: np.ndarray) -> None:
 def compute_spectra(weights: LoraWeights, width: int | None = None) -> Spectra:
     """Spectra of every layer of ``weights``.
 
-    ``width`` defaults to the largest rank among low-rank layers (or 64 if the LoRA is
-    all dense); dense layers keep their top ``width`` singular values.
+    ``width`` defaults to the largest rank (LyCORIS: declared dim) among the layers (or 64 if
+    no layer declares one); LyCORIS layers keep their top ``width`` singular values.
     """
     layers = sorted(weights.layers.values(), key=lambda layer: natural_key(layer.name))
-    ranks = [layer.rank for layer in layers if layer.low_rank]
+    ranks = [layer.rank for layer in layers if layer.rank > 0]
     width = width or (max(ranks) if ranks else 64)
     n = len(layers)
     a, b, ba = (np.zeros((n, width)) for _ in range(3))
     low = np.array([layer.low_rank for layer in layers], dtype=bool)
+    fro = np.zeros(n)
 
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, layer in enumerate(layers):
         if layer.low_rank:
             groups[(layer.up.shape, layer.down.shape)].append(i)
         else:
-            _fill(ba[i], _dense_singular_values(layer))
+            values = structured_singular_values(layer) * abs(layer.scale)
+            _fill(ba[i], values)
+            fro[i] = float(np.sqrt(np.sum(values**2)))  # from every σ, not only the top ``width``
     for members in groups.values():
         for j, (sa, sb, sba) in enumerate(zip(*_low_rank_group([layers[i] for i in members]), strict=True)):
             i = members[j]
             _fill(a[i], sa)
             _fill(b[i], sb)
             _fill(ba[i], sba)
-    fro = np.sqrt(np.sum(ba**2, axis=1))
-    # Dense layers may have more than ``width`` singular values: their norm needs all of them.
-    for i, layer in enumerate(layers):
-        if not layer.low_rank:
-            fro[i] = float(np.linalg.norm(np.asarray(layer.delta, dtype=np.float64) * layer.scale))
+    fro[low] = np.sqrt(np.sum(ba[low] ** 2, axis=1))
     return Spectra([layer.name for layer in layers], a, b, ba, fro, low)

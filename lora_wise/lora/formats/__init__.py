@@ -34,11 +34,15 @@ def _alpha_value(roles: dict[str, np.ndarray], name: str, source: str) -> float 
     if alpha is None:
         return None
     if alpha.size != 1:
-        raise InvalidLoraFile(f"{source}: layer {name}: alpha must be a scalar, got shape {list(alpha.shape)}")
+        raise InvalidLoraFile(
+            f"{source}: layer {name}: alpha must be a scalar, got shape {list(alpha.shape)}"
+        )
     return float(alpha.reshape(-1)[0])
 
 
-def _build(name: str, roles: dict[str, np.ndarray], family: str, policy: ScalePolicy, source: str) -> LoraLayer:
+def _build(
+    name: str, roles: dict[str, np.ndarray], family: str, policy: ScalePolicy, source: str
+) -> LoraLayer:
     alpha = _alpha_value(roles, name, source)
     if any(role.startswith("hada_") for role in roles):
         layer, dim = loha_layer(name, roles, source)
@@ -50,7 +54,9 @@ def _build(name: str, roles: dict[str, np.ndarray], family: str, policy: ScalePo
         layer = low_rank_layer(name, roles, source)
         dim = layer.rank
     else:
-        raise InvalidLoraFile(f"{source}: layer {name}: {'/'.join(sorted(roles))} without any down/up weights")
+        raise InvalidLoraFile(
+            f"{source}: layer {name}: {'/'.join(sorted(roles))} without any down/up weights"
+        )
     if dim is None:  # LoKr with two full factors: LyCORIS applies no alpha scaling
         layer.alpha, layer.scale = alpha, 1.0
     else:
@@ -82,17 +88,22 @@ def _warnings(layers: dict[str, LoraLayer], ignored: list[str]) -> list[str]:
     if dense:
         n = sum(not layer.low_rank for layer in layers.values())
         out.append(
-            f"{n} {'/'.join(dense)} layers are not low rank: their dense ΔW was rebuilt; "
-            "σ(A) and σ(B) are zero for them"
+            f"{n} {'/'.join(dense)} layers are not LoRA products: their exact spectra come from their "
+            "LyCORIS factors; σ(A) and σ(B) are zero for them"
         )
     if any(layer.kind == "dora" for layer in layers.values()):
-        out.append("DoRA: dora_scale kept, but spectra describe scale·B·A only (the magnitude step needs the base weight)")
+        out.append(
+            "DoRA: dora_scale kept, but spectra describe scale·B·A only "
+            "(the magnitude step needs the base weight)"
+        )
     if ignored:
         out.append(f"ignored {len(ignored)} non-LoRA tensors (e.g. {ignored[0]!r})")
     return out
 
 
-def parse_state_dict(tensors: dict[str, np.ndarray], source: str, policy: ScalePolicy | None = None) -> ParsedLora:
+def parse_state_dict(
+    tensors: dict[str, np.ndarray], source: str, policy: ScalePolicy | None = None
+) -> ParsedLora:
     """Canonical layers of a raw state dict; ``source`` names the file in error messages."""
     policy = policy or ScalePolicy()
     if is_cloneofsimo(list(tensors)):
@@ -103,7 +114,10 @@ def parse_state_dict(tensors: dict[str, np.ndarray], source: str, policy: ScaleP
         parts, warnings, ignored = grouped.parts, [], grouped.ignored
         families, family_of = grouped.families, grouped.family_of
         peft_prefixed = any(key.startswith("base_model.model.") for key in grouped.first_key.values())
-    layers = {name: _build(name, roles, family_of.get(name, "diffusers"), policy, source) for name, roles in parts.items()}
+    layers = {
+        name: _build(name, roles, family_of.get(name, "diffusers"), policy, source)
+        for name, roles in parts.items()
+    }
     if not layers:
         raise NoLoraWeightsError(f"{source}: no LoRA layers found among {len(tensors)} tensors")
     fmt = _format_name(layers, families, peft_prefixed)

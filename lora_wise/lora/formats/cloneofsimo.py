@@ -43,7 +43,11 @@ def unet_order(with_geglu: bool) -> list[str]:
 
 
 def text_encoder_order(n_layers: int) -> list[str]:
-    return [f"text_encoder.text_model.encoder.layers.{i}.self_attn.{p}" for i in range(n_layers) for p in _CLIP_ATTN]
+    return [
+        f"text_encoder.text_model.encoder.layers.{i}.self_attn.{p}"
+        for i in range(n_layers)
+        for p in _CLIP_ATTN
+    ]
 
 
 def _names(component: str, count: int) -> list[str] | None:
@@ -57,7 +61,9 @@ def _names(component: str, count: int) -> list[str] | None:
     return None
 
 
-def group_positional(tensors: dict[str, np.ndarray], source: str) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
+def group_positional(
+    tensors: dict[str, np.ndarray], source: str
+) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
     """(parts by canonical name, warnings). Non-positional tensors (token embeddings) are skipped."""
     by_component: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     skipped = []
@@ -71,14 +77,18 @@ def group_positional(tensors: dict[str, np.ndarray], source: str) -> tuple[dict[
     parts: dict[str, dict[str, np.ndarray]] = {}
     warnings = []
     if skipped:
-        warnings.append(f"ignored {len(skipped)} non-LoRA tensors (e.g. {skipped[0]!r}, a learned token embedding)")
+        warnings.append(
+            f"ignored {len(skipped)} non-LoRA tensors (e.g. {skipped[0]!r}, a learned token embedding)"
+        )
     for component, positions in by_component.items():
         count = max(positions) + 1
         if len(positions) != count:  # unique non-negative indices: this means 0..count-1 exactly
             raise InvalidLoraFile(f"{source}: positional {component} layers are not numbered 0..{count - 1}")
         names = _names(component, count)
         if names is None:
-            warnings.append(f"{count} positional {component} layers do not fit the SD1.x/SD2.x layout: named by position")
+            warnings.append(
+                f"{count} positional {component} layers do not fit the SD1.x/SD2.x layout: named by position"
+            )
             names = [f"{component}.position_{i}" for i in range(count)]
         for i, name in enumerate(names):
             parts[name] = positions[i]

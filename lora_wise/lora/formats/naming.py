@@ -13,6 +13,8 @@ from __future__ import annotations
 from functools import lru_cache
 from types import SimpleNamespace
 
+from lora_wise.lora.formats.kohya_keys import convert_text_encoder_key, convert_unet_key, map_sgm_blocks
+
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "prior")
 TEXT_COMPONENTS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
@@ -31,7 +33,15 @@ _OLD_UNET = {"to_q_lora": "to_q", "to_k_lora": "to_k", "to_v_lora": "to_v", "to_
 _OLD_TEXT = {"to_q_lora": "q_proj", "to_k_lora": "k_proj", "to_v_lora": "v_proj", "to_out_lora": "out_proj"}
 
 _CLIP_ROOTS = ("encoder.layers.", "embeddings.", "final_layer_norm")
-_UNET_ROOTS = ("down_blocks", "mid_block", "up_blocks", "conv_in", "conv_out", "time_embedding", "add_embedding")
+_UNET_ROOTS = (
+    "down_blocks",
+    "mid_block",
+    "up_blocks",
+    "conv_in",
+    "conv_out",
+    "time_embedding",
+    "add_embedding",
+)
 _TRANSFORMER_ROOTS = (
     "transformer_blocks", "single_transformer_blocks", "double_blocks", "single_blocks", "joint_blocks",
     "context_embedder", "x_embedder", "time_text_embed", "proj_out", "norm_out", "pos_embed",
@@ -74,7 +84,7 @@ def infer_component(path: str) -> str:
 
 
 def normalize_dotted(component: str, path: str) -> str:
-    """Fold processor/old spellings into the module path: ``attn1.processor.to_out_lora`` -> ``attn1.to_out.0``."""
+    """Fold old spellings into the path (``attn1.processor.to_out_lora`` -> ``attn1.to_out.0``)."""
     path = path.replace(".processor.", ".")
     if path.endswith(".processor"):
         path = path[: -len(".processor")]
@@ -126,11 +136,6 @@ def _kohya_big_model(rest: str) -> str:
 
 def kohya_unet_paths(rests: list[str]) -> dict[str, str]:
     """Map kohya UNet names (prefix stripped) to diffusers paths, sgm block names included."""
-    from diffusers.loaders.lora_conversion_utils import (
-        _convert_unet_lora_key,
-        _maybe_map_sgm_blocks_to_diffusers,
-    )
-
     out: dict[str, str] = {}
     plain = []
     for rest in rests:
@@ -139,24 +144,24 @@ def kohya_unet_paths(rests: list[str]) -> dict[str, str]:
         else:
             plain.append(rest)
     keyed = {f"lora_unet_{rest}.lora_down.weight": rest for rest in plain}
-    sgm = {k: k for k in keyed if any(block in k for block in ("input_blocks", "middle_block", "output_blocks"))}
+    sgm = {
+        k: k for k in keyed if any(block in k for block in ("input_blocks", "middle_block", "output_blocks"))
+    }
     renamed = {k: k for k in keyed if k not in sgm}
     # Only the sgm names go through the block map (diffusers drops them when both spellings mix);
     # it moves each value to its renamed key, so values = old keys give us the map.
     try:
-        renamed.update({new: old for new, old in _maybe_map_sgm_blocks_to_diffusers(sgm, _sgm_config()).items()})
+        renamed.update(map_sgm_blocks(list(sgm), _sgm_config().layers_per_block))
     except (ValueError, IndexError, KeyError):
         renamed.update({k: k for k in sgm})  # unusual sgm names: keep them as they are
     for key in keyed.keys() - set(renamed.values()):  # any key the block map might have dropped
         renamed[key] = key
     for new, old in renamed.items():
-        out[keyed[old]] = _strip_known_tail(_convert_unet_lora_key(new))
+        out[keyed[old]] = _strip_known_tail(convert_unet_key(new))
     return out
 
 
 def kohya_text_path(rest: str) -> str:
     """Map a kohya text-encoder name (prefix stripped) to the CLIP/T5 module path."""
-    from diffusers.loaders.lora_conversion_utils import _convert_text_encoder_lora_key
-
     key = f"lora_te_{rest}.lora_down.weight"
-    return _strip_known_tail(_convert_text_encoder_lora_key(key, f"lora_te_{rest}"))
+    return _strip_known_tail(convert_text_encoder_key(key, f"lora_te_{rest}"))
