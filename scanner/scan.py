@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_wise import LoraWeights, compute_spectra, read_lora
-from lora_wise.errors import LoraWiseError, NoLoraWeightsError, UnsafeFormatError, one_line
+from lora_wise.errors import LoraWiseError, one_line
 from lora_wise.estimation.bank import Bank, bank_for, quoted_self_check
 from lora_wise.spectra.compute import Spectra
 
@@ -20,6 +20,7 @@ from .download import DEFAULT_MAX_SIZE
 from .errors import FetchError, TargetError
 from .report import ScanReport, estimate_label
 from .sources import FetchedFile, fetched
+from .status import Status, status_of
 
 #: Below this applicability (a conformal p-value: ~1 % of LoRAs like the references fall under
 #: it) no number is given; nor when the LoRA is farther than every reference (see Estimate).
@@ -43,8 +44,7 @@ def scan_all(
     except TargetError:
         raise
     except FetchError as exc:
-        status = "unsafe" if isinstance(exc, UnsafeFormatError) else "no-lora" if isinstance(exc, NoLoraWeightsError) else "error"
-        return [ScanReport(target=target, status=status, error=one_line(exc), source={"kind": "fetch"})]
+        return [ScanReport(target=target, status=status_of(exc), error=one_line(exc), source={"kind": "fetch"})]
 
 
 def scan(target: str, **options: Any) -> ScanReport:
@@ -70,14 +70,10 @@ def scan_file(
     report = ScanReport(target=target, source=source)
     try:
         weights = read_lora(_readable_path(fetched_file))
-    except UnsafeFormatError as exc:
-        report.status, report.error = "unsafe", f"unsafe format, not scanned: {one_line(exc)}"
-        return report
-    except NoLoraWeightsError as exc:
-        report.status, report.error = "no-lora", one_line(exc)
-        return report
     except LoraWiseError as exc:
-        report.status, report.error = "error", one_line(exc)
+        report.status, report.error = status_of(exc), one_line(exc)
+        if report.status is Status.UNSAFE:
+            report.error = f"unsafe format, not scanned: {report.error}"
         return report
     _describe(report, weights)
     spectra = compute_spectra(weights)
@@ -102,6 +98,7 @@ def _describe(report: ScanReport, weights: LoraWeights) -> None:
     report.dtype = weights.dtype
     report.declared = weights.declared.as_dict() if weights.declared else None
     report.warnings.extend(weights.warnings)
+    report.findings.extend(weights.conflicts)
     if "unet" not in report.components and "transformer" not in report.components:
         report.warnings.append("text-encoder-only LoRA: dataset-size estimates are made from UNet layers")
 

@@ -89,7 +89,7 @@ def test_pickle_is_refused_and_never_loaded(tmp_path):
     evil = tmp_path / "model.ckpt"
     evil.write_bytes(b"\x80\x04\x95" + f"os.system touch {marker}".encode())
     report = scan(str(evil))
-    assert report.status == "unsafe" and report.exit_code == 2
+    assert report.status == "unsafe" and report.exit_code == 1  # a finding
     assert not marker.exists()
 
 
@@ -122,12 +122,12 @@ def test_cli_json_and_exit_codes(tmp_path, bank_and_heldout):
     runner = CliRunner()
     out = runner.invoke(cli, [str(heldout[0]), "--json", "--bank-dir", str(bank_dir), "--force-estimate"])
     assert out.exit_code == 0, out.output
-    data = json.loads(out.stdout)
+    (data,) = json.loads(out.stdout)["reports"]
     assert data["status"] == "ok" and data["estimate"]["label"].startswith("about ")
     assert set(data["estimate"]["votes"]) <= {"1", "10", "20"}
     evil = tmp_path / "x.pt"
     evil.write_bytes(b"PK\x03\x04rest")
-    assert run(cli, [str(evil), "--json"]) == 2
+    assert run(cli, [str(evil), "--json"]) == 1
     empty = tmp_path / "empty.safetensors"
     header = json.dumps({"__metadata__": {"a": "b"}}).encode()
     empty.write_bytes(len(header).to_bytes(8, "little") + header)

@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from lora_wise.cli.tools import EXIT_CODES_HELP, print_json
+from lora_wise.cli.tools import exit_codes_help, print_json
 
 EPILOG = (
     "\b\nExamples:\n"
@@ -24,8 +24,7 @@ EPILOG = (
     "                                   # {glob: \"${IMAGENET_ROOT}/n*\", kind: imagenet, count: 50}\n"
     "  steps: 1400                      # optional; default: the paper's per range\n"
     "  snapshot_every: 100\n"
-    "\b\nExit codes:\n  0  ok (every planned job finished)\n  1  some jobs failed (rerun to retry them)\n"
-    + EXIT_CODES_HELP.split("  0  ok\n", 1)[1]
+    + exit_codes_help("ok (every planned job finished)", "some jobs failed (rerun the same command to retry them)")
 )
 
 

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lora_wise.errors import LoraWiseError, one_line
 
 from ..download import DEFAULT_MAX_SIZE, RetryPolicy, format_size
+from ..status import Status
 from .dispatch import dispatcher
 from .listing import Listing, discover
 from .state import FINAL, CrawlState, Row, exclusive
@@ -151,9 +152,9 @@ def record(state: CrawlState, row: Row, future: Future, options: CrawlOptions) -
     try:
         outcome = future.result()
     except Exception as exc:  # the worker died (Ray lost it, or a bug): a transient fault of the crawl
-        outcome = {"status": "retry", "error": f"the task died: {type(exc).__name__}: {one_line(exc)}"[:500]}
+        outcome = {"status": Status.RETRY, "error": f"the task died: {type(exc).__name__}: {one_line(exc)}"[:500]}
     nbytes = int(outcome.get("bytes") or 0)
-    if outcome["status"] != "retry":
+    if outcome["status"] != Status.RETRY:
         state.finish(row.target, outcome["status"], error=outcome.get("error"), header=outcome.get("header"),
                      result=outcome.get("result"), nbytes=nbytes)  # fmt: skip
         return nbytes
