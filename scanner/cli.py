@@ -200,7 +200,8 @@ def _render_inspect(summary: dict[str, Any], out: Console) -> None:
         out.print(f"[bold red]finding:[/] {shown(finding)}")
     if "metadata" not in summary:
         return
-    table = Table(title="Header metadata (__metadata__), as the file has it", title_justify="left")
+    out.print("[bold]Header metadata[/] (__metadata__, every key as the file has it)")
+    table = Table()
     table.add_column("key", style="cyan", overflow="fold")
     table.add_column("value", overflow="fold")
     for key, value in sorted(summary["metadata"].items()):
