@@ -75,3 +75,9 @@ def one_line(exc: BaseException) -> str:
     """An error as one line (messages may hold newlines from servers or files): what every
     outcome row, log line and CLI error shows."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class DocNotFound(LoraWiseError, LookupError):
+    """``docs NAME`` with a name that is not in the list: a usage error."""
+
+    exit_code = EXIT_USAGE

@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 
 from lora_wise._text import shown, shown_tree
+from lora_wise.cli.docs import docs
 from lora_wise.cli.tools import (
     CONTEXT_SETTINGS,
     DOCS_HINT,
@@ -211,23 +212,8 @@ def _render_inspect(summary: dict[str, Any], out: Console) -> None:
     out.print(table)
 
 
-@cli.command(epilog=EPILOG)
-@click.argument("name", required=False)
-def docs(name: str | None) -> None:
-    """Print a document installed with the package; without NAME, list them.
-
-    \b
-    Examples:
-      lora-scan docs                  the list
-      lora-scan docs scan-json        the --json envelope, field by field
-      lora-scan docs scan.schema.json the JSON Schema of that envelope
-    """
-    from .docs import document, listing
-
-    click.echo(document(name) if name else listing())
-
-
 register_crawl(cli)
+cli.add_command(docs)
 
 
 def _json_error(args: list[str], message: str, code: int) -> None:

@@ -72,8 +72,3 @@ class StateError(LoraWiseError):
 
     exit_code = 2
 
-
-class DocNotFound(LoraWiseError, LookupError):
-    """``lora-scan docs NAME`` with a name that is not in the list: a usage error."""
-
-    exit_code = 4

@@ -1,4 +1,5 @@
-"""``ScanReport``: one scanned LoRA. Every output (terminal panel, JSON, crawl tables) renders this one object.
+"""``ScanReport``: one scanned LoRA. Every output (terminal panel, JSON, crawl tables) renders this one
+object.
 
 Everything in a report that came from outside (names, metadata, server messages, the target) is
 put on the terminal through ``shown``: no markup, no escape sequences, one line each.
@@ -86,8 +87,19 @@ def _declared_table(declared: dict[str, Any] | None) -> Table | str:
     table = Table(title="Declared by the file", title_justify="left", show_header=False, box=None)
     table.add_column(style="cyan")
     table.add_column()
-    for key in ("unique_images", "num_train_images", "repeats", "steps", "epochs", "batch_size",
-                "learning_rate", "network_dim", "network_alpha", "base_model", "base_model_version"):
+    for key in (
+        "unique_images",
+        "num_train_images",
+        "repeats",
+        "steps",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "network_dim",
+        "network_alpha",
+        "base_model",
+        "base_model_version",
+    ):
         if declared.get(key) not in (None, {}, ""):
             table.add_row(key.replace("_", " "), shown(declared[key]))
     return table
@@ -97,7 +109,9 @@ def _estimate_block(report: ScanReport) -> Table | str:
     if report.estimate is None:
         return f"[yellow]No estimate:[/] {shown(report.estimate_absent_reason or 'not computed')}"
     est = report.estimate
-    table = Table(title="Estimated fine-tuning dataset size", title_justify="left", show_header=False, box=None)
+    table = Table(
+        title="Estimated fine-tuning dataset size", title_justify="left", show_header=False, box=None
+    )
     table.add_column(style="bold green")
     table.add_column()
     table.add_row("estimate", f"[bold]{estimate_label(est)}[/] images")
@@ -108,7 +122,8 @@ def _estimate_block(report: ScanReport) -> Table | str:
     if report.truth is not None:
         table.add_row("true size", f"[bold]{report.truth}[/] (known for this example)")
     if report.bank:
-        table.add_row("bank", f"{shown(report.bank.get('name'))} ({report.bank.get('models', '?')} reference models, "
+        name, models = shown(report.bank.get("name")), report.bank.get("models", "?")
+        table.add_row("bank", f"{name} ({models} reference models, "
                       f"{report.bank.get('snapshots', '?')} snapshots)")  # fmt: skip
         if report.bank.get("self_check"):
             table.add_row("bank accuracy", shown(_trust(report.bank["self_check"])))
@@ -122,7 +137,11 @@ def _trust(check: dict[str, Any]) -> str:
     text = f"{check['dsire_accuracy']:.0f} % exact, MAE {check['dsire_mae']:.1f} images"
     if check.get("interval_coverage") is not None:
         text += f", interval holds the truth {check['interval_coverage']:.0f} %"
-    return text + f" (on {check['held_out_concepts']} unseen concepts, {check['repeats']} repeats, step {check['step']})"
+    return (
+        text
+        + f" (on {check['held_out_concepts']} unseen concepts, {check['repeats']} repeats,"
+        + f" step {check['step']})"
+    )
 
 
 def render(report: ScanReport, console: Console) -> None:

@@ -8,10 +8,12 @@ that a crawl over thousands of targets goes on; only a target that cannot even b
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from lora_wise import LoraWeights, compute_spectra, read_lora
+from lora_wise._text import shown
 from lora_wise.errors import LoraWiseError, one_line
 from lora_wise.estimation.bank import Bank, bank_for, quoted_self_check
 from lora_wise.spectra.compute import Spectra
@@ -40,11 +42,27 @@ def scan_all(
     """Scan every LoRA candidate a target names (a Hub repo may hold several)."""
     try:
         with fetched(target, file=file, max_size=max_size, cache_dir=cache_dir, progress=progress) as files:
-            return [scan_file(f, target, bank_dir=bank_dir, force_estimate=force_estimate) for f in files]
+            reports = []
+            for f in files:
+                with _working(f"scanning {f.name}: reading, spectra, reference bank", progress):
+                    reports.append(scan_file(f, target, bank_dir=bank_dir, force_estimate=force_estimate))
+            return reports
     except TargetError:
         raise
     except FetchError as exc:
-        return [ScanReport(target=target, status=status_of(exc), error=one_line(exc), source={"kind": "fetch"})]
+        return [
+            ScanReport(target=target, status=status_of(exc), error=one_line(exc), source={"kind": "fetch"})
+        ]
+
+
+def _working(text: str, show: bool) -> AbstractContextManager[Any]:
+    """A spinner on stderr while a file is scanned (seconds when a bank loads), as the download
+    before it has its bar; nothing when stderr is not a terminal."""
+    if not show:
+        return nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(shown(text))
 
 
 def scan(target: str, **options: Any) -> ScanReport:
@@ -53,7 +71,11 @@ def scan(target: str, **options: Any) -> ScanReport:
 
 
 def scan_file(
-    fetched_file: FetchedFile, target: str, *, bank_dir: str | Path | None = None, force_estimate: bool = False
+    fetched_file: FetchedFile,
+    target: str,
+    *,
+    bank_dir: str | Path | None = None,
+    force_estimate: bool = False,
 ) -> ScanReport:
     """Read one fetched file and estimate its dataset size; failures become the report's status."""
     source = {
@@ -106,7 +128,9 @@ def _describe(report: ScanReport, weights: LoraWeights) -> None:
 def _estimate(
     report: ScanReport, weights: LoraWeights, spectra: Spectra, bank_dir: str | Path | None, force: bool
 ) -> None:
-    bank, why = bank_for(spectra, declared=weights.declared, backbone=weights.backbone.name, directory=bank_dir)
+    bank, why = bank_for(
+        spectra, declared=weights.declared, backbone=weights.backbone.name, directory=bank_dir
+    )
     if bank is None:
         report.estimate_absent_reason = why
         if "no reference bank" in why and weights.backbone.name not in ("unknown", ""):
@@ -122,7 +146,8 @@ def _estimate(
     if (estimate.applicability < MIN_APPLICABILITY or estimate.beyond_all_references) and not force:
         report.estimate_absent_reason = (
             f"the LoRA is unlike every reference model of {bank.name} (applicability "
-            f"{estimate.applicability:.3f}, {estimate.references} references): other recipe, step count or data; "
+            f"{estimate.applicability:.3f}, {estimate.references} references): other recipe, step count or "
+            "data; "
             "--force-estimate shows the number anyway"
         )
         return
@@ -155,4 +180,3 @@ def _bank_summary(bank: Bank, step: int) -> dict[str, Any]:
         "version": header.get("version"),
         "self_check": quoted_self_check(header, step),  # how far to trust it: the bank on unseen concepts
     }
-

@@ -31,7 +31,7 @@ cd "$VENV"  # away from the source tree: the installed package is what runs
 "$VENV/bin/python" - <<'PY'
 import json
 import jsonschema
-from scanner.docs import document
+from lora_wise.cli.docs import document
 report = json.load(open("scan.json"))
 jsonschema.validate(report, json.loads(document("scan.schema.json")))
 assert report["exit_code"] == 0 and report["reports"][0]["estimate"] is not None, report

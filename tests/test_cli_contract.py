@@ -159,7 +159,9 @@ def test_dash_h_is_help_on_every_lora_wise_command(capsys):
         assert run(lora_wise_cli, [*command, "-h"], prog_name="lora-wise") == 0, command
         out = capsys.readouterr().out
         assert out.startswith("Usage: lora-wise") and "Exit codes:" in out, command
-    assert "lora-scan docs" in lora_wise_cli.epilog
+    assert "`docs` command" in lora_wise_cli.epilog
+    assert run(lora_wise_cli, ["docs", "estimators"], prog_name="lora-wise") == 0
+    assert "DSiRe" in capsys.readouterr().out
 
 
 def test_the_docs_the_help_points_to_are_installed(capsys):
@@ -257,10 +259,10 @@ def test_shown_spells_out_every_control_and_invisible_character():
     assert console.file.getvalue().startswith("[/x] [red]\\x1b]8;;u")
 
 
-def _cli_subprocess(*args: str, module: str = "scanner.cli") -> subprocess.CompletedProcess:
+def _cli_subprocess(*args: str, module: str = "scanner.cli", **env: str) -> subprocess.CompletedProcess:
     """The real entry point in a child process with pipes, as a script or CI log meets it (80 columns)."""
-    code = f"import sys; from {module} import main; sys.argv[0] = 'lora-scan'; main()"
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "COLUMNS": "80"}
+    code = f"from {module} import main; main()"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "COLUMNS": "80", **env}
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120
     )
@@ -286,3 +288,15 @@ def test_click_usage_errors_are_one_line(capsys):
     assert run(command, ["--n", "many"], prog_name="tool") == 4
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'many'" in err and "tool --help" in err
+
+
+def test_publish_without_a_reachable_hub_is_one_line_at_once(tmp_path):
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    (folder / "README.md").write_text("---\n---\n")
+    # A host name that cannot resolve (a 64-character label), refused before any packet is sent.
+    endpoint = f"https://{'a' * 64}.example"
+    done = _cli_subprocess("publish", str(folder), "--repo-id", "someone/x", module="lora_wise.cli.app",
+                           HF_ENDPOINT=endpoint, HF_HUB_OFFLINE="0")  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: cannot reach the Hub") and "Retrying" not in done.stderr

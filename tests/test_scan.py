@@ -108,12 +108,16 @@ def test_unparseable_target_is_a_usage_error():
 
 def test_hub_repo_from_the_offline_cache(tmp_path, monkeypatch):
     cache = tmp_path / "hub"
-    hub_cache_repo(cache, "someone/style-lora", {"pytorch_lora_weights.safetensors": lora_bytes("kohya", rank=4)})
+    hub_cache_repo(
+        cache, "someone/style-lora", {"pytorch_lora_weights.safetensors": lora_bytes("kohya", rank=4)}
+    )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     reports = scan_all("someone/style-lora", progress=False)
     assert len(reports) == 1 and reports[0].status == "ok"
-    assert reports[0].source["kind"] == "hub" and reports[0].source["file"] == "pytorch_lora_weights.safetensors"
+    assert (
+        reports[0].source["kind"] == "hub" and reports[0].source["file"] == "pytorch_lora_weights.safetensors"
+    )
     assert reports[0].format.startswith("kohya")
 
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from lora_wise.cli.tools import CONTEXT_SETTINGS, DOCS_HINT, EXIT_CODES_HELP, console, main_for, output_option, print_json, shown
+from lora_wise.cli.tools import (
+    CONTEXT_SETTINGS,
+    DOCS_HINT,
+    EXIT_CODES_HELP,
+    console,
+    main_for,
+    output_option,
+    print_json,
+    shown,
+)
 
 
 @click.group(epilog=f"{EXIT_CODES_HELP}\n\n{DOCS_HINT}", context_settings=CONTEXT_SETTINGS)
@@ -48,10 +57,11 @@ def spectra(path: str, as_json: bool) -> None:
 def _register() -> None:
     from lora_wise.cli.bank import banks_command, fit_bank_command
     from lora_wise.cli.dataset import COMMANDS
+    from lora_wise.cli.docs import docs
     from lora_wise.cli.evaluate import evaluate, norms
     from lora_wise.cli.generate import generate
 
-    for command in (generate, *COMMANDS, evaluate, norms, fit_bank_command, banks_command):
+    for command in (generate, *COMMANDS, evaluate, norms, fit_bank_command, banks_command, docs):
         cli.add_command(command)
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "output_option",
     "parse_size",
     "print_json",
+    "quiet_option",
     "run",
     "shown",
 ]
@@ -67,7 +68,7 @@ def exit_codes_help(
 EXIT_CODES_HELP = exit_codes_help()
 
 #: Where the documentation is for someone who has only the installed package.
-DOCS_HINT = "Docs: `lora-scan docs` lists the documents installed with the package."
+DOCS_HINT = "Docs: the `docs` command lists the documents installed with the package (`docs crawl`, ...)."
 
 #: ``-h`` as well as ``--help`` on every command (click's default is ``--help`` alone).
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -75,10 +76,11 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 _SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3}
 
 
-def console(*, stderr: bool = False) -> Console:
+def console(*, stderr: bool = False, quiet: bool = False) -> Console:
     """A console for our own messages: no emoji codes or auto-highlighting in outside strings, and
-    on stderr no wrapping (an error stays one line, even piped at 80 columns)."""
-    return Console(stderr=stderr, emoji=False, highlight=False, soft_wrap=stderr)
+    on stderr no wrapping (an error stays one line, even piped at 80 columns); ``quiet`` prints
+    nothing (``--quiet``)."""
+    return Console(stderr=stderr, emoji=False, highlight=False, soft_wrap=stderr, quiet=quiet)
 
 
 def error(message: str) -> None:
@@ -189,6 +191,10 @@ def output_option(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
 
     return wrapper
+
+
+#: ``--quiet`` on every long command: no progress display (errors are still printed).
+quiet_option = click.option("--quiet", is_flag=True, help="No progress display (errors are still printed).")
 
 
 def main_for(group: click.Command, prog_name: str, on_error: OnError | None = None) -> None:

@@ -157,7 +157,8 @@ def _check_resolvable() -> None:
         socket.getaddrinfo(host, None)
     except (OSError, UnicodeError) as exc:
         reason = getattr(exc, "strerror", None) or exc
-        raise HubError(f"cannot reach the Hub: {host!r} does not resolve ({reason}); check the network or HF_ENDPOINT") from None
+        message = f"cannot reach the Hub: {host!r} does not resolve ({reason}); check the network or HF_ENDPOINT"
+        raise HubError(message) from None
 
 
 def _call(fn, *args, **kwargs):
@@ -165,8 +166,9 @@ def _call(fn, *args, **kwargs):
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
+    failures = (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, OSError, ValueError, httpx2.HTTPError)
     try:
         return fn(*args, **kwargs)
-    except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, OSError, ValueError, httpx2.HTTPError) as exc:
+    except failures as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HubError(f"{getattr(fn, '__name__', 'hub call')}: {first}") from exc

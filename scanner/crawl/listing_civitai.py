@@ -94,7 +94,8 @@ def version_candidate(model: dict[str, Any], version: dict[str, Any]) -> Candida
     }
     model_type = str(model.get("type") or "")
     if model_type and model_type.lower() not in LORA_TYPES:
-        return Candidate(target, "civitai", listing, Status.NO_LORA, f"{target}: a {model_type} model, not a LoRA")
+        reason = f"{target}: a {model_type} model, not a LoRA"
+        return Candidate(target, "civitai", listing, Status.NO_LORA, reason)
     try:
         entry, _ = pick_file(version, None, target)
     except (UnsafeFormat, NoLoraFiles) as exc:

@@ -152,7 +152,8 @@ def record(state: CrawlState, row: Row, future: Future, options: CrawlOptions) -
     try:
         outcome = future.result()
     except Exception as exc:  # the worker died (Ray lost it, or a bug): a transient fault of the crawl
-        outcome = {"status": Status.RETRY, "error": f"the task died: {type(exc).__name__}: {one_line(exc)}"[:500]}
+        error = f"the task died: {type(exc).__name__}: {one_line(exc)}"[:500]
+        outcome = {"status": Status.RETRY, "error": error}
     nbytes = int(outcome.get("bytes") or 0)
     if outcome["status"] != Status.RETRY:
         state.finish(row.target, outcome["status"], error=outcome.get("error"), header=outcome.get("header"),

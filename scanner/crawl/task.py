@@ -50,7 +50,8 @@ def outcome_of(exc: BaseException) -> Status:
         return status
     if isinstance(exc, LoraWiseError) and not isinstance(exc, FetchError):
         return status
-    return Status.RETRY  # any other FetchError (429, 5xx, cut, timeout, hash mismatch), or an unexpected fault
+    # any other FetchError (429, 5xx, cut, timeout, hash mismatch), or an unexpected fault
+    return Status.RETRY
 
 
 def run_task(target: str, listing: dict[str, Any] | None, options: TaskOptions) -> dict[str, Any]:
