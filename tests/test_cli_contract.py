@@ -300,3 +300,34 @@ def test_publish_without_a_reachable_hub_is_one_line_at_once(tmp_path):
                            HF_ENDPOINT=endpoint, HF_HUB_OFFLINE="0")  # fmt: skip
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("error: cannot reach the Hub") and "Retrying" not in done.stderr
+
+
+def test_the_crawl_progress_keeps_its_bar_and_counts_at_80_columns(tmp_path):
+    import io
+
+    from rich.console import Console, Group
+
+    from scanner.crawl.run import Display
+    from scanner.crawl.state import Candidate, CrawlState
+
+    with CrawlState(tmp_path / "state.db") as state:
+        state.add([Candidate(f"user/repo-{i}", "list") for i in range(1500)])
+        state.add(
+            [
+                Candidate(f"user/pickles-{i}", "list", status="unsafe", error="only pickle files")
+                for i in range(40)
+            ]
+        )
+        for _ in range(1234):
+            row = state.claim()
+            state.finish(row.target, "ok", error=None, header=None, result=None, nbytes=0)
+        display = Display(True)
+        display.downloaded = 123_456_789
+        display.update(state, force=True)
+    screen = io.StringIO()
+    Console(file=screen, width=80, color_system=None, force_terminal=True).print(
+        Group(*display.progress.get_renderables())
+    )
+    bar, counts = screen.getvalue().splitlines()
+    assert bar.startswith("crawl ━") and "1274/1540" in bar
+    assert counts.startswith("ok 1234 · failed 0 · skipped 0 · unsafe/error/no-lora 40") and len(counts) <= 80

@@ -17,6 +17,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from lora_wise.errors import LoraWiseError, one_line
 
@@ -167,6 +168,19 @@ def record(state: CrawlState, row: Row, future: Future, options: CrawlOptions) -
     return nbytes
 
 
+class _TwoLineProgress(Progress):
+    """The bar, done/known and the time on one line, the counts by status on a second: on one line
+    together they pass 80 columns, and rich then squeezes the bar away first."""
+
+    counts = ""
+
+    def get_renderables(self):  # rich's documented hook for what a Progress draws
+        yield self.make_tasks_table(self.tasks)
+        counts = Text.from_markup(self.counts, overflow="ellipsis")
+        counts.no_wrap = True
+        yield counts
+
+
 class Display:
     """A rich progress bar on stderr: done of known targets, counts by status, bytes downloaded this run."""
 
@@ -175,9 +189,9 @@ class Display:
         self.last = 0.0
         self.downloaded = 0  # bytes, this run: summing the table each refresh would read every row
         if enabled:
-            self.progress = Progress(
-                TextColumn("[bold]crawl"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                TimeElapsedColumn(), console=Console(stderr=True),
+            self.progress = _TwoLineProgress(
+                TextColumn("[bold]crawl"), BarColumn(bar_width=50), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=Console(stderr=True),
             )
             self.task = self.progress.add_task("", total=None)
 
@@ -199,5 +213,6 @@ class Display:
         ok, failed, skipped = counts.get("ok", 0), counts.get("failed", 0), counts.get("skipped", 0)
         other = done - ok - failed - skipped
         text = (f"[green]ok {ok}[/] · [red]failed {failed}[/] · skipped {skipped} · unsafe/error/no-lora {other} · "
-                f"running {counts.get('running', 0)} · {format_size(self.downloaded)} this run")  # fmt: skip
-        self.progress.update(self.task, completed=done, total=sum(counts.values()), description=text)
+                f"running {counts.get('running', 0)} · {format_size(self.downloaded)} fetched")  # fmt: skip
+        self.progress.counts = text  # type: ignore[attr-defined]
+        self.progress.update(self.task, completed=done, total=sum(counts.values()))
