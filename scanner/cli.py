@@ -27,6 +27,7 @@ from lora_wise.cli.tools import (
     output_option,
     parse_size,
     print_json,
+    quiet_option,
 )
 from lora_wise.errors import LoraWiseError, one_line
 
@@ -108,7 +109,7 @@ def _answer(
     is_flag=True,
     help="Print one JSON object: the reports and errors (see `lora-scan docs scan-json`).",
 )
-@click.option("--quiet", is_flag=True, help="No progress display.")
+@quiet_option
 @output_option
 def scan(target: str | None, file: str | None, max_size: str, bank_dir: str | None, force_estimate: bool,
          as_json: bool, quiet: bool) -> int:  # fmt: skip
@@ -127,14 +128,15 @@ def scan(target: str | None, file: str | None, max_size: str, bank_dir: str | No
     from .report import render as render_report
 
     def work() -> list[ScanReport]:
-        from .scan import scan_all
+        from .scan import scan_all, working
 
         options = {"bank_dir": bank_dir, "force_estimate": force_estimate}
+        progress = not (quiet or as_json)
         if target is None:
             from .example import scan_example
 
-            return [scan_example(**options)]
-        progress = not (quiet or as_json)
+            with working("scanning the bundled example: reading, spectra, reference bank", progress):
+                return [scan_example(**options)]
         return scan_all(target, file=file, max_size=parse_size(max_size), progress=progress, **options)
 
     out = console()

@@ -44,7 +44,7 @@ def scan_all(
         with fetched(target, file=file, max_size=max_size, cache_dir=cache_dir, progress=progress) as files:
             reports = []
             for f in files:
-                with _working(f"scanning {f.name}: reading, spectra, reference bank", progress):
+                with working(f"scanning {f.name}: reading, spectra, reference bank", progress):
                     reports.append(scan_file(f, target, bank_dir=bank_dir, force_estimate=force_estimate))
             return reports
     except TargetError:
@@ -55,7 +55,7 @@ def scan_all(
         ]
 
 
-def _working(text: str, show: bool) -> AbstractContextManager[Any]:
+def working(text: str, show: bool) -> AbstractContextManager[Any]:
     """A spinner on stderr while a file is scanned (seconds when a bank loads), as the download
     before it has its bar; nothing when stderr is not a terminal."""
     if not show:

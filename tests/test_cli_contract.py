@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import click
-import jsonschema
 import pytest
+from contract_helpers import SCHEMA, VALIDATOR, valid_envelope
 from safetensors.numpy import save_file
 from sources_helpers import hub_cache_repo, lora_bytes, lora_tensors, write_lora
 
@@ -24,8 +24,6 @@ from scanner.cli import _json_error
 from scanner.cli import cli as lora_scan_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = json.loads((ROOT / "docs" / "scan.schema.json").read_text())
-VALIDATOR = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
 
 
 def lora_scan(capsys, *args: str) -> tuple[int, str, str]:
@@ -39,8 +37,7 @@ def envelope(capsys, *args: str) -> tuple[int, dict]:
     """``lora-scan ARGS --json``: one object on stdout, valid against the schema, whose
     exit_code is the process's."""
     code, out, _ = lora_scan(capsys, *args, "--json")
-    data = json.loads(out)  # exactly one JSON document, nothing else on stdout
-    VALIDATOR.validate(data)
+    data = valid_envelope(out)  # exactly one JSON document, nothing else on stdout
     assert data["exit_code"] == code
     return code, data
 
@@ -201,6 +198,20 @@ def test_output_file_holds_what_stdout_would(tmp_path, capsys, no_banks):
     assert not list(tmp_path.glob("*.tmp*"))  # written atomically: no temp file left behind
 
 
+def test_evaluate_writes_its_table_or_json_to_the_output_file(tmp_path, capsys):
+    from estimator_helpers import write_factory_folder
+
+    factory = tmp_path / "factory"
+    write_factory_folder(factory, concepts=4, sizes=(1, 10, 20), steps=(100,), rank=4)
+    args = ["evaluate", str(factory), "--repeats", "2", "--methods", "frobenius-nn"]
+    assert run(lora_wise_cli, [*args, "--json", "-o", str(tmp_path / "e.json")]) == 0
+    assert run(lora_wise_cli, [*args, "--markdown", "-o", str(tmp_path / "e.md")]) == 0
+    assert capsys.readouterr().out == ""
+    (result,) = json.loads((tmp_path / "e.json").read_text())
+    assert result["method"] == "frobenius-nn" and len(result["accuracy"]) == 2
+    assert (tmp_path / "e.md").read_text().startswith("| Method | Config |")
+
+
 # ---------------------------------------------------------------- hostile strings, one-line errors
 
 
@@ -331,3 +342,22 @@ def test_the_crawl_progress_keeps_its_bar_and_counts_at_80_columns(tmp_path):
     bar, counts = screen.getvalue().splitlines()
     assert bar.startswith("crawl ━") and "1274/1540" in bar
     assert counts.startswith("ok 1234 · failed 0 · skipped 0 · unsafe/error/no-lora 40") and len(counts) <= 80
+
+
+def test_a_hostile_dtype_is_an_error_shown_as_text(tmp_path, capsys):
+    from reader_helpers import raw_file
+
+    name = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    header = {
+        f"{name}.lora_A.weight": {
+            "dtype": "[bold red]X[/bold red]\x1b[2J",
+            "shape": [2, 3],
+            "data_offsets": [0, 24],
+        },
+        f"{name}.lora_B.weight": {"dtype": "F32", "shape": [4, 2], "data_offsets": [24, 56]},
+    }
+    path = tmp_path / "dtype.safetensors"
+    path.write_bytes(raw_file(header, b"\0" * 56))
+    code, out, err = lora_scan(capsys, "inspect", str(path))
+    assert code == 2 and out == "" and err.count("\n") == 1 and "[bold red]X" in err.replace("\\[", "[")
+    _assert_inert(err)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from contract_helpers import valid_envelope
 from estimator_helpers import write_factory_folder
 from reader_helpers import write_kohya
 from safetensors.numpy import save_file
@@ -126,7 +127,7 @@ def test_cli_json_and_exit_codes(tmp_path, bank_and_heldout):
     runner = CliRunner()
     out = runner.invoke(cli, [str(heldout[0]), "--json", "--bank-dir", str(bank_dir), "--force-estimate"])
     assert out.exit_code == 0, out.output
-    (data,) = json.loads(out.stdout)["reports"]
+    (data,) = valid_envelope(out.stdout)["reports"]
     assert data["status"] == "ok" and data["estimate"]["label"].startswith("about ")
     assert set(data["estimate"]["votes"]) <= {"1", "10", "20"}
     evil = tmp_path / "x.pt"
