@@ -10,26 +10,34 @@ any value safe for a rich console; JSON output needs nothing (``json.dumps`` esc
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from typing import Any
 
 from rich.markup import escape as _escape_markup
 
-# C0 and C1 controls (ESC, BEL, CR, LF, TAB...), DEL, lone surrogates, and the invisible
-# characters that reorder or hide text (bidirectional overrides and isolates, zero-width marks).
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+#: Categories spelled out: controls (ESC, BEL, CR, LF, TAB, C1...), format characters (bidirectional
+#: overrides and isolates, zero-width marks, tag characters), lone surrogates, line and paragraph
+#: separators. Spaces, private-use and not-yet-assigned characters print as themselves.
+_HIDDEN = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
 
 
-def _visible(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+def _visible(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _spelled(text: str) -> str:
+    if text.isprintable():  # the common case, at C speed
+        return text
+    return "".join(_visible(c) if unicodedata.category(c) in _HIDDEN else c for c in text)
 
 
 def shown(value: object, *, markup: bool = True) -> str:
     """``value`` as one line of plain, visible text: every control or invisible character spelled
     as a ``\\xNN`` / ``\\uNNNN`` escape, and (with ``markup``, for rich consoles) every ``[``
-    that could open a markup tag escaped."""
-    text = _UNPRINTABLE.sub(_visible, str(value))
+    that could open a markup tag escaped. Rich prints the result as the plain text, except that a
+    trailing backslash shows doubled (escaped, so that it cannot escape markup put after it)."""
+    text = _spelled(str(value))
     return _escape_markup(text) if markup else text
 
 

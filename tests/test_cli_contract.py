@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import click
 import pytest
 from contract_helpers import SCHEMA, VALIDATOR, valid_envelope
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import save_file
 from sources_helpers import hub_cache_repo, lora_bytes, lora_tensors, write_lora
 
@@ -263,7 +266,10 @@ def test_hostile_names_and_metadata_are_shown_not_obeyed(tmp_path, capsys, no_ba
 def test_shown_spells_out_every_control_and_invisible_character():
     from lora_wise._text import shown
 
-    assert shown("a\x1b[31mb\nc\td\x9b\u202e\ud800") == "a\\x1b[31mb\\x0ac\\x09d\\x9b\\u202e\\ud800"
+    assert shown("a\x1b[31mb\nc\td\x9b\u202e\ud800\u061c\U000e0041") == (
+        "a\\x1b[31mb\\x0ac\\x09d\\x9b\\u202e\\ud800\\u061c\\U000e0041"
+    )
+    assert shown("日本語\u3000タイトル 🙂") == "日本語\u3000タイトル 🙂"  # printable text is left alone
     assert shown("no[/x]such") == "no\\[/x]such" and shown("no[/x]such", markup=False) == "no[/x]such"
     console = __import__("rich.console").console.Console(file=__import__("io").StringIO(), soft_wrap=True)
     console.print(shown("[/x] [red]" + "\x1b]8;;u\x1b\\"))  # would raise MarkupError unescaped
@@ -361,3 +367,23 @@ def test_a_hostile_dtype_is_an_error_shown_as_text(tmp_path, capsys):
     code, out, err = lora_scan(capsys, "inspect", str(path))
     assert code == 2 and out == "" and err.count("\n") == 1 and "[bold red]X" in err.replace("\\[", "[")
     _assert_inert(err)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=80))
+def test_any_string_shown_is_one_visible_line_that_markup_leaves_alone(text):
+    import io
+
+    from rich.console import Console
+
+    from lora_wise._text import shown
+
+    plain = shown(text, markup=False)
+    assert not any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") for c in plain)
+    screen = io.StringIO()
+    console = Console(file=screen, soft_wrap=True, emoji=False, highlight=False)
+    console.print(shown(text))  # never a MarkupError
+    # Markup escaping changes nothing that is printed, but for a trailing backslash, which rich
+    # doubles so that it cannot escape the markup a caller appends after it.
+    trailing = "\\" if plain.endswith("\\") else ""
+    assert screen.getvalue() == plain + trailing + "\n"
