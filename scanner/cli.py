@@ -220,9 +220,10 @@ cli.add_command(docs)
 
 def _json_error(args: list[str], message: str, code: int) -> None:
     """A usage error of ``scan`` or ``inspect`` under ``--json`` still prints the envelope."""
-    if "--json" not in args:
+    # a first word that is no command is a target, as TargetFirstGroup reads it
+    command = args[0] if args and args[0] in cli.commands else "scan"
+    if "--json" not in args or command not in COMMANDS:  # crawl and report have JSON summaries of their own
         return
-    command = args[0] if args and args[0] in COMMANDS else "scan"
     text = json_text(failure(command, None, message, code))
     path = _option_value(args, ("-o", "--output"))
     if path is None:

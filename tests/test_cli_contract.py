@@ -108,6 +108,9 @@ def test_errors_before_any_report_are_the_same_envelope(tmp_path, capsys):
     code, data = envelope(capsys, "scan", "--max-sise", "2G")  # click refuses the option itself
     assert code == 4 and data["target"] is None and "--max-sise" in data["errors"][0]["error"]
 
+    code, out, _ = lora_scan(capsys, "crawl", "list", str(tmp_path / "missing.txt"), "--json")
+    assert code == 4 and out == ""  # the crawl's --json is its own summary, never this envelope
+
     code, data = envelope(capsys, "inspect", str(tmp_path / "missing.safetensors"))
     assert code == 4 and data["command"] == "inspect" and data["errors"][0]["exit_code"] == 4
 
