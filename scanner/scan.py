@@ -147,8 +147,7 @@ def _estimate(
         report.estimate_absent_reason = (
             f"the LoRA is unlike every reference model of {bank.name} (applicability "
             f"{estimate.applicability:.3f}, {estimate.references} references): other recipe, step count or "
-            "data; "
-            "--force-estimate shows the number anyway"
+            "data; --force-estimate shows the number anyway"
         )
         return
     report.estimate = estimate
