@@ -6,11 +6,16 @@ types and map them to exit codes or report rows; anything else is a bug.
 
 from __future__ import annotations
 
+#: The exit-code contract of both command-line tools (modelscan's): 0 clean, 1 findings (an unsafe
+#: pickle, a declared-vs-weights conflict), 2 error in the input or the network, 3 no LoRA weights,
+#: 4 usage error. Every error below carries the code it ends a command with.
+EXIT_OK, EXIT_FINDINGS, EXIT_INPUT, EXIT_NO_LORA, EXIT_USAGE = 0, 1, 2, 3, 4
+
 
 class LoraWiseError(Exception):
     """Base of every error lora-wise raises on purpose."""
 
-    exit_code = 2
+    exit_code = EXIT_INPUT
 
 
 class InvalidLoraFile(LoraWiseError, ValueError):
@@ -19,17 +24,19 @@ class InvalidLoraFile(LoraWiseError, ValueError):
     The only error the reader lets out for bad bytes; the message is one line.
     """
 
-    exit_code = 2
+    exit_code = EXIT_INPUT
 
 
 class UnsafeFormatError(InvalidLoraFile):
-    """A pickle-based file (.bin/.ckpt/.pt/.pth): refused, never deserialised."""
+    """A pickle-based file (.bin/.ckpt/.pt/.pth): refused, never deserialised. A finding, not a fault."""
+
+    exit_code = EXIT_FINDINGS
 
 
 class NoLoraWeightsError(LoraWiseError):
     """The file is a valid container but holds no LoRA layer we can read."""
 
-    exit_code = 3
+    exit_code = EXIT_NO_LORA
 
 
 class BankError(LoraWiseError):
@@ -68,3 +75,9 @@ def one_line(exc: BaseException) -> str:
     """An error as one line (messages may hold newlines from servers or files): what every
     outcome row, log line and CLI error shows."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class DocNotFound(LoraWiseError, LookupError):
+    """``docs NAME`` with a name that is not in the list: a usage error."""
+
+    exit_code = EXIT_USAGE

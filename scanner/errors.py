@@ -2,7 +2,8 @@
 
 They subclass ``lora_wise.errors.LoraWiseError`` so the CLIs map them to exit codes the same way
 as the reader's errors: a bad target is a usage error (4), a failed fetch an input error (2), a
-source that holds no LoRA file "no supported files" (3), as in modelscan's contract.
+source that holds no LoRA file "no supported files" (3), only pickle files a finding (1), as in
+modelscan's contract.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class TruncatedDownload(FetchError):
 class UnsafeFormat(FetchError, UnsafeFormatError):
     """Only pickle files (.bin/.ckpt/.pt/.pth, CivitAI ``PickleTensor``): never downloaded for parsing."""
 
-    exit_code = 2
+    exit_code = UnsafeFormatError.exit_code  # a finding (1), as when the reader refuses one
 
 
 class NoLoraFiles(FetchError, NoLoraWeightsError):
@@ -70,3 +71,4 @@ class StateError(LoraWiseError):
     """The state file is not a crawl state, or another crawl holds it."""
 
     exit_code = 2
+

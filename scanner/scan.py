@@ -8,12 +8,14 @@ that a crawl over thousands of targets goes on; only a target that cannot even b
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from lora_wise import LoraWeights, compute_spectra, read_lora
+from lora_wise._text import shown
 from lora_wise.dataset.upstream import no_bank_advice
-from lora_wise.errors import LoraWiseError, NoLoraWeightsError, UnsafeFormatError, one_line
+from lora_wise.errors import LoraWiseError, one_line
 from lora_wise.estimation.bank import estimate as estimate_size
 from lora_wise.lora.checks import non_image_adapter
 from lora_wise.spectra.compute import Spectra
@@ -22,6 +24,7 @@ from .download import DEFAULT_MAX_SIZE
 from .errors import FetchError, TargetError
 from .report import ScanReport, estimate_label
 from .sources import FetchedFile, fetched
+from .status import Status, status_of
 
 #: Below this applicability (a conformal p-value: ~1 % of LoRAs like the references fall under
 #: it) no number is given; nor when the LoRA is farther than every reference (see Estimate).
@@ -41,12 +44,27 @@ def scan_all(
     """Scan every LoRA candidate a target names (a Hub repo may hold several)."""
     try:
         with fetched(target, file=file, max_size=max_size, cache_dir=cache_dir, progress=progress) as files:
-            return [scan_file(f, target, bank_dir=bank_dir, force_estimate=force_estimate) for f in files]
+            reports = []
+            for f in files:
+                with working(f"scanning {f.name}: reading, spectra, reference bank", progress):
+                    reports.append(scan_file(f, target, bank_dir=bank_dir, force_estimate=force_estimate))
+            return reports
     except TargetError:
         raise
     except FetchError as exc:
-        status = "unsafe" if isinstance(exc, UnsafeFormatError) else "no-lora" if isinstance(exc, NoLoraWeightsError) else "error"
-        return [ScanReport(target=target, status=status, error=one_line(exc), source={"kind": "fetch"})]
+        return [
+            ScanReport(target=target, status=status_of(exc), error=one_line(exc), source={"kind": "fetch"})
+        ]
+
+
+def working(text: str, show: bool) -> AbstractContextManager[Any]:
+    """A spinner on stderr while a file is scanned (seconds when a bank loads), as the download
+    before it has its bar; nothing when stderr is not a terminal."""
+    if not show:
+        return nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(shown(text))
 
 
 def scan(target: str, **options: Any) -> ScanReport:
@@ -55,7 +73,11 @@ def scan(target: str, **options: Any) -> ScanReport:
 
 
 def scan_file(
-    fetched_file: FetchedFile, target: str, *, bank_dir: str | Path | None = None, force_estimate: bool = False
+    fetched_file: FetchedFile,
+    target: str,
+    *,
+    bank_dir: str | Path | None = None,
+    force_estimate: bool = False,
 ) -> ScanReport:
     """Read one fetched file and estimate its dataset size; failures become the report's status."""
     source = {
@@ -72,14 +94,10 @@ def scan_file(
     report = ScanReport(target=target, source=source)
     try:
         weights = read_lora(_readable_path(fetched_file))
-    except UnsafeFormatError as exc:
-        report.status, report.error = "unsafe", f"unsafe format, not scanned: {one_line(exc)}"
-        return report
-    except NoLoraWeightsError as exc:
-        report.status, report.error = "no-lora", one_line(exc)
-        return report
     except LoraWiseError as exc:
-        report.status, report.error = "error", one_line(exc)
+        report.status, report.error = status_of(exc), one_line(exc)
+        if report.status is Status.UNSAFE:
+            report.error = f"unsafe format, not scanned: {report.error}"
         return report
     _describe(report, weights)
     spectra = compute_spectra(weights)
@@ -104,6 +122,7 @@ def _describe(report: ScanReport, weights: LoraWeights) -> None:
     report.dtype = weights.dtype
     report.declared = weights.declared.as_dict() if weights.declared else None
     report.warnings.extend(weights.warnings)
+    report.findings.extend(weights.conflicts)
     image_model = not non_image_adapter(weights)  # a T5/LLM adapter gets its own warning from the reader
     if "unet" not in report.components and "transformer" not in report.components and image_model:
         report.warnings.append("text-encoder-only LoRA: dataset-size estimates are made from UNet layers")

@@ -144,10 +144,8 @@ def _flux_file(tmp_path, meta):
 def test_declared_sd15_on_flux_weights_is_flagged(tmp_path):
     weights = read_lora(_flux_file(tmp_path, {"ss_base_model_version": "sd_v1"}))
     assert weights.backbone.name == "flux"
-    assert any("declares sd15" in w and "flux" in w for w in weights.warnings)
-    assert not any(
-        "declares" in w for w in read_lora(_flux_file(tmp_path, {"ss_base_model_version": "flux1"})).warnings
-    )
+    assert any("declares sd15" in w and "flux" in w for w in weights.conflicts)
+    assert not read_lora(_flux_file(tmp_path, {"ss_base_model_version": "flux1"})).conflicts
 
 
 @pytest.mark.parametrize(
@@ -168,7 +166,7 @@ def test_declared_sd15_on_flux_weights_is_flagged(tmp_path):
 )
 def test_impossible_declared_rank_and_image_counts_are_flagged(tmp_path, meta, match):
     weights = read_lora(write_kohya(tmp_path / "k.safetensors", rank=4, metadata=meta))
-    assert any(match in w for w in weights.warnings), weights.warnings
+    assert any(match in w for w in weights.conflicts), weights.conflicts
 
 
 def _t5_adapter(tmp_path, task_type):
@@ -188,3 +186,18 @@ def test_a_t5_peft_adapter_is_reported_as_such(tmp_path, task_type):
     assert what is not None and ("T5" in what or "language model" in what)
     assert any("not an image model's adapter" in w for w in weights.warnings)
     assert non_image_adapter(read_lora(write_kohya(tmp_path / "k.safetensors"))) is None
+
+
+def test_a_declared_base_model_the_weights_contradict_is_a_finding_and_lora_scan_exits_1(tmp_path, capsys):
+    from contract_helpers import valid_envelope
+
+    from lora_wise.cli.tools import run
+    from scanner.cli import cli
+
+    path = _flux_file(tmp_path, {"ss_base_model_version": "sd_v1"})
+    assert run(cli, [str(path), "--json"]) == 1
+    report = valid_envelope(capsys.readouterr().out)["reports"][0]
+    assert any("declares sd15" in f for f in report["findings"]) and report["exit_code"] == 1
+    (tmp_path / "honest").mkdir()
+    honest = _flux_file(tmp_path / "honest", {"ss_base_model_version": "flux1"})
+    assert run(cli, ["inspect", str(honest), "--json"]) == 0

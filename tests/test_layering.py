@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: room -> floor. A module may import its own room and any lower floor.
 FLOORS = {
     "errors": 0,
-    "_files": 1, "paper": 1, "executors": 1,
+    "_files": 1, "_text": 1, "paper": 1, "executors": 1,
     "lora": 2,
     "spectra": 3, "factory": 3,
     "estimation": 4, "dataset": 4,

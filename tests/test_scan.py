@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from contract_helpers import valid_envelope
 from estimator_helpers import write_factory_folder
 from reader_helpers import write_kohya
 from safetensors.numpy import save_file
@@ -89,7 +90,7 @@ def test_pickle_is_refused_and_never_loaded(tmp_path):
     evil = tmp_path / "model.ckpt"
     evil.write_bytes(b"\x80\x04\x95" + f"os.system touch {marker}".encode())
     report = scan(str(evil))
-    assert report.status == "unsafe" and report.exit_code == 2
+    assert report.status == "unsafe" and report.exit_code == 1  # a finding
     assert not marker.exists()
 
 
@@ -108,12 +109,16 @@ def test_unparseable_target_is_a_usage_error():
 
 def test_hub_repo_from_the_offline_cache(tmp_path, monkeypatch):
     cache = tmp_path / "hub"
-    hub_cache_repo(cache, "someone/style-lora", {"pytorch_lora_weights.safetensors": lora_bytes("kohya", rank=4)})
+    hub_cache_repo(
+        cache, "someone/style-lora", {"pytorch_lora_weights.safetensors": lora_bytes("kohya", rank=4)}
+    )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     reports = scan_all("someone/style-lora", progress=False)
     assert len(reports) == 1 and reports[0].status == "ok"
-    assert reports[0].source["kind"] == "hub" and reports[0].source["file"] == "pytorch_lora_weights.safetensors"
+    assert (
+        reports[0].source["kind"] == "hub" and reports[0].source["file"] == "pytorch_lora_weights.safetensors"
+    )
     assert reports[0].format.startswith("kohya")
 
 
@@ -122,12 +127,12 @@ def test_cli_json_and_exit_codes(tmp_path, bank_and_heldout):
     runner = CliRunner()
     out = runner.invoke(cli, [str(heldout[0]), "--json", "--bank-dir", str(bank_dir), "--force-estimate"])
     assert out.exit_code == 0, out.output
-    data = json.loads(out.stdout)
+    (data,) = valid_envelope(out.stdout)["reports"]
     assert data["status"] == "ok" and data["estimate"]["label"].startswith("about ")
     assert set(data["estimate"]["votes"]) <= {"1", "10", "20"}
     evil = tmp_path / "x.pt"
     evil.write_bytes(b"PK\x03\x04rest")
-    assert run(cli, [str(evil), "--json"]) == 2
+    assert run(cli, [str(evil), "--json"]) == 1
     empty = tmp_path / "empty.safetensors"
     header = json.dumps({"__metadata__": {"a": "b"}}).encode()
     empty.write_bytes(len(header).to_bytes(8, "little") + header)

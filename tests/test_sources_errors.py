@@ -17,7 +17,7 @@ from scanner import errors
         (errors.TooLarge, 2),
         (errors.HashMismatch, 2),
         (errors.TruncatedDownload, 2),
-        (errors.UnsafeFormat, 2),
+        (errors.UnsafeFormat, 1),  # a finding, as in modelscan
         (errors.NoLoraFiles, 3),
     ],
 )

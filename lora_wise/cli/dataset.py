@@ -1,7 +1,8 @@
 """``lora-wise build``, ``publish`` and ``import-upstream``: the LoRA-WiSE dataset, as thin click layers.
 
 Each command calls one library function (:func:`lora_wise.dataset.build.build_dataset`,
-:func:`lora_wise.dataset.hub.publish`, :func:`lora_wise.dataset.upstream.import_upstream`) and renders its result;
+:func:`lora_wise.dataset.hub.publish`, :func:`lora_wise.dataset.upstream.import_upstream`) and renders its
+result;
 typed errors become exit code 2 through :func:`lora_wise.cli.tools.run`.
 """
 
@@ -10,10 +11,9 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from lora_wise.cli.tools import EXIT_CODES_HELP, print_json
+from lora_wise.cli.tools import EXIT_CODES_HELP, console, print_json, quiet_option, shown
 
 
 def _steps(ctx, param, values: tuple[str, ...]) -> list[int] | None:
@@ -28,22 +28,29 @@ def _steps(ctx, param, values: tuple[str, ...]) -> list[int] | None:
 def _configs_table(configs: dict[str, dict], title: str) -> Table:
     from lora_wise.dataset.card import human_bytes
 
-    table = Table(title=title)
+    table = Table(title=shown(title))
     for column in ("config", "split", "rows", "models", "micro-datasets", "size"):
         table.add_column(column, justify="left" if column in ("config", "split") else "right")
     for name, entry in configs.items():
         for split, s in entry["splits"].items():
-            table.add_row(name, split, str(s["rows"]), str(s["models"]), str(s["micro_datasets"]), human_bytes(s["bytes"]))
+            table.add_row(
+                shown(name),
+                shown(split),
+                str(s["rows"]),
+                str(s["models"]),
+                str(s["micro_datasets"]),
+                human_bytes(s["bytes"]),
+            )
     return table
 
 
 @contextmanager
 def _progress_bar(disable: bool):
-    """A rich bar per config, fed by build_dataset's ``progress(config, done, total)`` callback."""
+    """A rich bar per config, fed by a ``progress(config, done, total)`` callback (build, import)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True), disable=disable, transient=True)  # fmt: skip
+                   console=console(stderr=True), disable=disable, transient=True)  # fmt: skip
     tasks: dict[str, int] = {}
 
     def update(config: str, done: int, total: int) -> None:
@@ -55,18 +62,31 @@ def _progress_bar(disable: bool):
         yield update
 
 
-@click.command(epilog="\b\nExample:\n  lora-wise build runs/factory runs/dataset --steps 1200\n\n" + EXIT_CODES_HELP)
+@click.command(
+    epilog="\b\nExample:\n  lora-wise build runs/factory runs/dataset --steps 1200\n\n" + EXIT_CODES_HELP
+)
 @click.argument("factory_dir", type=click.Path(file_okay=False))
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--weights", is_flag=True, help="Also write <config>-weights configs holding the safetensors files.")
-@click.option("--steps", multiple=True, callback=_steps, help="Snapshot steps to include (repeat or comma-separate); default all.")
+@click.option(
+    "--weights", is_flag=True, help="Also write <config>-weights configs holding the safetensors files."
+)
+@click.option(
+    "--steps",
+    multiple=True,
+    callback=_steps,
+    help="Snapshot steps to include (repeat or comma-separate); default all.",
+)
 @click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
               help="Storage precision of the spectra (computed in float64 either way).")  # fmt: skip
-@click.option("--merge", is_flag=True,
-              help="Keep the rows OUT_DIR already holds for models FACTORY_DIR lacks (a benchmark built in pieces).")
+@click.option(
+    "--merge",
+    is_flag=True,
+    help="Keep the rows OUT_DIR already holds for models FACTORY_DIR lacks (a benchmark built in pieces).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest entries as JSON.")
+@quiet_option
 def build(factory_dir: str, out_dir: str, weights: bool, steps: list[int] | None, precision: str, merge: bool,
-          as_json: bool) -> None:  # fmt: skip
+          as_json: bool, quiet: bool) -> None:  # fmt: skip
     """Turn the factory's output folder into a LoRA-WiSE dataset folder.
 
     One config per (range, backbone, rank), parquet shards under data/<config>/, train/test split
@@ -79,29 +99,43 @@ def build(factory_dir: str, out_dir: str, weights: bool, steps: list[int] | None
     """
     from lora_wise.dataset.build import build_dataset
 
-    with _progress_bar(disable=as_json) as progress:
+    with _progress_bar(disable=as_json or quiet) as progress:
         summary = build_dataset(factory_dir, out_dir, weights=weights, steps=steps, precision=precision,
                                 progress=progress, merge=merge)  # fmt: skip
     if as_json:
         print_json({"out_dir": str(summary.out_dir), "configs": summary.configs, "notes": summary.notes})
         return
-    console = Console()
-    console.print(_configs_table(summary.configs, f"LoRA-WiSE dataset in {summary.out_dir}"))
+    out = console()
+    out.print(_configs_table(summary.configs, f"LoRA-WiSE dataset in {summary.out_dir}"))
     for note in summary.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        out.print(f"[yellow]note:[/] {shown(note)}")
 
 
-@click.command(name="import-upstream",
-               epilog="\b\nExamples:\n  lora-wise import-upstream MoSalama98/LoRA-WiSE --config medium_32 --out runs/dataset\n"
-                      "  lora-wise import-upstream ./LoRA-WiSE --config low_8 --out runs/dataset   # a local copy\n\n"
-                      + EXIT_CODES_HELP)  # fmt: skip
+IMPORT_EPILOG = (
+    "\b\nExamples:\n"
+    "  lora-wise import-upstream MoSalama98/LoRA-WiSE --config medium_32 --out runs/dataset\n"
+    "  lora-wise import-upstream ./LoRA-WiSE --config low_8 --out runs/dataset  # a local copy\n\n"
+    + EXIT_CODES_HELP
+)
+
+
+@click.command(name="import-upstream", epilog=IMPORT_EPILOG)
 @click.argument("source")
-@click.option("--config", "config", required=True, help="Upstream config: low_8, low_16, low_32, medium_16, medium_32, medium_32_2, high_32.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Dataset folder to write into.")
+@click.option(
+    "--config",
+    "config",
+    required=True,
+    help="Upstream config: low_8, low_16, low_32, medium_16, medium_32, medium_32_2, high_32.",
+)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Dataset folder to write into."
+)
 @click.option("--revision", default=None, help="Hub revision of the release (default: main).")
 @click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest entry as JSON.")
-def import_upstream(source: str, config: str, out_dir: str, revision: str | None, precision: str, as_json: bool) -> None:
+@quiet_option
+def import_upstream(source: str, config: str, out_dir: str, revision: str | None, precision: str,
+                    as_json: bool, quiet: bool) -> None:  # fmt: skip
     """Convert the published LoRA-WiSE release (Hub repo id or local folder of parquet) into our schema.
 
     Streams row group by row group, one layer's columns at a time (bounded memory whatever the
@@ -111,22 +145,34 @@ def import_upstream(source: str, config: str, out_dir: str, revision: str | None
     from lora_wise.dataset.upstream import import_upstream as run_import
     from lora_wise.dataset.upstream import our_config
 
-    entry = run_import(source, config, out_dir, precision=precision, revision=revision)
+    with _progress_bar(disable=as_json or quiet) as progress:
+        entry = run_import(source, config, out_dir, precision=precision, revision=revision, progress=progress)
     if as_json:
         print_json({our_config(config): entry})
         return
-    Console().print(_configs_table({our_config(config): entry}, f"imported {source} {config} into {out_dir}"))
+    console().print(_configs_table({our_config(config): entry}, f"imported {source} {config} into {out_dir}"))
 
 
 @click.command(epilog="\b\nExamples:\n  lora-wise publish runs/dataset --repo-id user/lora-wise --dry-run\n"
-                      "  HF_TOKEN=hf_... lora-wise publish runs/dataset --repo-id user/lora-wise\n\n" + EXIT_CODES_HELP)  # fmt: skip
+                      "  HF_TOKEN=hf_... lora-wise publish runs/dataset --repo-id user/lora-wise\n\n"
+                      + EXIT_CODES_HELP)  # fmt: skip
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--repo-id", required=True, help="Hub dataset repo, user/name (created if missing).")
-@click.option("--dry-run", is_flag=True, help="List what would go up (and what would be removed); send nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="List what would go up (and what would be removed); send nothing."
+)
 @click.option("--private", is_flag=True, help="Create the repo private (ignored if it exists).")
-@click.option("--token", default=None, envvar="HF_TOKEN", show_envvar=True, help="Hub token; default: HF_TOKEN or `hf auth login`.")
+@click.option(
+    "--token",
+    default=None,
+    envvar="HF_TOKEN",
+    show_envvar=True,
+    help="Hub token; default: HF_TOKEN or `hf auth login`.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def publish(folder: str, repo_id: str, dry_run: bool, private: bool, token: str | None, as_json: bool) -> None:
+@quiet_option
+def publish(folder: str, repo_id: str, dry_run: bool, private: bool, token: str | None, as_json: bool,
+            quiet: bool) -> None:  # fmt: skip
     """Upload a dataset folder to the Hub, sending only new or changed files.
 
     Compares local sha256 / git blob ids with the remote tree first; an unchanged folder makes no
@@ -135,25 +181,31 @@ def publish(folder: str, repo_id: str, dry_run: bool, private: bool, token: str 
     from lora_wise.dataset.card import human_bytes
     from lora_wise.dataset.hub import publish as run_publish
 
+    if quiet or as_json:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()  # the upload bars
     plan = run_publish(folder, repo_id, token=token, dry_run=dry_run, private=private)
     if as_json:
         print_json({"repo_id": plan.repo_id, "repo_exists": plan.repo_exists, "dry_run": plan.dry_run,
                     "uploads": [f.__dict__ for f in plan.uploads], "deletions": plan.deletions,
                     "unchanged": len(plan.unchanged), "commit_url": plan.commit_url})  # fmt: skip
         return
-    console = Console()
+    out = console()
     verb = "would upload" if dry_run else "uploaded"
     for f in plan.uploads:
-        console.print(f"{verb} {f.path} ({human_bytes(f.size)}, {f.reason})", highlight=False)
+        out.print(f"{verb} {shown(f.path)} ({human_bytes(f.size)}, {f.reason})")
     for path in plan.deletions:
-        console.print(f"{'would remove' if dry_run else 'removed'} {path}", highlight=False)
+        out.print(f"{'would remove' if dry_run else 'removed'} {shown(path)}")
     if not plan.changes:
-        console.print(f"{repo_id} is up to date ({len(plan.unchanged)} files unchanged); nothing sent", highlight=False)
+        out.print(f"{shown(repo_id)} is up to date ({len(plan.unchanged)} files unchanged); nothing sent")
         return
     created = "" if plan.repo_exists else (" (repo would be created)" if dry_run else " (repo created)")
-    console.print(f"{len(plan.uploads)} file(s), {human_bytes(plan.upload_bytes)}; {len(plan.deletions)} removal(s); "
-                  f"{len(plan.unchanged)} unchanged{created}" + (f"\n{plan.commit_url}" if plan.commit_url else ""),
-                  highlight=False)  # fmt: skip
+    out.print(
+        f"{len(plan.uploads)} file(s), {human_bytes(plan.upload_bytes)}; {len(plan.deletions)} removal(s); "
+        f"{len(plan.unchanged)} unchanged{created}"
+        + (f"\n{shown(plan.commit_url)}" if plan.commit_url else "")
+    )
 
 
 #: What ``lora_wise.cli.app`` registers on the ``lora-wise`` group.

@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from lora_wise.cli.tools import EXIT_CODES_HELP, print_json
+from lora_wise.cli.tools import EXIT_CODES_HELP, output_option, print_json
 
 EPILOG = (
     "\b\nExamples:\n"
@@ -133,6 +133,7 @@ def _render(results, as_markdown: bool, key: str | None) -> None:
     "--json", "as_json", is_flag=True, help="Print a list of {method, config, mae, mape, accuracy} objects."
 )
 @click.option("--markdown", "as_markdown", is_flag=True, help="Print a markdown table.")
+@output_option
 def evaluate(
     source,
     config,

@@ -13,8 +13,10 @@ The endpoint comes from ``HF_ENDPOINT`` (read at call time), the token from the 
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from lora_wise._files import git_blob_sha1, sha256_file
 from lora_wise.errors import HubError
@@ -95,6 +97,7 @@ def plan_publish(folder: str | Path, repo_id: str, token: str | None = None) -> 
     local = local_files(folder)
     if "README.md" not in local:
         raise HubError(f"{folder}: no README.md: build the dataset first (`lora-wise build`)")
+    _check_resolvable()
     remote = _call(remote_files, repo_id, token)
     plan = PublishPlan(repo_id, remote is not None)
     remote = remote or {}
@@ -145,12 +148,27 @@ def download(repo_id: str, revision: str | None = None, allow_patterns: list[str
     return Path(folder)
 
 
+def _check_resolvable() -> None:
+    """Fail at once when the endpoint's host name does not resolve (no network, a typo in
+    HF_ENDPOINT): that will not change within huggingface_hub's five retries (23 s), which are
+    there for faults that pass."""
+    host = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or ""
+    try:
+        socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        message = f"cannot reach the Hub: {host!r} does not resolve ({reason}); check the network or HF_ENDPOINT"
+        raise HubError(message) from None
+
+
 def _call(fn, *args, **kwargs):
     """Run a huggingface_hub call; its failures become one-line :class:`HubError`s."""
+    import httpx2
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
+    failures = (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, OSError, ValueError, httpx2.HTTPError)
     try:
         return fn(*args, **kwargs)
-    except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, OSError, ValueError) as exc:
+    except failures as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HubError(f"{getattr(fn, '__name__', 'hub call')}: {first}") from exc

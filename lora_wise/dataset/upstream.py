@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -159,8 +159,10 @@ def _layer(batch, layer: str, j: int, rank: int, path: Path, key: str) -> LoraLa
 
 
 def import_upstream(repo_or_folder: str | Path, config: str, out_dir: str | Path, *, precision: str = "float32",
-                    batch_size: int = 2, revision: str | None = None) -> dict[str, dict]:  # fmt: skip
-    """Convert upstream ``config`` (a Hub repo id or a local folder) into ``out_dir``; returns the manifest entry."""
+                    batch_size: int = 2, revision: str | None = None,
+                    progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:  # fmt: skip
+    """Convert upstream ``config`` (a Hub repo id or a local folder) into ``out_dir``; returns the manifest
+    entry. ``progress(config, done, total)`` is called after each model."""
     import pyarrow.parquet as pq
 
     range_name, backbone, rank = _config_info(config)
@@ -177,6 +179,7 @@ def import_upstream(repo_or_folder: str | Path, config: str, out_dir: str | Path
     info = {"source": "upstream", "upstream_repo": source, "upstream_config": config, "range": range_name,
             "backbone": backbone, "rank": rank, "split_seed": 42, "evaluated_step": step}  # fmt: skip
     writer = ConfigWriter(Path(out_dir), name, layers, rank, precision=precision, info=info)
+    done = 0
     for path in files:
         for label, micro, spectra in iter_upstream_spectra(path, layers, rank, batch_size):
             meta = {"model_id": f"upstream-{config}/{micro}/n{label:04d}", "micro_dataset": micro,
@@ -184,6 +187,9 @@ def import_upstream(repo_or_folder: str | Path, config: str, out_dir: str | Path
                     "step": step, "image_ids": [], "recipe": recipe}  # fmt: skip
             row = spectra_row(spectra, layers, rank, meta, precision)
             writer.add(splits[micro], row)
+            done += 1
+            if progress is not None:
+                progress(name, done, len(names))
     entries = writer.close()
     update_manifest(out_dir, entries)
     return entries[name]

@@ -1,11 +1,12 @@
 """What a file declares against what its weights show: warnings for the scanner, the crawl and inspect.
 
-``declared_conflicts(weights)`` returns one-line warnings (an empty list when all agrees):
+``declared_conflicts(weights)`` returns one line per conflict (an empty list when all agrees):
 a declared base model the weights contradict (``ss_base_model_version: sd_v1`` on a Flux
-LoRA), a declared rank or image count that is impossible or contradicts the layers, and an
-adapter that is not an image model's at all (a T5 or LLM PEFT adapter). ``read_lora`` adds
-them to ``LoraWeights.warnings``; the functions are public so that callers can run them on
-weights they built themselves.
+LoRA), a declared rank or image count that is impossible or contradicts the layers;
+``read_lora`` stores them in ``LoraWeights.conflicts`` (findings: ``lora-scan`` exits 1).
+``non_image_warning`` says when the adapter is not an image model's at all (a T5 or LLM PEFT
+adapter); ``read_lora`` adds it to ``LoraWeights.warnings``. The functions are public so that
+callers can run them on weights they built themselves.
 """
 
 from __future__ import annotations
@@ -77,11 +78,11 @@ def _images_conflict(weights: LoraWeights) -> str | None:
 
 
 def declared_conflicts(weights: LoraWeights) -> list[str]:
-    """One-line warnings where the declared metadata is impossible or contradicts the weights."""
+    """One line per place where the declared metadata is impossible or contradicts the weights:
+    an auditor's findings (``lora-scan`` exits 1), not mere warnings."""
+    return [found for check in (_backbone_conflict, _rank_conflict, _images_conflict) if (found := check(weights))]
+
+
+def non_image_warning(weights: LoraWeights) -> str | None:
     what = non_image_adapter(weights)
-    found = [f"not an image model's adapter: {what}; dataset-size estimates do not apply"] if what else []
-    for check in (_backbone_conflict, _rank_conflict, _images_conflict):
-        warning = check(weights)
-        if warning:
-            found.append(warning)
-    return found
+    return f"not an image model's adapter: {what}; dataset-size estimates do not apply" if what else None

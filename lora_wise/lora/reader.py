@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_wise.errors import InvalidLoraFile, NoLoraWeightsError, UnsafeFormatError
-from lora_wise.lora.checks import declared_conflicts
+from lora_wise.lora.checks import declared_conflicts, non_image_warning
 from lora_wise.lora.fingerprint import fingerprint
 from lora_wise.lora.formats import ScalePolicy, parse_state_dict
 from lora_wise.lora.metadata import alpha_configs, parse_declared
@@ -110,5 +110,7 @@ def _read(path: Path) -> LoraWeights:
         source=str(path),
         warnings=parsed.warnings + (declared.warnings if declared else []),
     )
-    weights.warnings += declared_conflicts(weights)
+    weights.conflicts = declared_conflicts(weights)
+    if what := non_image_warning(weights):
+        weights.warnings.append(what)
     return weights

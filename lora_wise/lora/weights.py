@@ -185,6 +185,7 @@ class LoraWeights:
     header_metadata: dict[str, str] = field(default_factory=dict)
     source: str = ""
     warnings: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)  # declared vs weights: findings (lora-scan exits 1)
 
     @property
     def rank(self) -> int | None:

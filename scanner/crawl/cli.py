@@ -11,14 +11,24 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from rich.console import Console
 
-from lora_wise.cli.tools import EXIT_CODES_HELP, EXIT_INPUT, EXIT_NO_LORA, EXIT_OK, parse_size, print_json
+from lora_wise.cli.tools import (
+    EXIT_CODES_HELP,
+    EXIT_INPUT,
+    EXIT_NO_LORA,
+    EXIT_OK,
+    console,
+    error,
+    parse_size,
+    print_json,
+    shown,
+)
 
 DEFAULT_STATE = "lora-scan-crawl.db"
 
 CRAWL_EXIT_HELP = (
-    "\b\nExit codes:\n  0  the crawl finished (per-target statuses, failed included, are in the report)\n"
+    "\b\nExit codes:\n"
+    "  0  the crawl finished (per-target statuses, unsafe and failed included, are in the report)\n"
     "  2  the listing failed, or the state file is not a crawl state (or another crawl holds it)\n"
     "  3  no targets found\n  4  usage error"
 )
@@ -72,7 +82,7 @@ def crawl() -> None:
     over --max-size are recorded without downloading them; the rest are downloaded, scanned like
     `lora-scan TARGET`, and deleted. Every target and its result is kept in a SQLite state file:
     kill the crawl at any moment and run the same command again to continue. A report (parquet,
-    CSV, JSON, HTML) is written at the end. See docs/crawl.md.
+    CSV, JSON, HTML) is written at the end. See `lora-scan docs crawl`.
 
     \b
     Examples:
@@ -84,14 +94,27 @@ def crawl() -> None:
 
 
 @crawl.command("hf", epilog=CRAWL_EXIT_HELP)
-@click.option("--filter", "filters", multiple=True, default=("lora",), show_default=True,
-              help="Hub tag to filter on (repeatable), e.g. lora, diffusers.")
-@click.option("--base-model", metavar="REPO", help="Only adapters of this base model (tag base_model:adapter:REPO).")
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    default=("lora",),
+    show_default=True,
+    help="Hub tag to filter on (repeatable), e.g. lora, diffusers.",
+)
+@click.option(
+    "--base-model", metavar="REPO", help="Only adapters of this base model (tag base_model:adapter:REPO)."
+)
 @click.option("--search", help="Text in the repo id.")
 @click.option("--author", help="Only this user's or organisation's repos.")
-@click.option("--sort", type=click.Choice(["downloads", "likes", "last_modified", "created_at", "trending_score"]),
-              help="Order of the search (with --limit: which models come first).")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(0), help="Models to list; 0 = all.")
+@click.option(
+    "--sort",
+    type=click.Choice(["downloads", "likes", "last_modified", "created_at", "trending_score"]),
+    help="Order of the search (with --limit: which models come first).",
+)
+@click.option(
+    "--limit", default=100, show_default=True, type=click.IntRange(0), help="Models to list; 0 = all."
+)
 @crawl_options
 def crawl_hf(filters: tuple[str, ...], base_model: str | None, search: str | None, author: str | None,
              sort: str | None, limit: int, **common: Any) -> int:  # fmt: skip
@@ -108,20 +131,40 @@ def crawl_hf(filters: tuple[str, ...], base_model: str | None, search: str | Non
     """
     from .listing_hf import HubSearch
 
-    listing = HubSearch(filters=filters, base_model=base_model, search=search, author=author, sort=sort, limit=limit)
+    listing = HubSearch(
+        filters=filters, base_model=base_model, search=search, author=author, sort=sort, limit=limit
+    )
     return _run(listing, **common)
 
 
 @crawl.command("civitai", epilog=CRAWL_EXIT_HELP)
-@click.option("--types", multiple=True, default=("LORA",), show_default=True,
-              help="CivitAI model type (repeatable): LORA, LoCon, DoRA.")
-@click.option("--base-models", "--base-model", "base_models", multiple=True,
-              help='CivitAI base model name (repeatable), e.g. "SD 1.5", "SDXL 1.0", "Flux.1 D".')
+@click.option(
+    "--types",
+    multiple=True,
+    default=("LORA",),
+    show_default=True,
+    help="CivitAI model type (repeatable): LORA, LoCon, DoRA.",
+)
+@click.option(
+    "--base-models",
+    "--base-model",
+    "base_models",
+    multiple=True,
+    help='CivitAI base model name (repeatable), e.g. "SD 1.5", "SDXL 1.0", "Flux.1 D".',
+)
 @click.option("--query", help="Search text.")
-@click.option("--sort", type=click.Choice(["Highest Rated", "Most Downloaded", "Newest"]), help="Order of the search.")
-@click.option("--nsfw/--sfw", default=None, help="Include (--nsfw) or exclude (--sfw) NSFW models; default: the API's.")
-@click.option("--latest-only", is_flag=True, help="Only each model's newest version (default: every version).")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(0), help="Models to list; 0 = all.")
+@click.option(
+    "--sort", type=click.Choice(["Highest Rated", "Most Downloaded", "Newest"]), help="Order of the search."
+)
+@click.option(
+    "--nsfw/--sfw", default=None, help="Include (--nsfw) or exclude (--sfw) NSFW models; default: the API's."
+)
+@click.option(
+    "--latest-only", is_flag=True, help="Only each model's newest version (default: every version)."
+)
+@click.option(
+    "--limit", default=100, show_default=True, type=click.IntRange(0), help="Models to list; 0 = all."
+)
 @crawl_options
 def crawl_civitai(types: tuple[str, ...], base_models: tuple[str, ...], query: str | None, sort: str | None,
                   nsfw: bool | None, latest_only: bool, limit: int, **common: Any) -> int:  # fmt: skip
@@ -138,8 +181,8 @@ def crawl_civitai(types: tuple[str, ...], base_models: tuple[str, ...], query: s
     """
     from .listing_civitai import CivitaiSearch
 
-    listing = CivitaiSearch(types=types, base_models=base_models, query=query, sort=sort, nsfw=nsfw, limit=limit,
-                            latest_only=latest_only)  # fmt: skip
+    listing = CivitaiSearch(types=types, base_models=base_models, query=query, sort=sort, nsfw=nsfw,
+                            limit=limit, latest_only=latest_only)  # fmt: skip
     return _run(listing, **common)
 
 
@@ -174,15 +217,23 @@ def _run(listing: Any, *, state: str, out: str | None, jobs: int, max_size: str,
     from .run import crawl as run_crawl
 
     options = CrawlOptions(
-        jobs=jobs, max_size=parse_size(max_size), attempts=attempts, keep=keep, bank_dir=bank_dir,
-        force_estimate=force_estimate, ray=ray_address, shard=shard, retry_failed=retry_failed, relist=relist,
+        jobs=jobs,
+        max_size=parse_size(max_size),
+        attempts=attempts,
+        keep=keep,
+        bank_dir=bank_dir,
+        force_estimate=force_estimate,
+        ray=ray_address,
+        shard=shard,
+        retry_failed=retry_failed,
+        relist=relist,
         progress=not (quiet or as_json),
     )
     try:
         summary = run_crawl(state, listing, options)
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted: the targets in flight are pending again; "
-                                   "run the same command to continue", highlight=False)  # fmt: skip
+        console(stderr=True).print("interrupted: the targets in flight are pending again; "
+                                   "run the same command to continue")  # fmt: skip
         return 130
     data = summary.to_dict()
     if not no_report and summary.targets:
@@ -192,8 +243,7 @@ def _run(listing: Any, *, state: str, out: str | None, jobs: int, max_size: str,
     elif not quiet:
         _print_summary(data)
     if summary.listing_error:
-        Console(stderr=True).print(f"[bold red]error:[/] listing stopped: {summary.listing_error} "
-                                   "(rerun the same command to resume it)", highlight=False)  # fmt: skip
+        error(f"listing stopped: {summary.listing_error} (rerun the same command to resume it)")
         return EXIT_INPUT
     return EXIT_OK if summary.targets else EXIT_NO_LORA
 
@@ -201,19 +251,25 @@ def _run(listing: Any, *, state: str, out: str | None, jobs: int, max_size: str,
 def _print_summary(data: dict[str, Any]) -> None:
     from ..download import format_size
 
-    console = Console(stderr=True)
+    err = console(stderr=True)
     counts = ", ".join(f"{status} {n}" for status, n in sorted(data["counts"].items()))
-    console.print(f"crawl: {data['targets']} targets ({counts or 'none'}), {format_size(data['bytes'])} downloaded, "
-                  f"{data['seconds']:.0f} s; state {data['state']}", highlight=False)  # fmt: skip
+    err.print(f"crawl: {data['targets']} targets ({shown(counts or 'none')}), "
+              f"{format_size(data['bytes'])} downloaded, "
+              f"{data['seconds']:.0f} s; state {shown(data['state'])}")  # fmt: skip
     if data.get("report"):
-        console.print(f"report: {data['report']['report.html']}", highlight=False)
+        err.print(f"report: {shown(data['report']['report.html'])}")
 
 
 @click.command(epilog=EXIT_CODES_HELP)
 @click.argument("states", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: <state name>-report).")
-@click.option("--html-rows", default=20_000, show_default=True, type=click.IntRange(1),
-              help="Rows in the HTML table (parquet and CSV hold all).")
+@click.option(
+    "--html-rows",
+    default=20_000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Rows in the HTML table (parquet and CSV hold all).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def report(states: tuple[str, ...], out: str | None, html_rows: int, as_json: bool) -> int:
     """Write the report of one or more crawl states (shards merge): parquet, CSV, JSON, HTML.
@@ -235,14 +291,13 @@ def report(states: tuple[str, ...], out: str | None, html_rows: int, as_json: bo
     if as_json:
         print_json(summary)
     else:
-        console = Console(stderr=True)
+        err = console(stderr=True)
         by_status = ", ".join(f"{k} {v}" for k, v in summary["by_status"].items())
-        console.print(f"{summary['targets']} targets, {summary['reports']} rows ({by_status or 'none'})", highlight=False)
-        console.print(f"report: {summary['files']['report.html']}", highlight=False)
+        err.print(f"{summary['targets']} targets, {summary['reports']} rows ({shown(by_status or 'none')})")
+        err.print(f"report: {shown(summary['files']['report.html'])}")
     return EXIT_OK if summary["targets"] else EXIT_NO_LORA
 
 
 def register(group: click.Group) -> None:
     group.add_command(crawl)
     group.add_command(report)
-

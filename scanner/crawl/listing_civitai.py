@@ -17,6 +17,7 @@ from lora_wise.errors import one_line
 from ..download import RetryPolicy, client, get_json
 from ..errors import FetchError, NoLoraFiles, NotFound, UnsafeFormat
 from ..sources.civitai import AUTH_HINT, LORA_TYPES, auth_headers, endpoint, pick_file
+from ..status import Status, status_of
 from .listing import Page
 from .state import Candidate
 
@@ -93,13 +94,14 @@ def version_candidate(model: dict[str, Any], version: dict[str, Any]) -> Candida
     }
     model_type = str(model.get("type") or "")
     if model_type and model_type.lower() not in LORA_TYPES:
-        return Candidate(target, "civitai", listing, "no-lora", f"{target}: a {model_type} model, not a LoRA")
+        reason = f"{target}: a {model_type} model, not a LoRA"
+        return Candidate(target, "civitai", listing, Status.NO_LORA, reason)
     try:
         entry, _ = pick_file(version, None, target)
-    except UnsafeFormat as exc:
-        return Candidate(target, "civitai", listing, "unsafe", one_line(exc))
-    except (NoLoraFiles, NotFound) as exc:
-        return Candidate(target, "civitai", listing, "no-lora", one_line(exc))
+    except (UnsafeFormat, NoLoraFiles) as exc:
+        return Candidate(target, "civitai", listing, status_of(exc), one_line(exc))
+    except NotFound as exc:  # the version lists no file at all: nothing to scan, as with no LoRA file
+        return Candidate(target, "civitai", listing, Status.NO_LORA, one_line(exc))
     listing["file"] = file_summary(entry, version)
     return Candidate(target, "civitai", listing)
 

@@ -19,6 +19,7 @@ from lora_wise.errors import one_line
 from ..errors import NoLoraFiles, UnsafeFormat
 from ..sources.base import RepoEntry, pick_candidates
 from ..sources.hub import hub_errors, settings
+from ..status import status_of
 from .listing import Page
 from .state import Candidate
 
@@ -93,8 +94,6 @@ def candidates_of(model: ModelInfo) -> list[Candidate]:
     entries = [RepoEntry(s.rfilename, s.size) for s in model.siblings]
     try:
         chosen, notes = pick_candidates(entries, max_size=2**62, where=model.id)
-    except UnsafeFormat as exc:
-        return [Candidate(model.id, "hf", listing, status="unsafe", error=one_line(exc))]
-    except NoLoraFiles as exc:
-        return [Candidate(model.id, "hf", listing, status="no-lora", error=one_line(exc))]
+    except (UnsafeFormat, NoLoraFiles) as exc:
+        return [Candidate(model.id, "hf", listing, status=status_of(exc), error=one_line(exc))]
     return [Candidate(f"hf://{model.id}/{e.path}", "hf", {**listing, "file": e.path, "notes": notes}) for e in chosen]

@@ -17,10 +17,12 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from lora_wise.errors import LoraWiseError, one_line
 
 from ..download import DEFAULT_MAX_SIZE, RetryPolicy, format_size
+from ..status import Status
 from .dispatch import dispatcher
 from .listing import Listing, discover
 from .state import FINAL, CrawlState, Row, exclusive
@@ -151,9 +153,10 @@ def record(state: CrawlState, row: Row, future: Future, options: CrawlOptions) -
     try:
         outcome = future.result()
     except Exception as exc:  # the worker died (Ray lost it, or a bug): a transient fault of the crawl
-        outcome = {"status": "retry", "error": f"the task died: {type(exc).__name__}: {one_line(exc)}"[:500]}
+        error = f"the task died: {type(exc).__name__}: {one_line(exc)}"[:500]
+        outcome = {"status": Status.RETRY, "error": error}
     nbytes = int(outcome.get("bytes") or 0)
-    if outcome["status"] != "retry":
+    if outcome["status"] != Status.RETRY:
         state.finish(row.target, outcome["status"], error=outcome.get("error"), header=outcome.get("header"),
                      result=outcome.get("result"), nbytes=nbytes)  # fmt: skip
         return nbytes
@@ -165,6 +168,19 @@ def record(state: CrawlState, row: Row, future: Future, options: CrawlOptions) -
     return nbytes
 
 
+class _TwoLineProgress(Progress):
+    """The bar, done/known and the time on one line, the counts by status on a second: on one line
+    together they pass 80 columns, and rich then squeezes the bar away first."""
+
+    counts = ""
+
+    def get_renderables(self):  # rich's documented hook for what a Progress draws
+        yield self.make_tasks_table(self.tasks)
+        counts = Text.from_markup(self.counts, overflow="ellipsis")
+        counts.no_wrap = True
+        yield counts
+
+
 class Display:
     """A rich progress bar on stderr: done of known targets, counts by status, bytes downloaded this run."""
 
@@ -173,9 +189,9 @@ class Display:
         self.last = 0.0
         self.downloaded = 0  # bytes, this run: summing the table each refresh would read every row
         if enabled:
-            self.progress = Progress(
-                TextColumn("[bold]crawl"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                TimeElapsedColumn(), console=Console(stderr=True),
+            self.progress = _TwoLineProgress(
+                TextColumn("[bold]crawl"), BarColumn(bar_width=50), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=Console(stderr=True),
             )
             self.task = self.progress.add_task("", total=None)
 
@@ -197,5 +213,6 @@ class Display:
         ok, failed, skipped = counts.get("ok", 0), counts.get("failed", 0), counts.get("skipped", 0)
         other = done - ok - failed - skipped
         text = (f"[green]ok {ok}[/] · [red]failed {failed}[/] · skipped {skipped} · unsafe/error/no-lora {other} · "
-                f"running {counts.get('running', 0)} · {format_size(self.downloaded)} this run")  # fmt: skip
-        self.progress.update(self.task, completed=done, total=sum(counts.values()), description=text)
+                f"running {counts.get('running', 0)} · {format_size(self.downloaded)} fetched")  # fmt: skip
+        self.progress.counts = text  # type: ignore[attr-defined]
+        self.progress.update(self.task, completed=done, total=sum(counts.values()))

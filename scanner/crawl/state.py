@@ -23,9 +23,9 @@ from typing import Any
 from lora_wise._files import exclusive_lock
 
 from ..errors import StateError
+from ..status import FINAL, Status
 
-FINAL = ("ok", "error", "unsafe", "no-lora", "skipped", "failed")
-STATUSES = ("pending", "running", *FINAL)
+STATUSES = (Status.PENDING, Status.RUNNING, *FINAL)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS targets (
@@ -205,8 +205,8 @@ class CrawlState:
         now = time.time()
         with self.transaction() as db:
             (attempts,) = db.execute("SELECT attempts + 1 FROM targets WHERE target = ?", (target,)).fetchone()
-            status = "failed" if attempts >= max_attempts else "pending"
-            reason = f"{error} (gave up after {attempts} attempts)" if status == "failed" else error
+            status = Status.FAILED if attempts >= max_attempts else Status.PENDING
+            reason = f"{error} (gave up after {attempts} attempts)" if status == Status.FAILED else error
             db.execute(
                 "UPDATE targets SET status = ?, attempts = ?, error = ?, next_try = ?, bytes = bytes + ?, "
                 "updated = ? WHERE target = ?",

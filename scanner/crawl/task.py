@@ -19,14 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lora_wise.errors import LoraWiseError, NoLoraWeightsError, UnsafeFormatError, one_line
+from lora_wise.errors import LoraWiseError, one_line
 
 from ..download import DEFAULT_MAX_SIZE, RetryPolicy, safe_filename
-from ..errors import AuthRequired, FetchError, InvalidHeader, NotFound, RateLimited, TooLarge
+from ..errors import AuthRequired, FetchError, InvalidHeader, NotFound, RateLimited
 from ..report import ScanReport
 from ..scan import scan_file
 from ..sources import FetchedFile, fetched
 from ..sources.hub import settings as hub_settings
+from ..status import Status, status_of
 from .probe import probe
 
 # Faults of the file or the request, not of the moment: retrying cannot help.
@@ -42,17 +43,15 @@ class TaskOptions:
     policy: RetryPolicy = RetryPolicy()
 
 
-def status_of(exc: BaseException) -> str:
+def outcome_of(exc: BaseException) -> Status:
     """The outcome status of an error: the filters' verdicts, a permanent error, or ``retry``."""
-    if isinstance(exc, TooLarge):
-        return "skipped"
-    if isinstance(exc, UnsafeFormatError):
-        return "unsafe"
-    if isinstance(exc, NoLoraWeightsError):
-        return "no-lora"
-    if isinstance(exc, PERMANENT) or (isinstance(exc, LoraWiseError) and not isinstance(exc, FetchError)):
-        return "error"
-    return "retry"  # any other FetchError (429, 5xx, cut, timeout, hash mismatch), or an unexpected fault
+    status = status_of(exc)
+    if status is not Status.ERROR or isinstance(exc, PERMANENT):
+        return status
+    if isinstance(exc, LoraWiseError) and not isinstance(exc, FetchError):
+        return status
+    # any other FetchError (429, 5xx, cut, timeout, hash mismatch), or an unexpected fault
+    return Status.RETRY
 
 
 def run_task(target: str, listing: dict[str, Any] | None, options: TaskOptions) -> dict[str, Any]:
@@ -63,9 +62,9 @@ def run_task(target: str, listing: dict[str, Any] | None, options: TaskOptions) 
         reports, nbytes = _fetch_and_scan(target, options)
     except Exception as exc:  # one target's fault must not stop the crawl: it becomes the outcome
         return _error_outcome(exc, header)
-    ok = [r for r in reports if r.status == "ok"]
+    ok = [r for r in reports if r.status == Status.OK]
     return {
-        "status": "ok" if ok else reports[0].status,
+        "status": Status.OK if ok else reports[0].status,
         "error": None if ok else reports[0].error,
         "header": header,
         "result": [r.to_dict() for r in reports],
@@ -74,7 +73,7 @@ def run_task(target: str, listing: dict[str, Any] | None, options: TaskOptions) 
 
 
 def _error_outcome(exc: Exception, header: list[dict[str, Any]] | None) -> dict[str, Any]:
-    status = status_of(exc)
+    status = outcome_of(exc)
     reason = one_line(exc) if isinstance(exc, LoraWiseError) else f"unexpected {type(exc).__name__}: {one_line(exc)}"
     return {
         "status": status,
@@ -87,7 +86,7 @@ def _error_outcome(exc: Exception, header: list[dict[str, Any]] | None) -> dict[
 
 
 def _fetch_and_scan(target: str, options: TaskOptions) -> tuple[list[ScanReport], int]:
-    """Download (capped, verified) and scan; fetch errors propagate (``status_of`` sorts them)."""
+    """Download (capped, verified) and scan; fetch errors propagate (``outcome_of`` sorts them)."""
     hub = hub_settings()
     # Hub files go to a cache of this task alone, deleted after; offline, the user's cache is the source.
     cache = None if hub.offline else tempfile.mkdtemp(prefix="lora-scan-crawl-")
