@@ -116,7 +116,7 @@ def test_pickle_only_version_is_refused_without_download(civitai):
     serve_civitai(civitai, 7, [version], {1: [Reply(200, b"\x80\x04")]})
     with pytest.raises(UnsafeFormat, match="unsafe format, not scanned") as info:
         resolve("civitai:7", progress=False)
-    assert info.value.exit_code == 2
+    assert info.value.exit_code == 1  # an unsafe file is a finding (the 0/1/2/3/4 contract)
     assert not civitai.seen("/api/download/")
 
 

@@ -11,7 +11,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from lora_wise.cli.tools import EXIT_CODES_HELP, err_console, print_json
+from lora_wise._text import shown
+from lora_wise.cli.tools import EXIT_CODES_HELP, console, print_json
 from lora_wise.spectra.table import SpectraTable
 
 #: ~7.4 MB per step for 600 rank-8 tiny-sd models: a few steps keep a packaged bank small.
@@ -130,11 +131,11 @@ def fit_bank_command(source, configs, steps, kinds, base, hold_out, out, repeats
 
 def _progress(quiet: bool) -> Callable[[str], None]:
     """One line per stage on stderr, with the seconds since the start (nothing with ``--quiet``)."""
-    start = time.perf_counter()
+    start, err = time.perf_counter(), console(stderr=True)
 
     def say(text: str) -> None:
         if not quiet:
-            err_console.print(f"[dim]{time.perf_counter() - start:6.1f}s[/] {text}", highlight=False)
+            err.print(f"[dim]{time.perf_counter() - start:6.1f}s[/] {shown(text)}", highlight=False)
 
     return say
 
