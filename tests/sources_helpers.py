@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -135,9 +137,10 @@ class LoopbackServer:
             route = self.routes.get(seen.path.split("?", 1)[0])
             if route is None:
                 return Reply(404, b"no such route")
-            if callable(route):
-                return route(seen)
-            return route.pop(0) if len(route) > 1 else route[0]
+            if not callable(route):
+                return route.pop(0) if len(route) > 1 else route[0]
+        # Outside the lock: a slow route must not hold back (and hide) the requests that come meanwhile.
+        return route(seen)
 
     def __enter__(self) -> LoopbackServer:
         self._thread.start()
@@ -334,3 +337,41 @@ def serve_civitai(server: LoopbackServer, model_id: int, versions: list[dict[str
 def leftovers(folder: Path) -> list[Path]:
     """Files under ``folder`` that a download may have left: partial, incomplete or temp files."""
     return [p for p in folder.rglob("*") if p.is_file() and (p.name.endswith((".part", ".incomplete")) or p.name.startswith("."))]
+
+
+@contextmanager
+def trickle_server(body: bytes, every: float = 0.5) -> Iterator[str]:
+    """A server that answers 200 with the full Content-Length at once, then sends the body one byte
+    every ``every`` seconds: it never stalls, so only an overall deadline ends the transfer."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nAccept-Ranges: none\r\n\r\n" % len(body))
+                for i in range(len(body)):
+                    if stop.wait(every):
+                        return
+                    conn.sendall(body[i : i + 1])
+            except OSError:
+                return  # the client gave up: what the tests want
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()

@@ -70,7 +70,7 @@ def cut_after_header(data):
 
 
 def test_every_fault_is_recorded_with_a_reason_and_the_crawl_completes(civitai, silent, tmp_path, monkeypatch):
-    monkeypatch.setattr(scanner.download.client, "__defaults__", (1.0,))  # a stalled server times out in 1 s
+    stall_1s = RetryPolicy(attempts=2, base_wait=0.05, max_wait=5, stall=1.0)  # a stalled server times out in 1 s
     data = {i: lora_bytes(seed=i) for i in range(12)}
     rate = timed([Reply(429, b"slow down", {"Retry-After": "1"}), Reply(200, data[1])])
     models = [
@@ -88,7 +88,7 @@ def test_every_fault_is_recorded_with_a_reason_and_the_crawl_completes(civitai, 
     ]
     serve_civitai_search(civitai, models, page=4)
     started = time.monotonic()
-    summary = crawl(tmp_path / "faults.db", CivitaiSearch(policy=FAST), options(max_size=1024**3))
+    summary = crawl(tmp_path / "faults.db", CivitaiSearch(policy=FAST), options(max_size=1024**3, policy=stall_1s))
     assert time.monotonic() - started < 40
     got = {target.split("@")[0]: row for target, row in rows(tmp_path / "faults.db").items()}
 

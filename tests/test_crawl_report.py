@@ -128,14 +128,17 @@ def test_the_html_escapes_what_the_crawl_found(state, tmp_path):
 
 
 class TableRows(HTMLParser):
-    """The text of the first cell of each row of table#reports in a DOM dump."""
+    """The target of each row of table#reports in a DOM dump (the first cell's text before its <br>)."""
 
     def __init__(self):
         super().__init__()
         self.depth, self.rows, self.cell, self.in_first = 0, [], [], False
 
     def handle_starttag(self, tag, attrs):
-        if tag == "table" and ("id", "reports") in attrs:
+        if tag == "br" and self.in_first:  # the model name follows the target in the same cell
+            self.rows.append("".join(self.cell).strip())
+            self.cell, self.in_first = [], False
+        elif tag == "table" and ("id", "reports") in attrs:
             self.depth = 1
         elif self.depth and tag == "tr":
             self.cells = 0

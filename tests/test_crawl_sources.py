@@ -166,13 +166,15 @@ def test_list_file_takes_any_target_form_comments_and_bad_lines(tmp_path, monkey
         )
         summary = crawl(tmp_path / "list.db", TargetsFile(listed), options())
         got = rows(tmp_path / "list.db")
-        assert set(got) == {"local.safetensors", f"{server.url}/files/remote.safetensors", "old.ckpt", "not a target at all"}
+        local, old = str((tmp_path / "local.safetensors").resolve()), str((tmp_path / "old.ckpt").resolve())
+        # local lines are stored as the absolute files they name: never tried as Hub ids anywhere else
+        assert set(got) == {local, f"{server.url}/files/remote.safetensors", old, "not a target at all"}
         assert summary.counts == {"ok": 2, "unsafe": 1, "error": 1}
         assert "line 7" in got["not a target at all"]["error"]
         remote = got[f"{server.url}/files/remote.safetensors"]
         assert remote["bytes"] == len(data) and remote["header"][0]["tensors"] == 16
         assert full_downloads(server, "/files/remote.safetensors") == 1
-        assert got["local.safetensors"]["bytes"] == 0  # a local file is not a download
+        assert got[local]["bytes"] == 0  # a local file is not a download
         assert (tmp_path / "local.safetensors").exists()  # and is never deleted
 
 

@@ -28,7 +28,7 @@ def test_plain_url_download_is_temporary(web):
     web.route("/files/style.safetensors", Reply(200, data))
     with fetched(f"{web.url}/files/style.safetensors", progress=False) as [got]:
         assert got.source == "url" and got.name == "style.safetensors" and got.path.read_bytes() == data
-        assert got.info["sha256"] == sha256(data) and not got.verified  # nothing published to check against
+        assert got.sha256 == sha256(data) and not got.verified  # nothing published to check against
     assert list(web.temp.iterdir()) == []
 
 

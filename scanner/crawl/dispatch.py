@@ -1,37 +1,192 @@
-"""Who runs the crawl's tasks: a local thread pool (default) or a Ray cluster (``--ray ADDRESS``).
+"""Who runs the crawl's tasks: local worker threads (default) or a Ray cluster (``--ray ADDRESS``).
 
-Both hand back ``concurrent.futures.Future`` objects, so the crawl loop is the same for both. Threads
-suit a scan: it waits on the network most of the time and its numpy work releases the GIL. The crawl
-loop keeps at most ``--jobs`` tasks in flight, so a cluster never holds more claimed targets than
-that, and the state stays on the machine that runs the loop (workers only return outcome dicts).
+Both hand back ``concurrent.futures.Future`` objects, so the crawl loop is the same for both. The
+crawl loop keeps at most ``--jobs`` tasks in flight, so a cluster never holds more claimed targets
+than that, and the state stays on the machine that runs the loop (workers only return outcome dicts).
+
+Locally each task runs in a process of its own (forked from a forkserver that has the scanner
+imported, so a task starts in milliseconds), under a deadline and a memory limit: one
+pathological file (a scan that never ends, a file that asks for terabytes) costs one ``error``
+row, and the other workers go on. A thread only waits for its process.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import multiprocessing
 import os
 import queue
+import signal
+import tempfile
 import threading
+import time
 from concurrent.futures import Future
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 from lora_wise.errors import ExecutorError
 from lora_wise.executors import import_ray, init_worker
 
+from ..download import format_size
 from .task import TaskOptions, run_task
 
 # Settings the workers need to reach the same sources; tokens are not sent (set them on the nodes).
 FORWARDED_ENV = ("HF_ENDPOINT", "HF_HUB_OFFLINE", "CIVITAI_ENDPOINT", "LORA_WISE_BANKS")
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one target may cost: wall-clock seconds and memory (bytes of address space beyond what
+    the worker holds when it starts). None: no limit, and the task runs in the thread itself."""
+
+    seconds: float | None = 900.0
+    memory: int | None = 4 * 1024**3
+
+    @property
+    def isolated(self) -> bool:
+        return self.seconds is not None or self.memory is not None
+
+
+def limit_outcome(reason: str) -> dict[str, Any]:
+    """The outcome of a target stopped by its limits: a final ``error`` (a rerun would stop again)."""
+    return {"status": "error", "error": reason, "header": None, "result": None, "bytes": 0, "retry_after": None}
+
+
+def run_bounded(target: str, listing: dict[str, Any] | None, options: TaskOptions, limits: Limits,
+                running: set | None = None) -> dict[str, Any]:  # fmt: skip
+    """``run_task`` in a child process, stopped (SIGKILL) once it runs past ``limits.seconds``."""
+    ctx = multiprocessing.get_context("forkserver")
+    receive, send = ctx.Pipe(duplex=False)
+    # The worker sees the environment we see now (the forkserver's is the one it started with).
+    context = {"env": dict(os.environ), "tempdir": tempfile.gettempdir(), "crawl": os.getpid()}
+    process = ctx.Process(target=_child, args=(send, target, listing, options, limits.memory, context), daemon=True)
+    process.start()
+    send.close()
+    if running is not None:
+        running.add(process)
+    outcome, timed_out = None, False
+    try:
+        if receive.poll(limits.seconds):
+            try:
+                outcome = receive.recv()
+            except EOFError:  # the child died before it could answer
+                pass
+        else:
+            timed_out = True
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join()
+        receive.close()
+        if running is not None:
+            running.discard(process)
+    if outcome is not None:
+        return outcome
+    return limit_outcome(_death_reason(process.exitcode, limits, timed_out))
+
+
+def _death_reason(exitcode: int | None, limits: Limits, timed_out: bool) -> str:
+    if timed_out and limits.seconds is not None:
+        return (f"the scan ran past the {limits.seconds:g} s limit per target and was stopped "
+                "(a pathological file or server; --target-timeout sets the limit)")  # fmt: skip
+    memory = f" (over the {format_size(limits.memory)} limit per target?)" if limits.memory else ""
+    how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
+    return f"the worker process died ({how}){memory}; the file was not scanned"
+
+
+def _child(send: Connection, target: str, listing: dict[str, Any] | None, options: TaskOptions,
+           memory: int | None, context: dict[str, Any]) -> None:  # fmt: skip
+    """In the worker process: the parent's environment, the limits, the task, the outcome back."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops us itself
+    _die_with_parent()
+    threading.Thread(target=_watch, args=(context["crawl"],), daemon=True).start()
+    os.environ.clear()
+    os.environ.update(context["env"])
+    tempfile.tempdir = context["tempdir"]
+    _refresh_hub_constants()
+    init_worker()
+    if memory is not None:
+        _limit_memory(memory)
+    send.send(run_task(target, listing, options))
+    send.close()
+
+
+def _limit_memory(extra: int) -> None:
+    """RLIMIT_AS at what the process maps now plus ``extra``: the scanner's imports already map a few
+    hundred MB (more with torch), so an absolute cap would count them against the file."""
+    import resource
+
+    try:
+        with open("/proc/self/statm") as f:
+            mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return  # not Linux: the deadline still bounds the task
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = mapped + extra if hard == resource.RLIM_INFINITY else min(mapped + extra, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the forkserver (which dies with the crawl) goes, so a crawl
+    killed with ``kill -9`` leaves no scan running on."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _watch(crawl: int) -> None:
+    """End this worker within a tenth of a second of the crawl's end, however the crawl ended."""
+    while True:
+        try:
+            os.kill(crawl, 0)
+        except ProcessLookupError:
+            os._exit(70)
+        except PermissionError:  # pid reused by another user's process: the crawl is gone
+            os._exit(70)
+        time.sleep(0.1)
+
+
+def _refresh_hub_constants() -> None:
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: the forkserver imported it long ago.
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = constants._is_true(os.environ.get("HF_HUB_OFFLINE"))
+
+
+def _preload() -> list[str]:
+    """What the forkserver imports once, so that no task pays for it: the scan, and torch (which the
+    reader imports on a first scan: seconds, per task, without this)."""
+    return ["scanner.crawl.task", *(["torch"] if importlib.util.find_spec("torch") else [])]
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver and wait until its imports are done, before any target is claimed: a crawl
+    interrupted later never leaves a half-started forkserver importing on behind it."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_preload())
+    probe = ctx.Process(target=os.getpid, daemon=True)
+    probe.start()
+    probe.join()
+
+
 class ThreadDispatcher:
-    """``jobs`` daemon threads taking tasks from a queue.
+    """``jobs`` daemon threads taking tasks from a queue; each runs its task in a bounded child process.
 
     Daemon threads, not a ThreadPoolExecutor: the executor's threads are joined at exit, so Ctrl-C
-    would wait for every download in flight. These die with the process; the loop has handed their
-    targets back to ``pending`` by then, and the worker never writes the state.
+    would wait for every download in flight. These die with the process (their children are killed
+    on close); the loop has handed their targets back to ``pending`` by then, and the worker never
+    writes the state.
     """
 
-    def __init__(self, jobs: int) -> None:
+    def __init__(self, jobs: int, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self.running: set = set()
+        if self.limits.isolated:
+            _start_forkserver()
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.threads = [threading.Thread(target=self._work, name=f"lora-scan-crawl-{i}", daemon=True)
                         for i in range(jobs)]  # fmt: skip
@@ -44,7 +199,10 @@ class ThreadDispatcher:
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                future.set_result(run_task(*args))
+                if self.limits.isolated:
+                    future.set_result(run_bounded(*args, self.limits, self.running))
+                else:
+                    future.set_result(run_task(*args))
             except BaseException as exc:  # run_task catches what targets cause; this is a bug: report it
                 future.set_exception(exc)
 
@@ -56,6 +214,9 @@ class ThreadDispatcher:
     def close(self, wait: bool = True) -> None:
         for _ in self.threads:
             self.queue.put(None)
+        if not wait:
+            for process in list(self.running):
+                process.kill()
         if wait:
             for thread in self.threads:
                 thread.join()
@@ -94,5 +255,5 @@ def ray_task(target: str, listing: dict[str, Any] | None, options: TaskOptions) 
     return run_task(target, listing, options)
 
 
-def dispatcher(jobs: int, ray_address: str | None) -> ThreadDispatcher | RayDispatcher:
-    return RayDispatcher(ray_address, jobs) if ray_address else ThreadDispatcher(jobs)
+def dispatcher(jobs: int, ray_address: str | None, limits: Limits | None = None) -> ThreadDispatcher | RayDispatcher:
+    return RayDispatcher(ray_address, jobs) if ray_address else ThreadDispatcher(jobs, limits)

@@ -22,11 +22,11 @@ from lora_wise.lora.safetensors_io import read_header as read_local_header
 from lora_wise.lora.safetensors_io import refuse_unsafe
 
 from ..download import RetryPolicy, check_size, is_pickle_name
-from ..errors import NoLoraFiles, UnsafeFormat
+from ..errors import NoLoraFiles, NotFound, UnsafeFormat
 from ..sources import civitai, hub, url
 from ..sources.base import pick_candidates
+from ..sources.schema import Fields
 from ..targets import Target, parse_target
-from .listing_civitai import file_summary
 
 
 def probe(target: str, listing: dict[str, Any] | None, *, max_size: int, policy: RetryPolicy) -> list[dict[str, Any]]:
@@ -62,21 +62,25 @@ def _hub(parsed: Target, max_size: int, policy: RetryPolicy) -> list[dict[str, A
 
 
 def _civitai(parsed: Target, listing: dict[str, Any] | None, max_size: int, policy: RetryPolicy) -> dict[str, Any]:
-    file = (listing or {}).get("file")
+    file = listing.get("file") if isinstance(listing, dict) else None
     if not file:  # a target from a list file: ask the API which file the scan would fetch
-        version, model_type = civitai.fetch_version(parsed, policy)
-        if model_type and model_type.lower() not in civitai.LORA_TYPES:
-            raise NoLoraFiles(f"{parsed.text}: a {model_type} model, not a LoRA; nothing to scan")
+        version = civitai.fetch_version(parsed, policy)
+        if version.model_type and version.model_type.lower() not in civitai.LORA_TYPES:
+            raise NoLoraFiles(f"{parsed.text}: a {version.model_type} model, not a LoRA; nothing to scan")
         entry, _ = civitai.pick_file(version, None, parsed.text)
-        file = file_summary(entry, version)
-    size = int(float(file["sizeKB"]) * 1024) if isinstance(file.get("sizeKB"), (int, float)) else None
-    check_size(size, max_size, f"{parsed.text} {file.get('name')}")  # before any request
-    if str(file.get("format") or "").lower() == "pickletensor":
-        raise UnsafeFormat(f"{parsed.text}: {file.get('name')} is a pickle file: unsafe format, not scanned")
-    _refuse_pickle_name(str(file.get("name") or ""), parsed.text)
-    link = str(file.get("downloadUrl") or "")
+        file = entry.summary(version)
+    # The state is a file anyone may edit: what it says of the file is checked like an API answer.
+    f = Fields(file, f"{parsed.text}: the listing's file")
+    name, size_kb, link = f.str("name") or "", f.number("sizeKB"), f.url("downloadUrl")
+    size = int(size_kb * 1024) if size_kb is not None else None
+    check_size(size, max_size, f"{parsed.text} {name}")  # before any request
+    if (f.str("format") or "").lower() == "pickletensor":
+        raise UnsafeFormat(f"{parsed.text}: {name} is a pickle file: unsafe format, not scanned")
+    _refuse_pickle_name(name, parsed.text)
+    if not link:
+        raise NotFound(f"{parsed.text}: the listing gives no downloadUrl for {name}")
     header = url.read_header(link, headers=civitai.auth_headers(link), policy=policy)
-    return summary(str(file.get("name")), header, size, max_size, parsed.text)
+    return summary(name, header, size, max_size, parsed.text)
 
 
 def _local(parsed: Target, max_size: int) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lora_wise.errors import LoraWiseError, one_line
 
 from ..download import DEFAULT_MAX_SIZE, RetryPolicy, format_size
-from .dispatch import dispatcher
+from .dispatch import Limits, dispatcher
 from .listing import Listing, discover
 from .state import FINAL, CrawlState, Row, exclusive
 from .task import TaskOptions
@@ -44,6 +44,7 @@ class CrawlOptions:
     policy: RetryPolicy = field(default_factory=RetryPolicy)  # per HTTP request, inside a task
     backoff: float = 30.0  # first wait before a target's next try (doubles per try), unless Retry-After says
     progress: bool = True
+    limits: Limits = field(default_factory=Limits)  # time and memory per target (local workers)
 
     def task_options(self) -> TaskOptions:
         return TaskOptions(self.max_size, self.keep, self.bank_dir, self.force_estimate, self.policy)
@@ -109,7 +110,7 @@ def crawl(state_path: str | Path, listing: Listing | None, options: CrawlOptions
 
 
 def _loop(state: CrawlState, finder: Finder, display: Display, options: CrawlOptions) -> None:
-    pool = dispatcher(options.jobs, options.ray)
+    pool = dispatcher(options.jobs, options.ray, options.limits)
     task_options = options.task_options()
     in_flight: dict[Future, Row] = {}
     try:
