@@ -232,3 +232,59 @@ def test_plots_draw_a_bounded_sample_but_the_statistics_use_every_row(state, tmp
     # an interval with a missing end never counts as holding the declared size
     cmp = compare_declared(np.array([[10.0, 12.0, 8.0, np.nan], [10.0, 9.0, 5.0, 20.0]]))
     assert cmp == {"n": 2, "mae": 1.5, "median_abs_error": 1.5, "within_interval": 0.5}
+
+
+LAYOUT_PROBE = """<script>
+window.addEventListener("load", function () {
+  var heads = Array.prototype.map.call(document.querySelectorAll("#reports th"), function (th) {
+    return [th.textContent.trim(), th.getBoundingClientRect().right];
+  });
+  var colours = {};
+  Array.prototype.forEach.call(document.querySelectorAll("#reports td.status"), function (td) {
+    var style = getComputedStyle(td);
+    colours[td.textContent.trim()] = style.backgroundColor + " / " + style.color;
+  });
+  var pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = JSON.stringify({viewport: window.innerWidth, page: document.documentElement.scrollWidth,
+                                    heads: heads, colours: colours});
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def _chromium(tmp_path, page, *extra):
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+         f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1366,900", *extra, page.as_uri()],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
+def test_the_page_fits_a_1366_px_screen_with_a_colour_per_status(state, tmp_path):
+    """Headless Chromium at 1366x900: a screenshot, and the layout measured in the page itself (a copy
+    of the report with a probe script; the report's own CSP would rightly block it)."""
+    with CrawlState(state) as st:
+        st.add([Candidate("civitai:8@18", "civitai", {"modelName": "n" * 300}, status="error", error="e" * 500),
+                Candidate("civitai:9@19", "civitai", status="no-lora", error="a Checkpoint model, not a LoRA")])
+    write_report([state], tmp_path / "r")
+    page = tmp_path / "r" / "report.html"
+    shot = _chromium(tmp_path, page, f"--screenshot={tmp_path / 'shot.png'}")
+    assert shot.returncode == 0, shot.stderr[-2000:]
+    png = (tmp_path / "shot.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 1366
+    probed = tmp_path / "r" / "probed.html"
+    html = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", page.read_text())
+    probed.write_text(html.replace("</body>", LAYOUT_PROBE + "</body>"))
+    done = _chromium(tmp_path, probed, "--virtual-time-budget=5000", "--dump-dom")
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S).group(1).replace("&amp;", "&"))
+    assert found["viewport"] == 1366 and found["page"] <= 1366  # nothing off-screen: no horizontal scroll
+    heads = dict(found["heads"])
+    assert {"bank accuracy", "warnings", "sha256", "reason", "status"} <= set(heads)
+    assert max(heads.values()) <= 1366
+    colours = found["colours"]
+    assert {"ok", "error", "unsafe", "failed", "skipped", "no-lora"} <= set(colours)
+    assert len(set(colours.values())) == len(colours)  # unsafe != error != failed, and so on

@@ -27,7 +27,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 MAX_GROUPS = 12  # base models shown in the distribution plot (the rest are "other")
 MAX_POINTS = 20_000  # points drawn per plot
 # (column, % of the table's width): they add up to 100, so the table fits any screen from 1366 px.
-TABLE_COLUMNS = (("target", 13), ("file", 8), ("status", 5), ("base_model", 8), ("format", 5), ("backbone", 5),
+TABLE_COLUMNS = (("target", 12), ("file", 8), ("status", 6), ("base_model", 8), ("format", 5), ("backbone", 5),
                  ("rank", 3), ("declared_images", 5), ("estimate", 5), ("interval", 6), ("applicability", 5),
                  ("bank_accuracy", 5), ("size", 5), ("sha256", 7), ("warnings", 8), ("reason", 7))  # fmt: skip
 

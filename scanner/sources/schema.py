@@ -20,13 +20,12 @@ _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 MAX_ID = 2**63 - 1  # SQLite's integer, and far above any real id
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins valid pairs: any left is a lone one
+
+
 def text(value: str) -> str:
     """``value`` with lone surrogates (which JSON allows and UTF-8 does not) replaced by U+FFFD."""
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return _SURROGATE.sub("\ufffd", value)
 
 
 class Fields:
