@@ -1,4 +1,4 @@
-"""One streaming HTTP download, hostile-server aware: size and time caps, retries, resume, hash check, cleanup.
+"""One streaming HTTP download, hostile-server aware: size and time caps, retries, resume, hash check.
 
 Uses ``httpx2``, the HTTP client huggingface_hub 2.4 already depends on (no new dependency). The cap
 is checked three times: against the size a source declares, the Content-Length, and the bytes as
@@ -110,7 +110,8 @@ class Deadline:
 
     def fail(self) -> None:
         raise TransferTimeout(
-            f"{self.what}: timed out: the transfer ran past its {self.seconds:g} s deadline (a slow or stalling server); "
+            f"{self.what}: timed out: the transfer ran past its {self.seconds:g} s deadline "
+            "(a slow or stalling server); "
             "retry later"
         )
 
@@ -220,7 +221,9 @@ def client(policy: RetryPolicy | None = None) -> httpx2.Client:
     with the policy's stall timeout on every read."""
     stall = (policy or DEFAULT_RETRY).stall
     return httpx2.Client(
-        follow_redirects=True, max_redirects=MAX_REDIRECTS, timeout=httpx2.Timeout(stall, connect=min(stall, 10.0))
+        follow_redirects=True,
+        max_redirects=MAX_REDIRECTS,
+        timeout=httpx2.Timeout(stall, connect=min(stall, 10.0)),
     )
 
 
@@ -290,15 +293,18 @@ def _send(http: httpx2.Client, url: str, headers: dict[str, str] | None, what: s
     try:
         return http.send(http.build_request("GET", url, headers=headers), stream=True)
     except httpx2.TooManyRedirects as exc:
-        raise RedirectLoop(f"{what}: over {MAX_REDIRECTS} redirects (a redirect loop?); check the URL") from exc
+        raise RedirectLoop(
+            f"{what}: over {MAX_REDIRECTS} redirects (a redirect loop?); check the URL"
+        ) from exc
     except (httpx2.InvalidURL, ValueError) as exc:  # also a redirect to an unparsable Location
         raise BadAnswer(f"{what}: not a valid http(s) URL ({one_line(exc)})") from exc
 
 
 def _unreachable(exc: httpx2.TransportError, url: str, what: str) -> FetchError:
     if isinstance(exc, httpx2.TimeoutException):
-        return TransferTimeout(f"{what}: timed out: no answer from {urlsplit(url).netloc} within the stall timeout; "
-                               "retry later")  # fmt: skip
+        return TransferTimeout(
+            f"{what}: timed out: no answer from {urlsplit(url).netloc} within the stall timeout; retry later"
+        )
     if isinstance(exc, httpx2.UnsupportedProtocol):
         return BadAnswer(f"{what}: not an http(s) URL (or a redirect to one that is not): {url[:200]!r}")
     return FetchError(f"{what}: cannot reach {urlsplit(url).netloc} ({exc}); check the URL and network")
@@ -310,18 +316,29 @@ def _sleep(seconds: float, deadline: Deadline) -> None:
     time.sleep(seconds)
 
 
-def get_json(http: httpx2.Client, url: str, *, headers: dict[str, str] | None = None, what: str,
-             auth_hint: str = "set the source's token", policy: RetryPolicy = DEFAULT_RETRY) -> Any:
+def get_json(
+    http: httpx2.Client,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    what: str,
+    auth_hint: str = "set the source's token",
+    policy: RetryPolicy = DEFAULT_RETRY,
+) -> Any:
     """GET a JSON document (bounded in size and time) with the same retries and typed errors."""
     deadline = Deadline(policy.deadline, what)
-    response = open_stream(http, url, headers=headers, what=what, auth_hint=auth_hint, policy=policy, deadline=deadline)
+    response = open_stream(
+        http, url, headers=headers, what=what, auth_hint=auth_hint, policy=policy, deadline=deadline
+    )
     try:
         body = bytearray()
         for chunk in _chunks(response, what):
             body += chunk
             deadline.check()
             if len(body) > MAX_JSON_BYTES:
-                raise BadAnswer(f"{what}: the API answer is over {format_size(MAX_JSON_BYTES)}; not a JSON API")
+                raise BadAnswer(
+                    f"{what}: the API answer is over {format_size(MAX_JSON_BYTES)}; not a JSON API"
+                )
     finally:
         response.close()
     try:
@@ -336,7 +353,9 @@ def _chunks(response: httpx2.Response, what: str) -> Any:
     try:
         yield from response.iter_bytes()
     except httpx2.TimeoutException as exc:
-        raise TransferTimeout(f"{what}: timed out: the answer stalled (no byte within the stall timeout)") from exc
+        raise TransferTimeout(
+            f"{what}: timed out: the answer stalled (no byte within the stall timeout)"
+        ) from exc
     except (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.DecodingError) as exc:
         raise TruncatedDownload(f"{what}: the connection broke mid-answer ({one_line(exc)}); retry") from exc
 
@@ -399,8 +418,16 @@ def download(
     try:
         with client(policy) as http, open(part, "wb") as out:
             name, size, digest = _stream_resuming(
-                http, url, out, filename=filename, headers=dict(headers or {}), max_size=max_size,
-                progress=progress, policy=policy, auth_hint=auth_hint, resumes=resumes,
+                http,
+                url,
+                out,
+                filename=filename,
+                headers=dict(headers or {}),
+                max_size=max_size,
+                progress=progress,
+                policy=policy,
+                auth_hint=auth_hint,
+                resumes=resumes,
             )
         if expected_size is not None and size != expected_size:
             raise TruncatedDownload(
@@ -419,26 +446,46 @@ def download(
 
 
 def _stream_resuming(
-    http: httpx2.Client, url: str, out: Any, *, filename: str | None, headers: dict[str, str], max_size: int,
-    progress: bool, policy: RetryPolicy, auth_hint: str, resumes: int,
+    http: httpx2.Client,
+    url: str,
+    out: Any,
+    *,
+    filename: str | None,
+    headers: dict[str, str],
+    max_size: int,
+    progress: bool,
+    policy: RetryPolicy,
+    auth_hint: str,
+    resumes: int,
 ) -> tuple[str, int, str]:
     """Write the body to ``out``; on a cut, resume with a Range request when the server allows it."""
     hasher = hashlib.sha256()
     what = filename or url
     deadline = Deadline(policy.deadline, what)
-    with ByteMeter(desc=safe_filename(what), max_size=max_size, progress=progress, deadline=deadline) as meter:
+    with ByteMeter(
+        desc=safe_filename(what), max_size=max_size, progress=progress, deadline=deadline
+    ) as meter:
         for attempt in range(resumes + 1):
             have = meter.n
             # identity: Content-Length, the cap and the published hash all refer to the raw bytes
             request_headers = {**headers, "Accept-Encoding": "identity"}
             if have:
                 request_headers["Range"] = f"bytes={have}-"
-            response = open_stream(http, url, headers=request_headers, what=what, auth_hint=auth_hint, policy=policy,
-                                   deadline=deadline)  # fmt: skip
+            response = open_stream(
+                http,
+                url,
+                headers=request_headers,
+                what=what,
+                auth_hint=auth_hint,
+                policy=policy,
+                deadline=deadline,
+            )
             try:
                 name = filename or _name_from(response, url)
                 if is_pickle_name(name):
-                    raise UnsafeFormat(f"{name}: a pickle file; unsafe format, not scanned (ask for .safetensors)")
+                    raise UnsafeFormat(
+                        f"{name}: a pickle file; unsafe format, not scanned (ask for .safetensors)"
+                    )
                 if have and response.status_code != 206:  # the server ignored Range: start over
                     out.seek(0)
                     out.truncate()
@@ -446,7 +493,9 @@ def _stream_resuming(
                     meter.reset()
                     have = 0
                 elif have and not response.headers.get("content-range", "").startswith(f"bytes {have}-"):
-                    raise TruncatedDownload(f"{what}: the server resumed at the wrong offset; retry the download")
+                    raise TruncatedDownload(
+                        f"{what}: the server resumed at the wrong offset; retry the download"
+                    )
                 length = _content_length(response)
                 total = have + length if length is not None else None
                 check_size(total, max_size, name)

@@ -48,7 +48,9 @@ def relative_parts(name: str, what: str = "name") -> tuple[str, ...]:
     for part in parts:
         check_name(part, what)
         if part in ("", ".", ".."):
-            raise UnsafePath(f"{what} {name!r} is not a plain relative path (empty, '.' or '..' part): refused")
+            raise UnsafePath(
+                f"{what} {name!r} is not a plain relative path (empty, '.' or '..' part): refused"
+            )
     return parts
 
 

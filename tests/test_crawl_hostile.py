@@ -4,6 +4,7 @@ a hand-edited state never breaks the report, permanent faults are tried once, an
 file has its SHA-256 in the state and the report."""
 
 import json
+import os
 import sqlite3
 import time
 
@@ -26,7 +27,9 @@ from scanner.crawl.table import base_model_verdict, family_of
 
 
 def options(**kw):
-    return CrawlOptions(**{"jobs": 2, "progress": False, "policy": FAST, "backoff": 0.05, "attempts": 3, **kw})
+    return CrawlOptions(
+        **{"jobs": 2, "progress": False, "policy": FAST, "backoff": 0.05, "attempts": 3, **kw}
+    )
 
 
 def listed(folder, lines):
@@ -53,7 +56,9 @@ def test_a_target_that_hangs_costs_one_error_row_and_the_crawl_finishes(tmp_path
     with trickle_server(lora_bytes(), every=0.5) as url:  # its header read alone would take minutes
         lines = [good[0], f"{url}/hang.safetensors", good[1], good[2]]
         started = time.monotonic()
-        summary = crawl(tmp_path / "s.db", TargetsFile(listed(tmp_path, lines)), options(limits=Limits(seconds=3)))
+        summary = crawl(
+            tmp_path / "s.db", TargetsFile(listed(tmp_path, lines)), options(limits=Limits(seconds=3))
+        )
         took = time.monotonic() - started
     got = rows(tmp_path / "s.db")
     hang = got[f"{url}/hang.safetensors"]
@@ -65,8 +70,11 @@ def test_a_target_that_hangs_costs_one_error_row_and_the_crawl_finishes(tmp_path
 def test_a_target_over_the_memory_limit_costs_one_error_row(tmp_path):
     good = write_lora(tmp_path / "good.safetensors")
     big = big_lora(tmp_path / "big.safetensors")
-    summary = crawl(tmp_path / "s.db", TargetsFile(listed(tmp_path, [big, good])),
-                    options(limits=Limits(seconds=120, memory=16 * 1024**2)))  # fmt: skip
+    summary = crawl(
+        tmp_path / "s.db",
+        TargetsFile(listed(tmp_path, [big, good])),
+        options(limits=Limits(seconds=120, memory=16 * 1024**2)),
+    )
     got = rows(tmp_path / "s.db")
     assert got[str(big)]["status"] == "error" and "memory" in got[str(big)]["error"].lower()
     assert got[str(good)]["status"] == "ok" and summary.counts == {"ok": 1, "error": 1}
@@ -117,7 +125,8 @@ def test_a_hand_edited_state_gives_error_rows_or_one_clear_error(tmp_path):
         UPDATE targets SET status = 'weird' WHERE target = 't0';
         UPDATE targets SET status = 'ok', result = '{not json' WHERE target = 't1';
         UPDATE targets SET status = 'ok', result = '[1, "x"]', listing = '[]' WHERE target = 't2';
-        UPDATE targets SET status = 'ok', result = '[{"source": "x", "estimate": [], "rank": 1e999}]' WHERE target = 't3';
+        UPDATE targets SET status = 'ok', result = '[{"source": "x", "estimate": [], "rank": 1e999}]'
+            WHERE target = 't3';
         UPDATE targets SET attempts = 'x', bytes = -5, updated = 'y', error = 7 WHERE target = 't4';
         UPDATE targets SET status = 'ok', header = '[{"declared": "x", "size": "big"}]' WHERE target = 't5';
     """)
@@ -132,7 +141,9 @@ def test_a_hand_edited_state_gives_error_rows_or_one_clear_error(tmp_path):
     summary = crawl(state, None, options())
     assert "pending" not in summary.counts
     broken = tmp_path / "broken.db"
-    sqlite3.connect(broken).executescript("CREATE TABLE targets (target TEXT); CREATE TABLE meta (key, value);")
+    sqlite3.connect(broken).executescript(
+        "CREATE TABLE targets (target TEXT); CREATE TABLE meta (key, value);"
+    )
     assert run(cli, ["report", str(broken), "--out", str(tmp_path / "r3")]) == 2
 
 
@@ -144,8 +155,11 @@ def test_permanent_faults_are_tried_once_and_transient_ones_retried(tmp_path):
         server.route("/loop.safetensors", Reply(302, b"", {"Location": "/loop.safetensors"}, ranges=False))
         server.route("/busy.safetensors", Reply(503, b"", {"Retry-After": "0"}), Reply(200, lora_bytes()))
         names = ["gone", "bad", "html", "loop", "busy"]
-        crawl(tmp_path / "s.db", TargetsFile(listed(tmp_path, [f"{server.url}/{n}.safetensors" for n in names])),
-              options())  # fmt: skip
+        crawl(
+            tmp_path / "s.db",
+            TargetsFile(listed(tmp_path, [f"{server.url}/{n}.safetensors" for n in names])),
+            options(),
+        )
         got = {t.rsplit("/", 1)[1].split(".")[0]: r for t, r in rows(tmp_path / "s.db").items()}
         for name in ("gone", "bad", "html", "loop"):
             assert got[name]["status"] == "error" and got[name]["attempts"] == 1, (name, got[name]["error"])
@@ -177,3 +191,13 @@ def test_the_declared_base_model_is_kept_when_the_weights_agree_and_a_conflict_i
     assert base_model_verdict("Some new model", "sd15") == ("Some new model", None)  # nothing to compare
     assert base_model_verdict(None, "sdxl") == ("sdxl", None)
     assert base_model_verdict("SDXL 1.0", "sd15") == ("sd15", "declared SDXL 1.0, but the weights are sd15")
+
+
+def test_a_fifo_in_a_list_is_refused_without_opening_it(tmp_path):
+    good = write_lora(tmp_path / "good.safetensors")
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes: never
+    summary = crawl(tmp_path / "s.db", TargetsFile(listed(tmp_path, [fifo, good])), options())
+    got = rows(tmp_path / "s.db")
+    assert got[str(fifo)]["status"] == "error" and "not a regular file" in got[str(fifo)]["error"]
+    assert summary.counts == {"ok": 1, "error": 1}

@@ -24,12 +24,21 @@ from scanner.scan import scan_all
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 DATA = lora_bytes(seed=5)
 
-json_leaf = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-                      st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30),
-                      st.sampled_from(["\ud800", "[/x]", "\x00", "../../x", "file:///etc/passwd", "a" * 300]))  # fmt: skip
-json_value = st.recursive(json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                             st.dictionaries(st.text(max_size=10), inner, max_size=4)),
-                          max_leaves=12)  # fmt: skip
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=30),
+    st.sampled_from(["\ud800", "[/x]", "\x00", "../../x", "file:///etc/passwd", "a" * 300]),
+)
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 def mutated(base: dict, paths: list[tuple[str, ...]]):
@@ -80,8 +89,17 @@ def server():
         yield srv
 
 
-CIVITAI_PATHS = [("id",), ("modelId",), ("files",), ("model",), ("model", "type"), ("downloadUrl",), ("baseModel",),
-                 ("trainedWords",), ("files", "0")]  # fmt: skip
+CIVITAI_PATHS = [
+    ("id",),
+    ("modelId",),
+    ("files",),
+    ("model",),
+    ("model", "type"),
+    ("downloadUrl",),
+    ("baseModel",),
+    ("trainedWords",),
+    ("files", "0"),
+]
 FILE_PATHS = [("sizeKB",), ("hashes",), ("name",), ("metadata",), ("type",), ("primary",), ("downloadUrl",)]
 
 
@@ -90,10 +108,16 @@ FILE_PATHS = [("sizeKB",), ("hashes",), ("name",), ("metadata",), ("type",), ("p
 def test_any_civitai_version_answer_ends_in_0_2_or_3(server, tmp_path_factory, monkeypatch, data):
     monkeypatch.setenv("CIVITAI_ENDPOINT", server.url)
     version = civitai_version(server, 2, 1, [civitai_file(server, "a.safetensors", DATA)])
-    version["files"][0] = data.draw(mutated(version["files"][0], FILE_PATHS)) if data.draw(st.booleans()) else \
-        version["files"][0]  # fmt: skip
+    version["files"][0] = (
+        data.draw(mutated(version["files"][0], FILE_PATHS))
+        if data.draw(st.booleans())
+        else version["files"][0]
+    )
     answer = data.draw(mutated(version, CIVITAI_PATHS))
-    server.route("/api/v1/model-versions/2", Reply(200, json.dumps(answer).encode(), {"Content-Type": "application/json"}))
+    server.route(
+        "/api/v1/model-versions/2",
+        Reply(200, json.dumps(answer).encode(), {"Content-Type": "application/json"}),
+    )
     server.route("/api/download/files/1", Reply(200, DATA))
     with sandbox(tmp_path_factory, monkeypatch):
         assert scan_exit("civitai:1@2") in (0, 2, 3)
@@ -109,19 +133,36 @@ def test_any_hub_model_info_answer_ends_in_0_2_or_3(server, tmp_path_factory, mo
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     commit = "d" * 40
-    info = {"id": "user/repo", "sha": commit, "tags": ["lora"], "cardData": {"base_model": "x"},
-            "siblings": [{"rfilename": "a.safetensors", "size": len(DATA)}, {"rfilename": "README.md", "size": 3}]}  # fmt: skip
+    info = {
+        "id": "user/repo",
+        "sha": commit,
+        "tags": ["lora"],
+        "cardData": {"base_model": "x"},
+        "siblings": [
+            {"rfilename": "a.safetensors", "size": len(DATA)},
+            {"rfilename": "README.md", "size": 3},
+        ],
+    }
     answer = data.draw(mutated(info, HUB_PATHS))
     for path in ("/api/models/user/repo", "/api/models/user/repo/revision/main"):
         server.route(path, Reply(200, json.dumps(answer).encode(), {"Content-Type": "application/json"}))
-    server.route(f"/user/repo/resolve/{commit}/a.safetensors", Reply(200, DATA, {"X-Repo-Commit": commit, "ETag": '"e"'}))
+    server.route(
+        f"/user/repo/resolve/{commit}/a.safetensors",
+        Reply(200, DATA, {"X-Repo-Commit": commit, "ETag": '"e"'}),
+    )
     with sandbox(tmp_path_factory, monkeypatch) as root:
         monkeypatch.setenv("HF_HUB_CACHE", str(root / "tmp" / "hub"))
         assert scan_exit("user/repo") in (0, 2, 3)
 
 
-column = st.one_of(st.none(), st.integers(min_value=-(2**63), max_value=2**63 - 1), st.floats(), st.text(max_size=20),
-                   json_value.map(json.dumps), st.binary(max_size=8))  # fmt: skip
+column = st.one_of(
+    st.none(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(),
+    st.text(max_size=20),
+    json_value.map(json.dumps),
+    st.binary(max_size=8),
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -134,11 +175,15 @@ def test_any_hand_edited_state_row_gives_report_rows_or_one_clear_error(tmp_path
         pass
     db = sqlite3.connect(state)
     for n, (status, attempts, error, listing, header, result, nbytes, updated) in enumerate(values):
-        # NOT NULL columns keep SQLite's own guard: a hand edit cannot put NULL there either
-        status, attempts, nbytes, updated = (v if v is not None else 0 for v in (status, attempts, nbytes, updated))
-        db.execute("INSERT INTO targets (target, source, status, attempts, error, listing, header, result, bytes, "
-                   "next_try, seq, updated) VALUES (?, 'list', ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
-                   (f"t{n}", status, attempts, error, listing, header, result, nbytes, n, updated))  # fmt: skip
+        # NOT NULL columns keep SQLite's own guard (a hand edit cannot put NULL, or NaN, there either)
+        status, attempts, nbytes, updated = (
+            v if v is not None and v == v else 0 for v in (status, attempts, nbytes, updated)
+        )
+        db.execute(
+            "INSERT INTO targets (target, source, status, attempts, error, listing, header, result, bytes, "
+            "next_try, seq, updated) VALUES (?, 'list', ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+            (f"t{n}", status, attempts, error, listing, header, result, nbytes, n, updated),
+        )
     db.commit()
     db.close()
     stats = ReportStats([str(state)])

@@ -106,7 +106,9 @@ def test_civitai_file_names_with_nul_or_over_255_bytes_are_one_clear_error(serve
 
 def test_a_content_disposition_name_over_255_bytes_is_refused(server, tmp_path):
     long_name = "y" * 400 + ".safetensors"
-    server.route("/dl", Reply(200, lora_bytes(), {"Content-Disposition": f'attachment; filename="{long_name}"'}))
+    server.route(
+        "/dl", Reply(200, lora_bytes(), {"Content-Disposition": f'attachment; filename="{long_name}"'})
+    )
     with pytest.raises(UnsafePath):
         download(f"{server.url}/dl", tmp_path / "out", progress=False, policy=FAST)
     assert tree(tmp_path / "out") == []  # not even the partial file
@@ -125,8 +127,12 @@ def test_a_server_sending_one_byte_a_second_hits_the_deadline(tmp_path):
     with trickle_server(body, every=0.3) as url:
         started = time.monotonic()
         with pytest.raises(TransferTimeout, match="timed out"):
-            download(f"{url}/slow.safetensors", tmp_path / "out", progress=False,
-                     policy=RetryPolicy(attempts=1, stall=2.0, deadline=1.5))  # fmt: skip
+            download(
+                f"{url}/slow.safetensors",
+                tmp_path / "out",
+                progress=False,
+                policy=RetryPolicy(attempts=1, stall=2.0, deadline=1.5),
+            )
         assert time.monotonic() - started < 6  # the stall timeout alone would never fire
     assert tree(tmp_path / "out") == []
 
@@ -198,7 +204,9 @@ def test_wrong_json_types_in_a_civitai_version_are_one_clear_error(server, case,
 
 @pytest.mark.parametrize("versions", ["x", [1], [{"id": "v"}], {"0": {}}])
 def test_wrong_model_versions_in_a_civitai_model_are_one_clear_error(server, versions):
-    server.route("/api/v1/models/1", Reply.json({"id": 1, "name": "m", "type": "LORA", "modelVersions": versions}))
+    server.route(
+        "/api/v1/models/1", Reply.json({"id": 1, "name": "m", "type": "LORA", "modelVersions": versions})
+    )
     assert run(cli, ["civitai:1", "--quiet"]) == 2
 
 
@@ -209,9 +217,15 @@ def test_deeply_nested_json_is_a_clear_error_not_a_recursion_crash(server):
     assert run(cli, ["civitai:1@2", "--quiet"]) == 2
 
 
-@pytest.mark.parametrize("siblings", ["x", [{"rfilename": 5}], [{"rfilename": "a.safetensors", "size": "big"}],
-                                      [{"rfilename": "a.safetensors", "lfs": {"size": 1, "sha256": "zz",
-                                                                              "pointerSize": 1}}]])  # fmt: skip
+@pytest.mark.parametrize(
+    "siblings",
+    [
+        "x",
+        [{"rfilename": 5}],
+        [{"rfilename": "a.safetensors", "size": "big"}],
+        [{"rfilename": "a.safetensors", "lfs": {"size": 1, "sha256": "zz", "pointerSize": 1}}],
+    ],
+)
 def test_wrong_types_in_the_hubs_model_info_are_one_clear_error(server, siblings):
     info = {"id": "user/repo", "sha": "a" * 40, "siblings": siblings}
     for path in ("/api/models/user/repo", "/api/models/user/repo/revision/main"):

@@ -52,7 +52,7 @@ def crawl_options(command: Callable) -> Callable:
         click.option("--target-timeout", default=900.0, show_default=True, type=click.FloatRange(min=1),
                      help="Seconds one target may take (header, download, scan); past it: an 'error' row."),
         click.option("--target-memory", default="4G", show_default=True,
-                     help="Memory one target's scan may take beyond the worker's own; past it: an 'error' row."),
+                     help="Memory one target's scan may take beyond the worker's own; past it: 'error'."),
         click.option("--ray", "ray_address", metavar="ADDRESS",
                      help="Run the scans on Ray: 'auto', 'ray://host:10001', or 'local' (a private instance)."),
         click.option("--shard", callback=_parse_shard, metavar="I/N",
@@ -171,7 +171,8 @@ def crawl_list(file: str, **common: Any) -> int:
 
 
 def _run(listing: Any, *, state: str, out: str | None, jobs: int, max_size: str, keep: str | None, attempts: int,
-         target_timeout: float, target_memory: str, ray_address: str | None, shard: tuple[int, int] | None, bank_dir: str | None, force_estimate: bool,
+         target_timeout: float, target_memory: str,
+         ray_address: str | None, shard: tuple[int, int] | None, bank_dir: str | None, force_estimate: bool,
          retry_failed: bool, relist: bool, no_report: bool, as_json: bool, quiet: bool) -> int:  # fmt: skip
     from .dispatch import Limits
     from .report import default_out, write_report
@@ -181,7 +182,8 @@ def _run(listing: Any, *, state: str, out: str | None, jobs: int, max_size: str,
     options = CrawlOptions(
         jobs=jobs, max_size=parse_size(max_size), attempts=attempts, keep=keep, bank_dir=bank_dir,
         force_estimate=force_estimate, ray=ray_address, shard=shard, retry_failed=retry_failed, relist=relist,
-        progress=not (quiet or as_json), limits=Limits(seconds=target_timeout, memory=parse_size(target_memory)),
+        progress=not (quiet or as_json),
+        limits=Limits(seconds=target_timeout, memory=parse_size(target_memory)),
     )
     try:
         summary = run_crawl(state, listing, options)

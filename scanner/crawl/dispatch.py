@@ -29,6 +29,7 @@ from lora_wise.errors import ExecutorError
 from lora_wise.executors import import_ray, init_worker
 
 from ..download import format_size
+from .forkserver_init import die_with_parent
 from .task import TaskOptions, run_task
 
 # Settings the workers need to reach the same sources; tokens are not sent (set them on the nodes).
@@ -50,17 +51,31 @@ class Limits:
 
 def limit_outcome(reason: str) -> dict[str, Any]:
     """The outcome of a target stopped by its limits: a final ``error`` (a rerun would stop again)."""
-    return {"status": "error", "error": reason, "header": None, "result": None, "bytes": 0, "retry_after": None}
+    return {
+        "status": "error",
+        "error": reason,
+        "header": None,
+        "result": None,
+        "bytes": 0,
+        "retry_after": None,
+    }
 
 
-def run_bounded(target: str, listing: dict[str, Any] | None, options: TaskOptions, limits: Limits,
-                running: set | None = None) -> dict[str, Any]:  # fmt: skip
+def run_bounded(
+    target: str,
+    listing: dict[str, Any] | None,
+    options: TaskOptions,
+    limits: Limits,
+    running: set | None = None,
+) -> dict[str, Any]:
     """``run_task`` in a child process, stopped (SIGKILL) once it runs past ``limits.seconds``."""
     ctx = multiprocessing.get_context("forkserver")
     receive, send = ctx.Pipe(duplex=False)
     # The worker sees the environment we see now (the forkserver's is the one it started with).
     context = {"env": dict(os.environ), "tempdir": tempfile.gettempdir(), "crawl": os.getpid()}
-    process = ctx.Process(target=_child, args=(send, target, listing, options, limits.memory, context), daemon=True)
+    process = ctx.Process(
+        target=_child, args=(send, target, listing, options, limits.memory, context), daemon=True
+    )
     process.start()
     send.close()
     if running is not None:
@@ -88,18 +103,26 @@ def run_bounded(target: str, listing: dict[str, Any] | None, options: TaskOption
 
 def _death_reason(exitcode: int | None, limits: Limits, timed_out: bool) -> str:
     if timed_out and limits.seconds is not None:
-        return (f"the scan ran past the {limits.seconds:g} s limit per target and was stopped "
-                "(a pathological file or server; --target-timeout sets the limit)")  # fmt: skip
+        return (
+            f"the scan ran past the {limits.seconds:g} s limit per target and was stopped "
+            "(a pathological file or server; --target-timeout sets the limit)"
+        )
     memory = f" (over the {format_size(limits.memory)} limit per target?)" if limits.memory else ""
     how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
     return f"the worker process died ({how}){memory}; the file was not scanned"
 
 
-def _child(send: Connection, target: str, listing: dict[str, Any] | None, options: TaskOptions,
-           memory: int | None, context: dict[str, Any]) -> None:  # fmt: skip
+def _child(
+    send: Connection,
+    target: str,
+    listing: dict[str, Any] | None,
+    options: TaskOptions,
+    memory: int | None,
+    context: dict[str, Any],
+) -> None:
     """In the worker process: the parent's environment, the limits, the task, the outcome back."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops us itself
-    _die_with_parent()
+    die_with_parent()  # SIGKILL when the forkserver goes, which goes with the crawl
     threading.Thread(target=_watch, args=(context["crawl"],), daemon=True).start()
     os.environ.clear()
     os.environ.update(context["env"])
@@ -127,17 +150,6 @@ def _limit_memory(extra: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this worker when the forkserver (which dies with the crawl) goes, so a crawl
-    killed with ``kill -9`` leaves no scan running on."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _watch(crawl: int) -> None:
     """End this worker within a tenth of a second of the crawl's end, however the crawl ended."""
     while True:
@@ -160,7 +172,8 @@ def _refresh_hub_constants() -> None:
 def _preload() -> list[str]:
     """What the forkserver imports once, so that no task pays for it: the scan, and torch (which the
     reader imports on a first scan: seconds, per task, without this)."""
-    return ["scanner.crawl.task", *(["torch"] if importlib.util.find_spec("torch") else [])]
+    torch = ["torch"] if importlib.util.find_spec("torch") else []
+    return ["scanner.crawl.forkserver_init", "scanner.crawl.task", *torch]
 
 
 def _start_forkserver() -> None:
@@ -188,8 +201,9 @@ class ThreadDispatcher:
         if self.limits.isolated:
             _start_forkserver()
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.threads = [threading.Thread(target=self._work, name=f"lora-scan-crawl-{i}", daemon=True)
-                        for i in range(jobs)]  # fmt: skip
+        self.threads = [
+            threading.Thread(target=self._work, name=f"lora-scan-crawl-{i}", daemon=True) for i in range(jobs)
+        ]
         for thread in self.threads:
             thread.start()
 
@@ -231,8 +245,11 @@ class RayDispatcher:
         self.started_here = not ray.is_initialized()
         if self.started_here:
             env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                       "runtime_env": {"env_vars": env}}  # fmt: skip
+            options: dict[str, Any] = {
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "runtime_env": {"env_vars": env},
+            }
             try:
                 if address == "local":
                     ray.init(num_cpus=jobs, **options)
@@ -255,5 +272,7 @@ def ray_task(target: str, listing: dict[str, Any] | None, options: TaskOptions) 
     return run_task(target, listing, options)
 
 
-def dispatcher(jobs: int, ray_address: str | None, limits: Limits | None = None) -> ThreadDispatcher | RayDispatcher:
+def dispatcher(
+    jobs: int, ray_address: str | None, limits: Limits | None = None
+) -> ThreadDispatcher | RayDispatcher:
     return RayDispatcher(ray_address, jobs) if ray_address else ThreadDispatcher(jobs, limits)

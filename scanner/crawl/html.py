@@ -27,12 +27,29 @@ TEMPLATES = Path(__file__).parent / "templates"
 MAX_GROUPS = 12  # base models shown in the distribution plot (the rest are "other")
 MAX_POINTS = 20_000  # points drawn per plot
 # (column, % of the table's width): they add up to 100, so the table fits any screen from 1366 px.
-TABLE_COLUMNS = (("target", 12), ("file", 8), ("status", 6), ("base_model", 8), ("format", 5), ("backbone", 5),
-                 ("rank", 3), ("declared_images", 5), ("estimate", 5), ("interval", 6), ("applicability", 5),
-                 ("bank_accuracy", 5), ("size", 5), ("sha256", 7), ("warnings", 8), ("reason", 7))  # fmt: skip
+TABLE_COLUMNS = (
+    ("target", 12),
+    ("file", 8),
+    ("status", 6),
+    ("base_model", 8),
+    ("format", 5),
+    ("backbone", 5),
+    ("rank", 3),
+    ("declared_images", 5),
+    ("estimate", 5),
+    ("interval", 6),
+    ("applicability", 5),
+    ("bank_accuracy", 5),
+    ("size", 5),
+    ("sha256", 7),
+    ("warnings", 8),
+    ("reason", 7),
+)
 
 
-def render_html(rows: list[dict[str, Any]], summary: dict[str, Any], stats: ReportStats, *, hidden: int = 0) -> str:
+def render_html(
+    rows: list[dict[str, Any]], summary: dict[str, Any], stats: ReportStats, *, hidden: int = 0
+) -> str:
     """The page: ``rows`` are the rows shown (``hidden`` more are only in parquet/CSV); the plots
     and totals come from ``stats`` and ``summary``, which cover every row."""
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True))
@@ -40,9 +57,14 @@ def render_html(rows: list[dict[str, Any]], summary: dict[str, Any], stats: Repo
     script = (TEMPLATES / "report.js").read_text()
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     return env.get_template("report.html.j2").render(
-        summary=summary, rows=[table_row(r) for r in rows], hidden=hidden,
-        columns=TABLE_COLUMNS, sizes_png=sizes_plot(stats.estimates), scatter_png=scatter_plot(stats.pairs, summary),
-        script=script, script_hash=f"sha256-{digest}",
+        summary=summary,
+        rows=[table_row(r) for r in rows],
+        hidden=hidden,
+        columns=TABLE_COLUMNS,
+        sizes_png=sizes_plot(stats.estimates),
+        scatter_png=scatter_plot(stats.pairs, summary),
+        script=script,
+        script_hash=f"sha256-{digest}",
     )
 
 
@@ -51,7 +73,9 @@ def table_row(r: dict[str, Any]) -> dict[str, Any]:
     link = r["link"] if (r["link"] or "").startswith(("https://", "http://")) else None
     interval = f"{r['low']:.0f}–{r['high']:.0f}" if r["low"] is not None and r["high"] is not None else ""
     return {
-        **r, "link": link, "interval": interval,
+        **r,
+        "link": link,
+        "interval": interval,
         "reason": (r["error"] or r["no_estimate_reason"] or "")[:300],
         "estimate_text": f"{r['estimate']:.0f}" if r["estimate"] is not None else "",
         "applicability_text": f"{r['applicability']:.2f}" if r["applicability"] is not None else "",
@@ -89,8 +113,10 @@ def sizes_plot(estimates: dict[str, Sequence[float]]) -> str | None:
     """The distribution of estimated dataset sizes per base model (log scale), or None without estimates."""
     if not estimates:
         return None
-    ordered = sorted(((name, np.maximum(np.asarray(values, dtype=np.float64), 1.0)) for name, values in estimates.items()),
-                     key=lambda kv: -len(kv[1]))  # fmt: skip
+    ordered = sorted(
+        ((name, np.maximum(np.asarray(values, dtype=np.float64), 1.0)) for name, values in estimates.items()),
+        key=lambda kv: -len(kv[1]),
+    )
     if len(ordered) > MAX_GROUPS:
         rest = np.concatenate([values for _, values in ordered[MAX_GROUPS - 1 :]])
         ordered = [*ordered[: MAX_GROUPS - 1], ("other", rest)]
@@ -101,8 +127,13 @@ def sizes_plot(estimates: dict[str, Sequence[float]]) -> str | None:
         points = shown(values, MAX_POINTS // len(ordered))
         jitter = i + 0.15 * np.sin(7.3 * np.arange(len(points)))  # deterministic spread
         ax.scatter(jitter, points, s=8, alpha=0.5, color="tab:blue")
-    ax.set_xticks(range(1, len(ordered) + 1), [f"{name[:32]}\n(n={len(values)})" for name, values in ordered],
-                  rotation=30, ha="right", parse_math=False)  # names are untrusted: no $mathtext$
+    ax.set_xticks(
+        range(1, len(ordered) + 1),
+        [f"{name[:32]}\n(n={len(values)})" for name, values in ordered],
+        rotation=30,
+        ha="right",
+        parse_math=False,
+    )  # names are untrusted: no $mathtext$
     _log_axis(ax, "y")
     ax.set_ylabel("estimated fine-tuning images")
     ax.set_title("Estimated dataset size per base model")

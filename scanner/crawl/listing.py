@@ -45,10 +45,15 @@ def discover(
     key = progress_key(listing)
     fresh = {"listed": 0, "added": 0, "cursor": None, "done": False}
     progress = fresh if relist else state.get_meta(key) or fresh
-    if not (isinstance(progress, dict) and all(isinstance(progress.get(k), int) for k in ("listed", "added"))
-            and isinstance(progress.get("done"), bool)):  # fmt: skip
-        raise StateError(f"{state.path}: the stored progress of this listing is not one a crawl wrote "
-                         "(edited by hand?); rerun with --relist")  # fmt: skip
+    if not (
+        isinstance(progress, dict)
+        and all(isinstance(progress.get(k), int) for k in ("listed", "added"))
+        and isinstance(progress.get("done"), bool)
+    ):
+        raise StateError(
+            f"{state.path}: the stored progress of this listing is not one a crawl wrote "
+            "(edited by hand?); rerun with --relist"
+        )
     if progress["done"]:
         return progress
     for candidates, cursor in listing.pages(progress["cursor"]):
@@ -101,7 +106,9 @@ class TargetsFile:
         try:
             parse_target(text)
         except TargetError as exc:
-            return Candidate(text, self.source, status="error", error=f"{self.path.name} line {number}: {one_line(exc)}")
+            return Candidate(
+                text, self.source, status="error", error=f"{self.path.name} line {number}: {one_line(exc)}"
+            )
         return Candidate(text, self.source)
 
     def local_path(self, text: str) -> Path | None:
@@ -110,7 +117,7 @@ class TargetsFile:
         if "\x00" in text or re.match(r"^([a-z][a-z0-9+.\-]*://|civitai:)", text, re.IGNORECASE):
             return None
         path = Path(text).expanduser()
-        for candidate in ([path] if path.is_absolute() else [self.path.parent / path, Path.cwd() / path]):
+        for candidate in [path] if path.is_absolute() else [self.path.parent / path, Path.cwd() / path]:
             try:
                 if candidate.exists():
                     return candidate.resolve()
@@ -124,5 +131,7 @@ def stored_offset(cursor: Any) -> int:
     if cursor is None:
         return 0
     if isinstance(cursor, bool) or not isinstance(cursor, int) or cursor < 0:
-        raise StateError(f"the stored listing cursor {str(cursor)[:60]!r} is not one a crawl wrote; rerun with --relist")
+        raise StateError(
+            f"the stored listing cursor {str(cursor)[:60]!r} is not one a crawl wrote; rerun with --relist"
+        )
     return cursor

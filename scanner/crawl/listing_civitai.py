@@ -30,17 +30,37 @@ class CivitaiSearch:
     source = "civitai"
 
     def __init__(
-        self, *, types: tuple[str, ...] = ("LORA",), base_models: tuple[str, ...] = (), query: str | None = None,
-        sort: str | None = None, nsfw: bool | None = None, limit: int | None = None, latest_only: bool = False,
+        self,
+        *,
+        types: tuple[str, ...] = ("LORA",),
+        base_models: tuple[str, ...] = (),
+        query: str | None = None,
+        sort: str | None = None,
+        nsfw: bool | None = None,
+        limit: int | None = None,
+        latest_only: bool = False,
         policy: RetryPolicy | None = None,
     ) -> None:
-        self.types, self.base_models, self.query, self.sort, self.nsfw = list(types), list(base_models), query, sort, nsfw
+        self.types, self.base_models, self.query, self.sort, self.nsfw = (
+            list(types),
+            list(base_models),
+            query,
+            sort,
+            nsfw,
+        )
         self.limit, self.latest_only = limit or None, latest_only
         self.policy = policy or RetryPolicy()
 
     def options(self) -> dict[str, Any]:
-        return {"types": self.types, "baseModels": self.base_models, "query": self.query, "sort": self.sort,
-                "nsfw": self.nsfw, "limit": self.limit, "latest_only": self.latest_only}  # fmt: skip
+        return {
+            "types": self.types,
+            "baseModels": self.base_models,
+            "query": self.query,
+            "sort": self.sort,
+            "nsfw": self.nsfw,
+            "limit": self.limit,
+            "latest_only": self.latest_only,
+        }
 
     def url(self, cursor: str | None, page_limit: int) -> str:
         params: list[tuple[str, Any]] = [("types", t) for t in self.types]
@@ -58,22 +78,35 @@ class CivitaiSearch:
         state = _cursor(cursor)
         with client(self.policy) as http:
             while True:
-                page_limit = PAGE_LIMIT if self.limit is None else min(PAGE_LIMIT, self.limit - state["models"])
+                page_limit = (
+                    PAGE_LIMIT if self.limit is None else min(PAGE_LIMIT, self.limit - state["models"])
+                )
                 page = self._page(http, state["next"], page_limit)
                 items = page.items[:page_limit]
                 here = {"next": page.next_cursor, "models": state["models"] + len(items)}
-                done = not page.next_cursor or not items or (self.limit is not None and here["models"] >= self.limit)
+                done = (
+                    not page.next_cursor
+                    or not items
+                    or (self.limit is not None and here["models"] >= self.limit)
+                )
                 first = state["models"]
-                yield [c for n, item in enumerate(items) for c in self.candidates_of(item, first + n)], (
-                    None if done else here
+                yield (
+                    [c for n, item in enumerate(items) for c in self.candidates_of(item, first + n)],
+                    (None if done else here),
                 )
                 state = here
                 if done:
                     return
 
     def _page(self, http: Any, cursor: str | None, page_limit: int) -> CivitaiPage:
-        data = get_json(http, self.url(cursor, page_limit), headers=auth_headers(), what="civitai model search",
-                        auth_hint=AUTH_HINT, policy=self.policy)  # fmt: skip
+        data = get_json(
+            http,
+            self.url(cursor, page_limit),
+            headers=auth_headers(),
+            what="civitai model search",
+            auth_hint=AUTH_HINT,
+            policy=self.policy,
+        )
         return CivitaiPage.from_json(data)
 
     def candidates_of(self, item: Any, number: int) -> list[Candidate]:
@@ -98,10 +131,15 @@ def _cursor(cursor: Any) -> dict[str, Any]:
     """The stored cursor, checked: a hand-edited state must not derail the listing with a traceback."""
     if cursor is None:
         return {"next": None, "models": 0}
-    if (not isinstance(cursor, dict) or not isinstance(cursor.get("models"), int)
-            or not isinstance(cursor.get("next"), (str, type(None)))):  # fmt: skip
-        raise StateError(f"the stored CivitAI listing cursor is not one this crawl wrote: {str(cursor)[:100]}; "
-                         "rerun with --relist")  # fmt: skip
+    if (
+        not isinstance(cursor, dict)
+        or not isinstance(cursor.get("models"), int)
+        or not isinstance(cursor.get("next"), (str, type(None)))
+    ):
+        raise StateError(
+            f"the stored CivitAI listing cursor is not one this crawl wrote: {str(cursor)[:100]}; "
+            "rerun with --relist"
+        )
     return cursor
 
 
@@ -109,10 +147,16 @@ def version_candidate(model: CivitaiModel, version: CivitaiVersion | BadAnswer, 
     """The target of one model version, with what the listing says of its file; a final row when the
     listing alone decides (not a LoRA, only pickle files, no model file, a malformed version)."""
     if isinstance(version, BadAnswer):
-        return Candidate(f"civitai:{model.id}@?{number}", "civitai", model.listing(), "error", one_line(version))
+        return Candidate(
+            f"civitai:{model.id}@?{number}", "civitai", model.listing(), "error", one_line(version)
+        )
     target = f"civitai:{model.id}@{version.id}"
-    listing = {**model.listing(), "modelVersionId": version.id, "versionName": version.name,
-               "baseModel": version.base_model}  # fmt: skip
+    listing = {
+        **model.listing(),
+        "modelVersionId": version.id,
+        "versionName": version.name,
+        "baseModel": version.base_model,
+    }
     if model.type and model.type.lower() not in LORA_TYPES:
         return Candidate(target, "civitai", listing, "no-lora", f"{target}: a {model.type} model, not a LoRA")
     try:

@@ -37,7 +37,7 @@ def base_model_of(tags: list[str] | None) -> str | None:
     tags = tags or []
     for prefix in ("base_model:adapter:", "base_model:"):
         for tag in tags:
-            rest = tag[len(prefix):] if tag.startswith(prefix) else ""
+            rest = tag[len(prefix) :] if tag.startswith(prefix) else ""
             if rest and (prefix != "base_model:" or ":" not in rest):
                 return rest
     return None
@@ -47,15 +47,26 @@ class HubSearch:
     source = "hf"
 
     def __init__(
-        self, *, filters: tuple[str, ...] = ("lora",), base_model: str | None = None, search: str | None = None,
-        author: str | None = None, sort: str | None = None, limit: int | None = None,
+        self,
+        *,
+        filters: tuple[str, ...] = ("lora",),
+        base_model: str | None = None,
+        search: str | None = None,
+        author: str | None = None,
+        sort: str | None = None,
+        limit: int | None = None,
     ) -> None:
         self.filters = [*filters, *([base_model_filter(base_model)] if base_model else [])]
         self.search, self.author, self.sort, self.limit = search, author, sort, limit or None
 
     def options(self) -> dict[str, Any]:
-        return {"filter": self.filters, "search": self.search, "author": self.author, "sort": self.sort,
-                "limit": self.limit}  # fmt: skip
+        return {
+            "filter": self.filters,
+            "search": self.search,
+            "author": self.author,
+            "sort": self.sort,
+            "limit": self.limit,
+        }
 
     def pages(self, cursor: Any) -> Iterator[Page]:
         """The Hub's paging cannot be resumed mid-way: a rerun lists again and skips ``cursor`` models."""
@@ -78,7 +89,11 @@ class HubSearch:
         api = HfApi(endpoint=settings().endpoint)
         with hub_errors("Hub model search", None):
             results = api.list_models(
-                filter=self.filters, search=self.search, author=self.author, sort=self.sort, limit=self.limit,
+                filter=self.filters,
+                search=self.search,
+                author=self.author,
+                sort=self.sort,
+                limit=self.limit,
                 expand=EXPAND,  # type: ignore[arg-type]
             )
             for index, model in enumerate(results):
@@ -93,8 +108,15 @@ def candidates_of(model: ModelInfo, number: int = 0) -> list[Candidate]:
         repo = HubRepo.from_info(model, "Hub model search")
     except BadAnswer as exc:
         name = getattr(model, "id", None)
-        return [Candidate(name if isinstance(name, str) and name else f"hf-search:#{number}", "hf", None, "error",
-                          one_line(exc))]  # fmt: skip
+        return [
+            Candidate(
+                name if isinstance(name, str) and name else f"hf-search:#{number}",
+                "hf",
+                None,
+                "error",
+                one_line(exc),
+            )
+        ]
     listing = {"repo_id": repo.id, "sha": repo.sha, "base_model": base_model_of(list(repo.tags))}
     if repo.files is None:  # a mirror that ignores expand=siblings: the scan lists the repo itself
         return [Candidate(repo.id, "hf", listing)]
@@ -105,4 +127,7 @@ def candidates_of(model: ModelInfo, number: int = 0) -> list[Candidate]:
         return [Candidate(repo.id, "hf", listing, status="unsafe", error=one_line(exc))]
     except NoLoraFiles as exc:
         return [Candidate(repo.id, "hf", listing, status="no-lora", error=one_line(exc))]
-    return [Candidate(f"hf://{repo.id}/{e.path}", "hf", {**listing, "file": e.path, "notes": notes}) for e in chosen]
+    return [
+        Candidate(f"hf://{repo.id}/{e.path}", "hf", {**listing, "file": e.path, "notes": notes})
+        for e in chosen
+    ]

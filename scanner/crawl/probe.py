@@ -29,7 +29,9 @@ from ..sources.schema import Fields
 from ..targets import Target, parse_target
 
 
-def probe(target: str, listing: dict[str, Any] | None, *, max_size: int, policy: RetryPolicy) -> list[dict[str, Any]]:
+def probe(
+    target: str, listing: dict[str, Any] | None, *, max_size: int, policy: RetryPolicy
+) -> list[dict[str, Any]]:
     """One header summary per file the scan would fetch; raises a typed error when a filter says no."""
     parsed = parse_target(target)
     if parsed.kind == "hub":
@@ -58,10 +60,15 @@ def _hub(parsed: Target, max_size: int, policy: RetryPolicy) -> list[dict[str, A
         return [summary(parsed.filename, header, None, max_size, parsed.text)]
     commit, entries, _ = hub.list_repo(repo_id, parsed.revision, policy=policy)
     chosen, _ = pick_candidates(entries, max_size=max_size, where=repo_id)
-    return [summary(e.path, hub.read_header(repo_id, e.path, commit), e.size, max_size, parsed.text) for e in chosen]
+    return [
+        summary(e.path, hub.read_header(repo_id, e.path, commit), e.size, max_size, parsed.text)
+        for e in chosen
+    ]
 
 
-def _civitai(parsed: Target, listing: dict[str, Any] | None, max_size: int, policy: RetryPolicy) -> dict[str, Any]:
+def _civitai(
+    parsed: Target, listing: dict[str, Any] | None, max_size: int, policy: RetryPolicy
+) -> dict[str, Any]:
     file = listing.get("file") if isinstance(listing, dict) else None
     if not file:  # a target from a list file: ask the API which file the scan would fetch
         version = civitai.fetch_version(parsed, policy)
@@ -87,6 +94,8 @@ def _local(parsed: Target, max_size: int) -> list[dict[str, Any]]:
     path = parsed.path
     if path is None or path.is_dir():
         return []  # a folder: the scan picks its candidates by the usual rule
+    if not path.is_file():  # a FIFO or a device: opening it could block for ever
+        raise NotFound(f"{path}: not a regular file or folder")
     refuse_unsafe(path)  # by name and by magic bytes
     header = read_local_header(path)
     tensors = [(t.dtype, t.end) for t in header.tensors.values()]
@@ -107,7 +116,9 @@ def _summary(
     size = size if size is not None else max((end for _, end in tensors), default=0)
     check_size(size, max_size, f"{where} {name}")
     # A hostile header may hold anything under __metadata__; only string values are metadata.
-    meta = {str(k): v for k, v in metadata.items() if isinstance(v, str)} if isinstance(metadata, dict) else {}
+    meta = (
+        {str(k): v for k, v in metadata.items() if isinstance(v, str)} if isinstance(metadata, dict) else {}
+    )
     declared = parse_declared(meta)
     return {
         "file": name,

@@ -82,14 +82,18 @@ class Finder(threading.Thread):
             return
         try:
             with CrawlState(self.path) as state:
-                self.progress = discover(state, self.listing, shard=self.options.shard, relist=self.options.relist)
+                self.progress = discover(
+                    state, self.listing, shard=self.options.shard, relist=self.options.relist
+                )
         except LoraWiseError as exc:
             self.error = one_line(exc)
         except Exception as exc:  # an API answer we do not understand must still end the crawl cleanly
             self.error = f"unexpected {type(exc).__name__}: {one_line(exc)}"
 
 
-def crawl(state_path: str | Path, listing: Listing | None, options: CrawlOptions | None = None) -> CrawlSummary:
+def crawl(
+    state_path: str | Path, listing: Listing | None, options: CrawlOptions | None = None
+) -> CrawlSummary:
     """List (or resume listing) and scan every target into ``state_path``; see docs/crawl.md."""
     options = options or CrawlOptions()
     started = time.time()
@@ -104,8 +108,13 @@ def crawl(state_path: str | Path, listing: Listing | None, options: CrawlOptions
             _loop(state, finder, display, options)
         finder.join()
         return CrawlSummary(
-            state=str(path), counts=state.counts(), bytes=state.downloaded_bytes(), seconds=time.time() - started,
-            recovered=recovered, listing=finder.progress, listing_error=finder.error,
+            state=str(path),
+            counts=state.counts(),
+            bytes=state.downloaded_bytes(),
+            seconds=time.time() - started,
+            recovered=recovered,
+            listing=finder.progress,
+            listing_error=finder.error,
         )
 
 
@@ -155,14 +164,25 @@ def record(state: CrawlState, row: Row, future: Future, options: CrawlOptions) -
         outcome = {"status": "retry", "error": f"the task died: {type(exc).__name__}: {one_line(exc)}"[:500]}
     nbytes = int(outcome.get("bytes") or 0)
     if outcome["status"] != "retry":
-        state.finish(row.target, outcome["status"], error=outcome.get("error"), header=outcome.get("header"),
-                     result=outcome.get("result"), nbytes=nbytes)  # fmt: skip
+        state.finish(
+            row.target,
+            outcome["status"],
+            error=outcome.get("error"),
+            header=outcome.get("header"),
+            result=outcome.get("result"),
+            nbytes=nbytes,
+        )
         return nbytes
     wait_s = outcome.get("retry_after")
     if wait_s is None:
         wait_s = options.backoff * 2**row.attempts
-    state.retry_later(row.target, error=outcome["error"], wait=min(wait_s, MAX_BACKOFF), nbytes=nbytes,
-                      max_attempts=options.attempts)  # fmt: skip
+    state.retry_later(
+        row.target,
+        error=outcome["error"],
+        wait=min(wait_s, MAX_BACKOFF),
+        nbytes=nbytes,
+        max_attempts=options.attempts,
+    )
     return nbytes
 
 
@@ -175,8 +195,12 @@ class Display:
         self.downloaded = 0  # bytes, this run: summing the table each refresh would read every row
         if enabled:
             self.progress = Progress(
-                TextColumn("[bold]crawl"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                TimeElapsedColumn(), console=Console(stderr=True),
+                TextColumn("[bold]crawl"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
             )
             self.task = self.progress.add_task("", total=None)
 
@@ -197,6 +221,9 @@ class Display:
         done = sum(counts.get(s, 0) for s in FINAL)
         ok, failed, skipped = counts.get("ok", 0), counts.get("failed", 0), counts.get("skipped", 0)
         other = done - ok - failed - skipped
-        text = (f"[green]ok {ok}[/] · [red]failed {failed}[/] · skipped {skipped} · unsafe/error/no-lora {other} · "
-                f"running {counts.get('running', 0)} · {format_size(self.downloaded)} this run")  # fmt: skip
+        text = (
+            f"[green]ok {ok}[/] · [red]failed {failed}[/] · skipped {skipped} · "
+            f"unsafe/error/no-lora {other} · "
+            f"running {counts.get('running', 0)} · {format_size(self.downloaded)} this run"
+        )
         self.progress.update(self.task, completed=done, total=sum(counts.values()), description=text)

@@ -75,11 +75,22 @@ class Row:
     updated: float
 
 
-COLUMNS = ("target", "source", "status", "attempts", "error", "listing", "header", "result", "bytes", "updated")
+COLUMNS = (
+    "target",
+    "source",
+    "status",
+    "attempts",
+    "error",
+    "listing",
+    "header",
+    "result",
+    "bytes",
+    "updated",
+)
 
 
 def _json(text: Any, kind: type, name: str, problems: list[str]) -> Any:
-    """A JSON column as ``kind`` (a list: of objects), or None with a note: a state is a file anyone may edit."""
+    """A JSON column as ``kind`` (a list: of objects), or None with a note (anyone may edit a state)."""
     if text is None or text == "":
         return None
     try:
@@ -105,10 +116,19 @@ def row_of(r: tuple) -> Row:
     result = _json(r[7], list, "result", problems)
     error = r[4] if isinstance(r[4], str) or r[4] is None else str(r[4])
     if problems:
-        error = "; ".join([f"the state row was edited by hand ({', '.join(problems)})", *([error] if error else [])])
+        error = "; ".join(
+            [f"the state row was edited by hand ({', '.join(problems)})", *([error] if error else [])]
+        )
     return Row(
-        target=str(r[0]), source=str(r[1]), status=status, attempts=r[3] if _is_int(r[3]) else 0, error=error,
-        listing=listing, header=header, result=result, bytes=r[8] if _is_int(r[8]) else 0,
+        target=str(r[0]),
+        source=str(r[1]),
+        status=status,
+        attempts=r[3] if _is_int(r[3]) else 0,
+        error=error,
+        listing=listing,
+        header=header,
+        result=result,
+        bytes=r[8] if _is_int(r[8]) else 0,
         updated=float(r[9]) if isinstance(r[9], (int, float)) and abs(r[9]) < 1e11 else 0.0,
     )
 
@@ -183,7 +203,10 @@ class CrawlState:
         added = 0
         with self.transaction() as db:
             if progress is not None:
-                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (progress[0], json.dumps(progress[1])))
+                db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    (progress[0], json.dumps(progress[1])),
+                )
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM targets").fetchone()[0]
             for c in candidates:
                 seq += 1
@@ -200,8 +223,9 @@ class CrawlState:
         try:
             return json.loads(row[0]) if row else None
         except (TypeError, ValueError, RecursionError):
-            raise StateError(f"{self.path}: the stored {key[:60]!r} is not JSON (edited by hand?); "
-                             "rerun with --relist") from None  # fmt: skip
+            raise StateError(
+                f"{self.path}: the stored {key[:60]!r} is not JSON (edited by hand?); rerun with --relist"
+            ) from None
 
     def set_meta(self, key: str, value: Any) -> None:
         with self.transaction() as db:
@@ -220,7 +244,8 @@ class CrawlState:
         """``--retry-failed``: failed targets get a fresh set of attempts."""
         with self.transaction() as db:
             return db.execute(
-                "UPDATE targets SET status = 'pending', attempts = 0, next_try = 0, updated = ? WHERE status = 'failed'",
+                "UPDATE targets SET status = 'pending', attempts = 0, next_try = 0, updated = ? "
+                "WHERE status = 'failed'",
                 (time.time(),),
             ).rowcount
 
@@ -229,19 +254,23 @@ class CrawlState:
         now = time.time() if now is None else now
         with self.transaction() as db:
             row = db.execute(
-                "SELECT target FROM targets WHERE status = 'pending' AND next_try <= ? ORDER BY seq LIMIT 1", (now,)
+                "SELECT target FROM targets WHERE status = 'pending' AND next_try <= ? ORDER BY seq LIMIT 1",
+                (now,),
             ).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE targets SET status = 'running', updated = ? WHERE target = ?", (now, row[0]))
         return self.row(row[0])
 
-    def finish(self, target: str, status: str, *, error: str | None, header: Any, result: Any, nbytes: int) -> None:
+    def finish(
+        self, target: str, status: str, *, error: str | None, header: Any, result: Any, nbytes: int
+    ) -> None:
         """Record a final status with everything learnt, in one transaction."""
         assert status in FINAL, status
         with self.transaction() as db:
             db.execute(
-                "UPDATE targets SET status = ?, attempts = attempts + 1, error = ?, header = COALESCE(?, header), "
+                "UPDATE targets SET status = ?, attempts = attempts + 1, error = ?, "
+                "header = COALESCE(?, header), "
                 "result = ?, bytes = bytes + ?, updated = ? WHERE target = ?",
                 (status, error, _dumps(header), _dumps(result), nbytes, time.time(), target),
             )
@@ -250,7 +279,9 @@ class CrawlState:
         """A transient failure: back to pending after ``wait`` s, or ``failed`` once attempts run out."""
         now = time.time()
         with self.transaction() as db:
-            (attempts,) = db.execute("SELECT attempts + 1 FROM targets WHERE target = ?", (target,)).fetchone()
+            (attempts,) = db.execute(
+                "SELECT attempts + 1 FROM targets WHERE target = ?", (target,)
+            ).fetchone()
             status = "failed" if attempts >= max_attempts else "pending"
             reason = f"{error} (gave up after {attempts} attempts)" if status == "failed" else error
             db.execute(

@@ -28,17 +28,42 @@ from .state import CrawlState, Row
 
 # name -> arrow type: a stable schema, the same for an empty crawl and a huge one.
 COLUMNS: dict[str, pa.DataType] = {
-    "target": pa.string(), "file": pa.string(), "status": pa.string(), "error": pa.string(),
-    "source": pa.string(), "name": pa.string(), "base_model": pa.string(), "format": pa.string(),
-    "backbone": pa.string(), "rank": pa.int64(), "layers": pa.int64(), "dtype": pa.string(),
-    "components": pa.string(), "declared_images": pa.int64(), "declared_steps": pa.int64(),
-    "declared_base_model": pa.string(), "base_model_conflict": pa.string(), "estimate": pa.float64(), "low": pa.float64(), "high": pa.float64(),
-    "vote": pa.int64(), "applicability": pa.float64(), "bank": pa.string(), "bank_accuracy": pa.float64(),
+    "target": pa.string(),
+    "file": pa.string(),
+    "status": pa.string(),
+    "error": pa.string(),
+    "source": pa.string(),
+    "name": pa.string(),
+    "base_model": pa.string(),
+    "format": pa.string(),
+    "backbone": pa.string(),
+    "rank": pa.int64(),
+    "layers": pa.int64(),
+    "dtype": pa.string(),
+    "components": pa.string(),
+    "declared_images": pa.int64(),
+    "declared_steps": pa.int64(),
+    "declared_base_model": pa.string(),
+    "base_model_conflict": pa.string(),
+    "estimate": pa.float64(),
+    "low": pa.float64(),
+    "high": pa.float64(),
+    "vote": pa.int64(),
+    "applicability": pa.float64(),
+    "bank": pa.string(),
+    "bank_accuracy": pa.float64(),
     "no_estimate_reason": pa.string(),
-    "size_bytes": pa.int64(), "sha256": pa.string(), "verified": pa.bool_(), "link": pa.string(),
-    "url": pa.string(), "warnings": pa.string(), "attempts": pa.int64(), "downloaded_bytes": pa.int64(),
-    "crawl_state": pa.string(), "updated": pa.string(),
-}  # fmt: skip
+    "size_bytes": pa.int64(),
+    "sha256": pa.string(),
+    "verified": pa.bool_(),
+    "link": pa.string(),
+    "url": pa.string(),
+    "warnings": pa.string(),
+    "attempts": pa.int64(),
+    "downloaded_bytes": pa.int64(),
+    "crawl_state": pa.string(),
+    "updated": pa.string(),
+}
 
 
 def report_rows(states: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
@@ -52,17 +77,31 @@ def report_rows(states: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
 def flatten(row: Row, state_name: str) -> list[dict[str, Any]]:
     listing = _obj(row.listing)
     base = {
-        "target": row.target, "source": row.source, "status": row.status, "error": row.error,
+        "target": row.target,
+        "source": row.source,
+        "status": row.status,
+        "error": row.error,
         "name": listing.get("modelName") or listing.get("repo_id"),
         "base_model": _text(listing.get("baseModel") or listing.get("base_model")),
-        "link": link_of(row.target, listing), "attempts": row.attempts, "downloaded_bytes": row.bytes,
-        "crawl_state": state_name, "updated": datetime.fromtimestamp(row.updated, timezone.utc).isoformat(timespec="seconds"),
-    }  # fmt: skip
+        "link": link_of(row.target, listing),
+        "attempts": row.attempts,
+        "downloaded_bytes": row.bytes,
+        "crawl_state": state_name,
+        "updated": datetime.fromtimestamp(row.updated, timezone.utc).isoformat(timespec="seconds"),
+    }
     header = _obj((row.header or [None])[0])
     if not row.result:
         declared = _obj(header.get("declared"))
-        return [_complete({**base, "file": header.get("file"), "size_bytes": header.get("size"),
-                           "declared_images": declared.get("unique_images")})]  # fmt: skip
+        return [
+            _complete(
+                {
+                    **base,
+                    "file": header.get("file"),
+                    "size_bytes": header.get("size"),
+                    "declared_images": declared.get("unique_images"),
+                }
+            )
+        ]
     return [_complete({**base, **scan_columns(report, base)}) for report in row.result]
 
 
@@ -70,26 +109,45 @@ def scan_columns(report: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]
     """The columns of one ``ScanReport.to_dict()`` (from a state file: any value may be of any type)."""
     report = _obj(report)
     source = _obj(report.get("source"))
-    info, declared, est, bank = (_obj(x) for x in (source.get("info"), report.get("declared"),
-                                                   report.get("estimate"), report.get("bank")))  # fmt: skip
-    stated = (base["base_model"] or _text(info.get("baseModel") or info.get("base_model"))
-              or _text(declared.get("base_model_version")))  # fmt: skip
+    info, declared, est, bank = (
+        _obj(x)
+        for x in (source.get("info"), report.get("declared"), report.get("estimate"), report.get("bank"))
+    )
+    stated = (
+        base["base_model"]
+        or _text(info.get("baseModel") or info.get("base_model"))
+        or _text(declared.get("base_model_version"))
+    )
     base_model, conflict = base_model_verdict(stated, _text(report.get("backbone")))
     return {
-        "file": source.get("file"), "status": report.get("status"), "error": report.get("error"),
-        "base_model": base_model, "base_model_conflict": conflict,
-        "format": report.get("format"), "backbone": report.get("backbone"), "rank": report.get("rank"),
-        "layers": report.get("layers"), "dtype": report.get("dtype"),
+        "file": source.get("file"),
+        "status": report.get("status"),
+        "error": report.get("error"),
+        "base_model": base_model,
+        "base_model_conflict": conflict,
+        "format": report.get("format"),
+        "backbone": report.get("backbone"),
+        "rank": report.get("rank"),
+        "layers": report.get("layers"),
+        "dtype": report.get("dtype"),
         "components": ", ".join(f"{k}: {v}" for k, v in (report.get("components") or {}).items()) or None,
-        "declared_images": declared.get("unique_images"), "declared_steps": declared.get("steps"),
+        "declared_images": declared.get("unique_images"),
+        "declared_steps": declared.get("steps"),
         "declared_base_model": _text(declared.get("base_model_version") or declared.get("base_model")),
-        "estimate": est.get("estimate"), "low": est.get("low"), "high": est.get("high"), "vote": est.get("size"),
-        "applicability": est.get("applicability"), "bank": bank.get("name"),
+        "estimate": est.get("estimate"),
+        "low": est.get("low"),
+        "high": est.get("high"),
+        "vote": est.get("size"),
+        "applicability": est.get("applicability"),
+        "bank": bank.get("name"),
         "bank_accuracy": _obj(bank.get("self_check")).get("dsire_accuracy"),
-        "no_estimate_reason": report.get("estimate_absent_reason"), "size_bytes": source.get("size"),
-        "sha256": source.get("sha256"), "verified": source.get("verified"), "url": source.get("url"),
+        "no_estimate_reason": report.get("estimate_absent_reason"),
+        "size_bytes": source.get("size"),
+        "sha256": source.get("sha256"),
+        "verified": source.get("verified"),
+        "url": source.get("url"),
         "warnings": "; ".join(str(w) for w in _list(report.get("warnings"))) or None,
-    }  # fmt: skip
+    }
 
 
 # CivitAI's names of SDXL-architecture families that name no "xl" (REFERENCE §6 lists baseModel values).
@@ -187,7 +245,12 @@ class ReportStats:
         self.states = states
         self.reports = 0
         self.bytes_by_target: dict[str, int] = {}  # a target with two files has two rows, one download
-        self.by_status, self.by_format, self.by_base_model, self.by_backbone = Counter(), Counter(), Counter(), Counter()
+        self.by_status, self.by_format, self.by_base_model, self.by_backbone = (
+            Counter(),
+            Counter(),
+            Counter(),
+            Counter(),
+        )
         self.estimates: dict[str, array] = defaultdict(lambda: array("d"))  # base model -> estimates
         self._pairs = tuple(array("d") for _ in range(4))  # declared, estimate, low, high (NaN: none)
         self.declared = 0
@@ -205,7 +268,9 @@ class ReportStats:
         if r["declared_images"] is not None:
             self.declared += 1
             if r["estimate"] is not None and math.isfinite(r["estimate"]):
-                for column, value in zip(self._pairs, (r["declared_images"], r["estimate"], r["low"], r["high"]), strict=True):
+                for column, value in zip(
+                    self._pairs, (r["declared_images"], r["estimate"], r["low"], r["high"]), strict=True
+                ):
                     column.append(math.nan if value is None else value)
 
     @property

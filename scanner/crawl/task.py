@@ -113,8 +113,13 @@ def _fetch_and_scan(target: str, options: TaskOptions) -> tuple[list[ScanReport]
     # Hub files go to a cache of this task alone, deleted after; offline, the user's cache is the source.
     cache = None if hub.offline else tempfile.mkdtemp(prefix="lora-scan-crawl-")
     try:
-        with fetched(target, max_size=options.max_size, cache_dir=cache, progress=False, retry=options.policy) as files:
-            reports = [scan_file(f, target, bank_dir=options.bank_dir, force_estimate=options.force_estimate) for f in files]
+        with fetched(
+            target, max_size=options.max_size, cache_dir=cache, progress=False, retry=options.policy
+        ) as files:
+            reports = [
+                scan_file(f, target, bank_dir=options.bank_dir, force_estimate=options.force_estimate)
+                for f in files
+            ]
             if options.keep:
                 keep_files(files, Path(options.keep), target)
             return reports, sum(f.size for f in files if f.source != "local")

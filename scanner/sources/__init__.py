@@ -43,7 +43,9 @@ def resolve(
         raise TargetError(f"--max-size must be positive, got {max_size}")
     policy = retry or RetryPolicy()
     if parsed.kind == "hub":
-        return hub.fetch(parsed, file=file, max_size=max_size, cache_dir=cache_dir, progress=progress, policy=policy)
+        return hub.fetch(
+            parsed, file=file, max_size=max_size, cache_dir=cache_dir, progress=progress, policy=policy
+        )
     if parsed.kind == "civitai":
         return civitai.fetch(parsed, file=file, max_size=max_size, progress=progress, policy=policy)
     if parsed.kind == "url":

@@ -110,7 +110,9 @@ def pick_candidates(
             notes.append(f"skipped {entry.path}: a full model checkpoint, not LoRA weights")
         elif entry.size is not None and entry.size > max_size:
             oversize.append(entry)
-            notes.append(f"skipped {entry.path}: {format_size(entry.size)} is over the {format_size(max_size)} cap")
+            notes.append(
+                f"skipped {entry.path}: {format_size(entry.size)} is over the {format_size(max_size)} cap"
+            )
         else:
             chosen.append(entry)
     notes += [f"skipped {p}: unsafe format, not scanned (pickle)" for p in pickles]
@@ -122,7 +124,10 @@ def pick_candidates(
         return chosen, notes
     if oversize:
         names = ", ".join(f"{e.path} ({format_size(e.size or 0)})" for e in oversize)
-        raise TooLarge(f"{where}: every candidate is over the {format_size(max_size)} cap: {names}; pass a larger --max-size")
+        raise TooLarge(
+            f"{where}: every candidate is over the {format_size(max_size)} cap: {names}; "
+            "pass a larger --max-size"
+        )
     if pickles:
         raise UnsafeFormat(f"{where}: only pickle files ({', '.join(pickles)}): unsafe format, not scanned")
     raise NoLoraFiles(f"{where}: no LoRA weights found (no .safetensors file besides full checkpoints)")

@@ -55,8 +55,9 @@ def fetch_version(target: Target, policy: RetryPolicy = DEFAULT_RETRY) -> Civita
     with client(policy) as http:
         if target.version_id is not None:
             what = f"civitai version {target.version_id}"
-            version = CivitaiVersion.from_json(_get(http, f"{base}/api/v1/model-versions/{target.version_id}", what,
-                                                    headers, policy), what)  # fmt: skip
+            version = CivitaiVersion.from_json(
+                _get(http, f"{base}/api/v1/model-versions/{target.version_id}", what, headers, policy), what
+            )
             if target.model_id is not None and version.model_id not in (None, target.model_id):
                 raise NotFound(
                     f"civitai: version {target.version_id} belongs to model {version.model_id}, "
@@ -64,7 +65,9 @@ def fetch_version(target: Target, policy: RetryPolicy = DEFAULT_RETRY) -> Civita
                 )
             return version
         what = f"civitai model {target.model_id}"
-        model = CivitaiModel.from_json(_get(http, f"{base}/api/v1/models/{target.model_id}", what, headers, policy), what)
+        model = CivitaiModel.from_json(
+            _get(http, f"{base}/api/v1/models/{target.model_id}", what, headers, policy), what
+        )
     if not model.versions:
         raise NotFound(f"civitai model {target.model_id}: it has no published version")
     latest = model.versions[0]  # the API lists versions newest first
@@ -96,7 +99,10 @@ def pick_file(version: CivitaiVersion, file: str | None, where: str) -> tuple[Ci
     notes = [f"skipped {f.name}: unsafe format, not scanned (pickle)" for f in models if is_pickle_file(f)]
     if not safe:
         if notes:
-            raise UnsafeFormat(f"{where}: only pickle files ({', '.join(f.name for f in models)}): unsafe format, not scanned")
+            raise UnsafeFormat(
+                f"{where}: only pickle files ({', '.join(f.name for f in models)}): "
+                "unsafe format, not scanned"
+            )
         raise NoLoraFiles(f"{where}: the version has no model file to scan")
     # The primary file first: CivitAI marks the one its UI downloads.
     safe.sort(key=lambda f: (not f.primary, f.name))
@@ -104,7 +110,11 @@ def pick_file(version: CivitaiVersion, file: str | None, where: str) -> tuple[Ci
 
 
 def fetch(
-    target: Target, *, file: str | None = None, max_size: int = DEFAULT_MAX_SIZE, progress: bool = True,
+    target: Target,
+    *,
+    file: str | None = None,
+    max_size: int = DEFAULT_MAX_SIZE,
+    progress: bool = True,
     policy: RetryPolicy = DEFAULT_RETRY,
 ) -> list[FetchedFile]:
     """Download the target's LoRA file into a fresh temp folder (``FetchedFile.cleanup`` removes it)."""
@@ -121,16 +131,32 @@ def fetch(
     dest = Path(tempfile.mkdtemp(prefix="lora-scan-"))
     try:
         got = download(
-            url, dest, filename=name, headers=auth_headers(url), max_size=max_size, sha256=entry.sha256,
-            progress=progress, policy=policy, auth_hint=AUTH_HINT,
+            url,
+            dest,
+            filename=name,
+            headers=auth_headers(url),
+            max_size=max_size,
+            sha256=entry.sha256,
+            progress=progress,
+            policy=policy,
+            auth_hint=AUTH_HINT,
         )
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
     return [
         FetchedFile(
-            path=got.path, source="civitai", source_id=where, name=entry.name or name, size=got.size, url=url,
-            sha256=got.sha256, verified=got.verified, temporary=True, info=_info(version, entry), notes=notes,
+            path=got.path,
+            source="civitai",
+            source_id=where,
+            name=entry.name or name,
+            size=got.size,
+            url=url,
+            sha256=got.sha256,
+            verified=got.verified,
+            temporary=True,
+            info=_info(version, entry),
+            notes=notes,
         )
     ]
 

@@ -39,8 +39,8 @@ from lora_wise._files import atomic_write_text, git_blob_sha1, sha256_file
 from ..download import DEFAULT_RETRY, ByteMeter, RetryPolicy, retry_after_seconds
 from ..errors import (
     AuthRequired,
-    FetchError,
     BadAnswer,
+    FetchError,
     HashMismatch,
     InvalidHeader,
     NotFound,
@@ -77,7 +77,12 @@ def settings(cache_dir: str | Path | None = None) -> HubSettings:
 
 
 def fetch(
-    target: Target, *, file: str | None, max_size: int, cache_dir: str | Path | None, progress: bool,
+    target: Target,
+    *,
+    file: str | None,
+    max_size: int,
+    cache_dir: str | Path | None,
+    progress: bool,
     policy: RetryPolicy = DEFAULT_RETRY,
 ) -> list[FetchedFile]:
     """Every LoRA candidate of the repo (or ``file``), downloaded into the Hub cache and hash-checked."""
@@ -86,17 +91,31 @@ def fetch(
     hub = settings(cache_dir)
     with hub_errors(repo_id, target.revision):
         commit, entries, card = list_repo(repo_id, target.revision, cache_dir=cache_dir, policy=policy)
-        chosen, notes = pick_candidates(entries, max_size=max_size, file=file or target.filename, where=repo_id)
+        chosen, notes = pick_candidates(
+            entries, max_size=max_size, file=file or target.filename, where=repo_id
+        )
         info = {"repo_id": repo_id, "commit": commit, "revision": target.revision or "main"}
         info.update({k: card[k] for k in CARD_KEYS if card.get(k) is not None})
         fetched: list[FetchedFile] = []
         failures: list[FetchError] = []
         for entry in chosen:
             try:
-                fetched.append(_fetch_entry(hub, repo_id, entry, entries, commit, max_size=max_size,
-                                            progress=progress, policy=policy))  # fmt: skip
+                fetched.append(
+                    _fetch_entry(
+                        hub,
+                        repo_id,
+                        entry,
+                        entries,
+                        commit,
+                        max_size=max_size,
+                        progress=progress,
+                        policy=policy,
+                    )
+                )
             except Exception as exc:  # one bad candidate must not hide the repo's other LoRAs
-                failures.append(exc if isinstance(exc, FetchError) else _translate(exc, f"{repo_id}:{entry.path}"))
+                failures.append(
+                    exc if isinstance(exc, FetchError) else _translate(exc, f"{repo_id}:{entry.path}")
+                )
         if not fetched:
             raise failures[0]
         notes += [f"not fetched: {failure}" for failure in failures]
@@ -106,7 +125,10 @@ def fetch(
 
 
 def list_repo(
-    repo_id: str, revision: str | None = None, *, cache_dir: str | Path | None = None,
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    cache_dir: str | Path | None = None,
     policy: RetryPolicy = DEFAULT_RETRY,
 ) -> tuple[str, list[RepoEntry], dict]:
     """The repo's commit, files (sizes, published hashes) and card data; from the cache when offline."""
@@ -120,20 +142,34 @@ def list_repo(
 
 
 def _fetch_entry(
-    hub: HubSettings, repo_id: str, entry: RepoEntry, entries: list[RepoEntry], commit: str, *, max_size: int,
-    progress: bool, policy: RetryPolicy,
+    hub: HubSettings,
+    repo_id: str,
+    entry: RepoEntry,
+    entries: list[RepoEntry],
+    commit: str,
+    *,
+    max_size: int,
+    progress: bool,
+    policy: RetryPolicy,
 ) -> FetchedFile:
     path = _download(hub, repo_id, entry, commit, max_size=max_size, progress=progress, policy=policy)
     companions = {
-        Path(c.path).name: _download(hub, repo_id, c, commit, max_size=max_size, progress=False, policy=policy)
+        Path(c.path).name: _download(
+            hub, repo_id, c, commit, max_size=max_size, progress=False, policy=policy
+        )
         for c in companions_of(entry, entries)
     }
     return FetchedFile(
-        path=path, source="hub", source_id=f"{repo_id}@{commit}:{entry.path}", name=entry.path,
-        size=path.stat().st_size, url=f"{hub.endpoint}/{repo_id}/blob/{commit}/{entry.path}",
+        path=path,
+        source="hub",
+        source_id=f"{repo_id}@{commit}:{entry.path}",
+        name=entry.path,
+        size=path.stat().st_size,
+        url=f"{hub.endpoint}/{repo_id}/blob/{commit}/{entry.path}",
         # _verify checked the bytes against the LFS SHA-256 (or the git blob id: then hash them here)
         sha256=(entry.sha256 or sha256_file(path)).lower(),
-        verified=entry.sha256 is not None or entry.git_sha1 is not None, companions=companions,
+        verified=entry.sha256 is not None or entry.git_sha1 is not None,
+        companions=companions,
     )
 
 
@@ -142,16 +178,22 @@ def read_header(repo_id: str, filename: str, revision: str | None = None) -> Saf
     hub = settings()
     with hub_errors(repo_id, revision):
         try:
-            return HfApi(endpoint=hub.endpoint).parse_safetensors_file_metadata(repo_id, filename, revision=revision)
+            return HfApi(endpoint=hub.endpoint).parse_safetensors_file_metadata(
+                repo_id, filename, revision=revision
+            )
         except SafetensorsParsingError as exc:
             raise InvalidHeader(f"{repo_id}/{filename}: not a valid safetensors header ({exc})") from exc
 
 
-def _online_listing(hub: HubSettings, repo_id: str, revision: str | None) -> tuple[str, list[RepoEntry], dict]:
+def _online_listing(
+    hub: HubSettings, repo_id: str, revision: str | None
+) -> tuple[str, list[RepoEntry], dict]:
     # One call gives the commit (to pin every download to), sizes, LFS hashes and the card data.
     info = HfApi(endpoint=hub.endpoint).model_info(repo_id, revision=revision, files_metadata=True)
     repo = HubRepo.from_info(info, f"{repo_id}: the Hub's model info")
-    entries = [RepoEntry(path=f.path, size=f.size, sha256=f.sha256, git_sha1=f.git_sha1) for f in repo.files or ()]
+    entries = [
+        RepoEntry(path=f.path, size=f.size, sha256=f.sha256, git_sha1=f.git_sha1) for f in repo.files or ()
+    ]
     card = dict(repo.card)
     if repo.tags:
         card["tags"] = list(repo.tags)
@@ -183,7 +225,9 @@ def _storage(hub: HubSettings, repo_id: str) -> Path:
     return inside(hub.cache_dir, repo_folder_name(repo_id=repo_id, repo_type="model"), "repo id")
 
 
-def _offline_listing(hub: HubSettings, repo_id: str, revision: str | None) -> tuple[str, list[RepoEntry], dict]:
+def _offline_listing(
+    hub: HubSettings, repo_id: str, revision: str | None
+) -> tuple[str, list[RepoEntry], dict]:
     storage = _storage(hub, repo_id)
     revision = revision or "main"
     commit = revision if _HEX40.match(revision) else _read_ref(inside(storage / "refs", revision, "revision"))
@@ -196,7 +240,9 @@ def _offline_listing(hub: HubSettings, repo_id: str, revision: str | None) -> tu
             "unset HF_HUB_OFFLINE to download it, or point HF_HUB_CACHE at a cache that has it"
         )
     # An entry whose link leads out of the cache is not part of the repo: never read, trusted or deleted.
-    entries = [_cached_entry(snapshot, p) for p in sorted(snapshot.rglob("*")) if p.is_file() and owned(storage, p)]
+    entries = [
+        _cached_entry(snapshot, p) for p in sorted(snapshot.rglob("*")) if p.is_file() and owned(storage, p)
+    ]
     readme = snapshot / "README.md"
     card = (metadata_load(readme) or {}) if readme.is_file() else {}
     return commit, entries, card
@@ -227,21 +273,34 @@ def _cached_entry(snapshot: Path, path: Path) -> RepoEntry:
     # The cache names each blob by its ETag: the SHA-256 for LFS files, the git blob id otherwise.
     blob = Path(os.path.realpath(path)).name
     return RepoEntry(
-        path=path.relative_to(snapshot).as_posix(), size=path.stat().st_size,
-        sha256=blob if _HEX64.match(blob) else None, git_sha1=blob if _HEX40.match(blob) else None,
+        path=path.relative_to(snapshot).as_posix(),
+        size=path.stat().st_size,
+        sha256=blob if _HEX64.match(blob) else None,
+        git_sha1=blob if _HEX40.match(blob) else None,
     )
 
 
 def _download(
-    hub: HubSettings, repo_id: str, entry: RepoEntry, commit: str, *, max_size: int, progress: bool,
+    hub: HubSettings,
+    repo_id: str,
+    entry: RepoEntry,
+    commit: str,
+    *,
+    max_size: int,
+    progress: bool,
     policy: RetryPolicy,
 ) -> Path:
     # Enforces --max-size and the transfer deadline while huggingface_hub streams, and draws the rich bar.
     meter = functools.partial(ByteMeter, max_size=max_size, progress=progress, deadline=policy.deadline)
     path = Path(
         hf_hub_download(
-            repo_id, entry.path, revision=commit, cache_dir=hub.cache_dir, endpoint=hub.endpoint,
-            local_files_only=hub.offline, tqdm_class=meter,  # type: ignore[arg-type]
+            repo_id,
+            entry.path,
+            revision=commit,
+            cache_dir=hub.cache_dir,
+            endpoint=hub.endpoint,
+            local_files_only=hub.offline,
+            tqdm_class=meter,  # type: ignore[arg-type]
         )
     )
     _verify(path, entry, repo_id, _storage(hub, repo_id))
@@ -279,7 +338,6 @@ def _evict(path: Path, storage: Path) -> bool:
     return True
 
 
-
 class hub_errors:
     """Translate huggingface_hub's exceptions into the scanner's typed errors (messages say what to do)."""
 
@@ -314,7 +372,10 @@ def _translate(exc: Exception, where: str) -> FetchError:
     if isinstance(exc, OfflineModeIsEnabled):
         return NotFound(f"{where}: HF_HUB_OFFLINE is set and this is not cached; unset it to download")
     if isinstance(exc, HfHubHTTPError) and status == 429:
-        return RateLimited(f"{where}: the Hub rate-limited us (HTTP 429) after retries; wait a few minutes, log in for higher limits")
+        return RateLimited(
+            f"{where}: the Hub rate-limited us (HTTP 429) after retries; "
+            "wait a few minutes, log in for higher limits"
+        )
     if isinstance(exc, HfHubHTTPError) and status in (401, 403):
         return AuthRequired(f"{where}: access denied (HTTP {status}); {TOKEN_HINT}")
     if isinstance(exc, HfHubHTTPError):
@@ -323,11 +384,15 @@ def _translate(exc: Exception, where: str) -> FetchError:
         return TruncatedDownload(f"{where}: the download ended early (size mismatch); retry")
     if isinstance(exc, (KeyError, TypeError, AttributeError, ValueError, RecursionError)):
         # huggingface_hub parsing an answer of the wrong shape (a mirror, or a hostile server)
-        return BadAnswer(f"{where}: the Hub's answer is not what it should be ({type(exc).__name__}: {exc})"[:300])
+        return BadAnswer(
+            f"{where}: the Hub's answer is not what it should be ({type(exc).__name__}: {exc})"[:300]
+        )
     if isinstance(exc, httpx2.TooManyRedirects):
         return RedirectLoop(f"{where}: too many redirects (a redirect loop?); check HF_ENDPOINT")
     if isinstance(exc, (httpx2.RemoteProtocolError, httpx2.ReadError)):
-        return TruncatedDownload(f"{where}: the connection ended mid-file after huggingface_hub's resumes; retry later")
+        return TruncatedDownload(
+            f"{where}: the connection ended mid-file after huggingface_hub's resumes; retry later"
+        )
     if isinstance(exc, httpx2.TransportError):
         return FetchError(f"{where}: cannot reach the Hub ({exc}); check the network or HF_ENDPOINT")
     return FetchError(f"{where}: {type(exc).__name__}: {exc}")

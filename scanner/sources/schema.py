@@ -65,7 +65,12 @@ class Fields:
         value = self.data.get(key)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+        ):
             raise self._fail(key, "a finite number >= 0")
         return float(value)
 
@@ -127,9 +132,15 @@ class CivitaiFile:
         if sha256 is not None and not _HEX64.match(sha256):
             raise BadAnswer(f"{where} file: hashes.SHA256 is not a SHA-256: {sha256[:80]!r}")
         return cls(
-            name=f.str("name") or "", type=f.str("type") or "Model", primary=bool(f.bool("primary")),
-            size_kb=f.number("sizeKB"), format=meta.str("format"), fp=meta.str("fp"),
-            sha256=sha256.lower() if sha256 else None, autov2=hashes.str("AutoV2"), download_url=f.url("downloadUrl"),
+            name=f.str("name") or "",
+            type=f.str("type") or "Model",
+            primary=bool(f.bool("primary")),
+            size_kb=f.number("sizeKB"),
+            format=meta.str("format"),
+            fp=meta.str("fp"),
+            sha256=sha256.lower() if sha256 else None,
+            autov2=hashes.str("AutoV2"),
+            download_url=f.url("downloadUrl"),
         )
 
     @property
@@ -140,9 +151,15 @@ class CivitaiFile:
     def summary(self, version: CivitaiVersion) -> dict[str, Any]:
         """What a crawl keeps of the file a scan will fetch (the state's ``listing.file``)."""
         return {
-            "name": self.name, "sizeKB": self.size_kb, "format": self.format, "fp": self.fp, "sha256": self.sha256,
-            "autov2": self.autov2, "primary": self.primary, "downloadUrl": self.download_url or version.download_url,
-        }  # fmt: skip
+            "name": self.name,
+            "sizeKB": self.size_kb,
+            "format": self.format,
+            "fp": self.fp,
+            "sha256": self.sha256,
+            "autov2": self.autov2,
+            "primary": self.primary,
+            "downloadUrl": self.download_url or version.download_url,
+        }
 
 
 @dataclass(frozen=True)
@@ -169,8 +186,11 @@ class CivitaiVersion:
         here = f"{where} version {version_id}"
         parent = f.object("model")
         return cls(
-            id=version_id, model_id=f.id("modelId") if model is None else model.id, name=f.str("name"),
-            base_model=f.str("baseModel"), base_model_type=f.str("baseModelType"),
+            id=version_id,
+            model_id=f.id("modelId") if model is None else model.id,
+            name=f.str("name"),
+            base_model=f.str("baseModel"),
+            base_model_type=f.str("baseModelType"),
             trained_words=f.strings("trainedWords"),
             files=tuple(CivitaiFile.from_json(entry, here) for entry in f.list("files")),
             download_url=f.url("downloadUrl"),
@@ -198,7 +218,9 @@ class CivitaiModel:
         model_id = f.id("id", required=True)
         assert model_id is not None
         here = f"{where} model {model_id}"
-        model = cls(model_id, f.str("name"), f.str("type"), f.bool("nsfw"), f.object("creator").str("username"), ())
+        model = cls(
+            model_id, f.str("name"), f.str("type"), f.bool("nsfw"), f.object("creator").str("username"), ()
+        )
         versions: list[CivitaiVersion | BadAnswer] = []
         for entry in f.list("modelVersions"):
             try:
@@ -209,8 +231,13 @@ class CivitaiModel:
 
     def listing(self) -> dict[str, Any]:
         """What a crawl keeps of the model (the state's ``listing``), before the version's own fields."""
-        return {"modelId": self.id, "modelName": self.name, "type": self.type, "nsfw": self.nsfw,
-                "creator": self.creator}  # fmt: skip
+        return {
+            "modelId": self.id,
+            "modelName": self.name,
+            "type": self.type,
+            "nsfw": self.nsfw,
+            "creator": self.creator,
+        }
 
 
 @dataclass(frozen=True)
@@ -232,7 +259,7 @@ class CivitaiPage:
         return cls(tuple(items), text(str(cursor)) if cursor not in (None, "") else None)
 
 
-# ---------------------------------------------------------------- the Hub (through huggingface_hub's ModelInfo)
+# ---------------------------------------------------------------- the Hub (huggingface_hub's ModelInfo)
 
 
 @dataclass(frozen=True)

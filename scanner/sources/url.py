@@ -35,7 +35,11 @@ PROBE_BYTES = 64 * 1024
 
 
 def fetch(
-    target: Target, *, max_size: int = DEFAULT_MAX_SIZE, progress: bool = True, policy: RetryPolicy = DEFAULT_RETRY
+    target: Target,
+    *,
+    max_size: int = DEFAULT_MAX_SIZE,
+    progress: bool = True,
+    policy: RetryPolicy = DEFAULT_RETRY,
 ) -> list[FetchedFile]:
     """Download the URL into a fresh temp folder (``FetchedFile.cleanup`` removes it)."""
     assert target.url is not None
@@ -45,14 +49,28 @@ def fetch(
         raise UnsafeFormat(f"{url}: a pickle file ({name}): unsafe format, not scanned")
     dest = Path(tempfile.mkdtemp(prefix="lora-scan-"))
     try:
-        got = download(url, dest, max_size=max_size, progress=progress, policy=policy, auth_hint="the URL needs credentials")
+        got = download(
+            url,
+            dest,
+            max_size=max_size,
+            progress=progress,
+            policy=policy,
+            auth_hint="the URL needs credentials",
+        )
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
     return [
         FetchedFile(
-            path=got.path, source="url", source_id=url, name=got.path.name, size=got.size, url=url,
-            sha256=got.sha256, verified=False, temporary=True,
+            path=got.path,
+            source="url",
+            source_id=url,
+            name=got.path.name,
+            size=got.size,
+            url=url,
+            sha256=got.sha256,
+            verified=False,
+            temporary=True,
         )
     ]
 
@@ -68,10 +86,18 @@ def read_header(
             raise InvalidHeader(f"{url}: fewer than 8 bytes: not a safetensors file")
         (length,) = struct.unpack("<Q", head[:8])
         if length > MAX_HEADER_BYTES:
-            raise InvalidHeader(f"{url}: header length {format_size(length)} is implausible: not a safetensors file")
-        raw = head[8 : 8 + length] if 8 + length <= len(head) else _read_range(http, url, 8, length, headers, policy)
+            raise InvalidHeader(
+                f"{url}: header length {format_size(length)} is implausible: not a safetensors file"
+            )
+        raw = (
+            head[8 : 8 + length]
+            if 8 + length <= len(head)
+            else _read_range(http, url, 8, length, headers, policy)
+        )
     if len(raw) < length:
-        raise InvalidHeader(f"{url}: the file ends inside its safetensors header: truncated or not safetensors")
+        raise InvalidHeader(
+            f"{url}: the file ends inside its safetensors header: truncated or not safetensors"
+        )
     return parse_header(raw, url)
 
 
@@ -89,7 +115,9 @@ def parse_header(raw: bytes, where: str) -> SafetensorsFileMetadata:
             tensors={key: _tensor(t) for key, t in header.items() if key != "__metadata__"},
         )
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise InvalidHeader(f"{where}: not a valid safetensors header ({type(exc).__name__}: {exc})"[:300]) from exc
+        raise InvalidHeader(
+            f"{where}: not a valid safetensors header ({type(exc).__name__}: {exc})"[:300]
+        ) from exc
 
 
 def _tensor(entry: Any) -> TensorInfo:
@@ -97,11 +125,16 @@ def _tensor(entry: Any) -> TensorInfo:
     if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str):
         raise ValueError("a tensor entry without a dtype")
     shape, offsets = entry.get("shape"), entry.get("data_offsets")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
         raise ValueError("a tensor shape that is not a list of sizes")
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
-            or offsets[0] > offsets[1]):  # fmt: skip
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
         raise ValueError("data_offsets that are not two byte offsets")
     return TensorInfo(dtype=entry["dtype"], shape=shape, data_offsets=(offsets[0], offsets[1]))
 
@@ -110,7 +143,11 @@ def _read_range(
     http: httpx2.Client, url: str, start: int, count: int, headers: dict[str, str] | None, policy: RetryPolicy
 ) -> bytes:
     """Up to ``count`` bytes from ``start``; if the server ignores Range (200), skip ahead and stop early."""
-    request_headers = {**(headers or {}), "Range": f"bytes={start}-{start + count - 1}", "Accept-Encoding": "identity"}
+    request_headers = {
+        **(headers or {}),
+        "Range": f"bytes={start}-{start + count - 1}",
+        "Accept-Encoding": "identity",
+    }
     deadline = Deadline(policy.deadline, url)
     response = open_stream(http, url, headers=request_headers, what=url, policy=policy, deadline=deadline)
     skip = start if response.status_code == 200 else 0
@@ -125,7 +162,9 @@ def _read_range(
             if len(out) >= count:
                 break
     except httpx2.TimeoutException as exc:
-        raise TransferTimeout(f"{url}: the header read stalled (no byte within the stall timeout); retry") from exc
+        raise TransferTimeout(
+            f"{url}: the header read stalled (no byte within the stall timeout); retry"
+        ) from exc
     except (httpx2.RemoteProtocolError, httpx2.ReadError) as exc:
         raise FetchError(f"{url}: the connection broke while reading the header; retry") from exc
     finally:
