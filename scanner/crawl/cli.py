@@ -52,7 +52,7 @@ def crawl_options(command: Callable) -> Callable:
         click.option("--target-timeout", default=900.0, show_default=True, type=click.FloatRange(min=1),
                      help="Seconds one target may take (header, download, scan); past it: an 'error' row."),
         click.option("--target-memory", default="4G", show_default=True,
-                     help="Memory one target's scan may take beyond the worker's own; past it: 'error'."),
+                     help="Memory a crawl worker may add to what it holds at start; past it: 'error'."),
         click.option("--ray", "ray_address", metavar="ADDRESS",
                      help="Run the scans on Ray: 'auto', 'ray://host:10001', or 'local' (a private instance)."),
         click.option("--shard", callback=_parse_shard, metavar="I/N",

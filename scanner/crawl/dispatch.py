@@ -4,10 +4,10 @@ Both hand back ``concurrent.futures.Future`` objects, so the crawl loop is the s
 crawl loop keeps at most ``--jobs`` tasks in flight, so a cluster never holds more claimed targets
 than that, and the state stays on the machine that runs the loop (workers only return outcome dicts).
 
-Locally each task runs in a process of its own (forked from a forkserver that has the scanner
-imported, so a task starts in milliseconds), under a deadline and a memory limit: one
+Locally each thread hands its tasks to a worker process of its own (forked from a forkserver that
+has the scanner imported), under a deadline per target and a memory limit per worker: one
 pathological file (a scan that never ends, a file that asks for terabytes) costs one ``error``
-row, and the other workers go on. A thread only waits for its process.
+row and a fresh worker, and the other workers go on. A thread only waits for its process.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ FORWARDED_ENV = ("HF_ENDPOINT", "HF_HUB_OFFLINE", "CIVITAI_ENDPOINT", "LORA_WISE
 
 @dataclass(frozen=True)
 class Limits:
-    """What one target may cost: wall-clock seconds and memory (bytes of address space beyond what
-    the worker holds when it starts). None: no limit, and the task runs in the thread itself."""
+    """What a target may cost: wall-clock seconds per target, and memory per worker (bytes of address
+    space beyond what the worker holds when it starts). None for both: tasks run in the threads."""
 
     seconds: float | None = 900.0
     memory: int | None = 4 * 1024**3
@@ -61,44 +61,56 @@ def limit_outcome(reason: str) -> dict[str, Any]:
     }
 
 
-def run_bounded(
-    target: str,
-    listing: dict[str, Any] | None,
-    options: TaskOptions,
-    limits: Limits,
-    running: set | None = None,
-) -> dict[str, Any]:
-    """``run_task`` in a child process, stopped (SIGKILL) once it runs past ``limits.seconds``."""
-    ctx = multiprocessing.get_context("forkserver")
-    receive, send = ctx.Pipe(duplex=False)
-    # The worker sees the environment we see now (the forkserver's is the one it started with).
-    context = {"env": dict(os.environ), "tempdir": tempfile.gettempdir(), "crawl": os.getpid()}
-    process = ctx.Process(
-        target=_child, args=(send, target, listing, options, limits.memory, context), daemon=True
-    )
-    process.start()
-    send.close()
-    if running is not None:
-        running.add(process)
-    outcome, timed_out = None, False
-    try:
-        if receive.poll(limits.seconds):
-            try:
-                outcome = receive.recv()
-            except EOFError:  # the child died before it could answer
-                pass
-        else:
+class BoundedWorker:
+    """One worker process that runs targets one after another, and is killed (and replaced by a
+    fresh one for the next target) when a target runs past ``limits.seconds`` or kills it.
+
+    Long-lived rather than one process per target: the reader's and the banks' caches (a bank is
+    fitted once per step) stay warm across targets, so the limits cost no per-target start-up.
+    """
+
+    def __init__(self, limits: Limits, running: set) -> None:
+        self.limits, self.running = limits, running
+        self.process: Any = None
+        self.conn: Connection | None = None
+
+    def run(self, target: str, listing: dict[str, Any] | None, options: TaskOptions) -> dict[str, Any]:
+        if self.process is None:
+            self._start()
+        assert self.conn is not None
+        timed_out = False
+        try:
+            self.conn.send((target, listing, options))
+            if self.conn.poll(self.limits.seconds):
+                return self.conn.recv()
             timed_out = True
-    finally:
+        except (EOFError, OSError):  # the worker died: the memory limit, a crash, a kill
+            pass
+        return limit_outcome(_death_reason(self.stop(), self.limits, timed_out))
+
+    def _start(self) -> None:
+        ctx = multiprocessing.get_context("forkserver")
+        self.conn, child = ctx.Pipe()
+        # The worker sees the environment we see now (the forkserver's is the one it started with).
+        context = {"env": dict(os.environ), "tempdir": tempfile.gettempdir(), "crawl": os.getpid()}
+        self.process = ctx.Process(target=_worker, args=(child, self.limits.memory, context), daemon=True)
+        self.process.start()
+        child.close()
+        self.running.add(self.process)
+
+    def stop(self) -> int | None:
+        """Kill the worker (if alive); its exit code."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
         if process.is_alive():
             process.kill()
         process.join()
-        receive.close()
-        if running is not None:
-            running.discard(process)
-    if outcome is not None:
-        return outcome
-    return limit_outcome(_death_reason(process.exitcode, limits, timed_out))
+        self.running.discard(process)
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        return process.exitcode
 
 
 def _death_reason(exitcode: int | None, limits: Limits, timed_out: bool) -> str:
@@ -107,20 +119,13 @@ def _death_reason(exitcode: int | None, limits: Limits, timed_out: bool) -> str:
             f"the scan ran past the {limits.seconds:g} s limit per target and was stopped "
             "(a pathological file or server; --target-timeout sets the limit)"
         )
-    memory = f" (over the {format_size(limits.memory)} limit per target?)" if limits.memory else ""
+    memory = f" (over the {format_size(limits.memory)} memory limit?)" if limits.memory else ""
     how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
     return f"the worker process died ({how}){memory}; the file was not scanned"
 
 
-def _child(
-    send: Connection,
-    target: str,
-    listing: dict[str, Any] | None,
-    options: TaskOptions,
-    memory: int | None,
-    context: dict[str, Any],
-) -> None:
-    """In the worker process: the parent's environment, the limits, the task, the outcome back."""
+def _worker(conn: Connection, memory: int | None, context: dict[str, Any]) -> None:
+    """In the worker process: the parent's environment and the limits, then tasks until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops us itself
     die_with_parent()  # SIGKILL when the forkserver goes, which goes with the crawl
     threading.Thread(target=_watch, args=(context["crawl"],), daemon=True).start()
@@ -131,8 +136,14 @@ def _child(
     init_worker()
     if memory is not None:
         _limit_memory(memory)
-    send.send(run_task(target, listing, options))
-    send.close()
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        conn.send(run_task(*task))
 
 
 def _limit_memory(extra: int) -> None:
@@ -187,7 +198,7 @@ def _start_forkserver() -> None:
 
 
 class ThreadDispatcher:
-    """``jobs`` daemon threads taking tasks from a queue; each runs its task in a bounded child process.
+    """``jobs`` daemon threads taking tasks from a queue; each runs them in its bounded worker process.
 
     Daemon threads, not a ThreadPoolExecutor: the executor's threads are joined at exit, so Ctrl-C
     would wait for every download in flight. These die with the process (their children are killed
@@ -208,17 +219,19 @@ class ThreadDispatcher:
             thread.start()
 
     def _work(self) -> None:
-        while (item := self.queue.get()) is not None:
-            future, args = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                if self.limits.isolated:
-                    future.set_result(run_bounded(*args, self.limits, self.running))
-                else:
-                    future.set_result(run_task(*args))
-            except BaseException as exc:  # run_task catches what targets cause; this is a bug: report it
-                future.set_exception(exc)
+        worker = BoundedWorker(self.limits, self.running) if self.limits.isolated else None
+        try:
+            while (item := self.queue.get()) is not None:
+                future, args = item
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    future.set_result(worker.run(*args) if worker is not None else run_task(*args))
+                except BaseException as exc:  # run_task catches what targets cause; a bug: report it
+                    future.set_exception(exc)
+        finally:
+            if worker is not None:
+                worker.stop()
 
     def submit(self, target: str, listing: dict[str, Any] | None, options: TaskOptions) -> Future:
         future: Future = Future()
