@@ -72,3 +72,27 @@ class StateError(LoraWiseError):
 
     exit_code = 2
 
+
+class UnsafePath(FetchError, ValueError):
+    """A name from outside (revision, file name, Content-Disposition, repo id, target) would leave its folder,
+    or holds a NUL byte, or is longer than a file system allows: refused before anything is written."""
+
+
+class BadAnswer(FetchError):
+    """A server's JSON does not have the fields we use with the types we need: a fault of the answer."""
+
+
+class RedirectLoop(FetchError):
+    """The server redirected too many times (a loop, or a chain longer than any real CDN uses)."""
+
+
+class TransferTimeout(FetchError):
+    """A transfer stalled (no byte for the stall timeout) or ran past its overall deadline."""
+
+
+class Refused(FetchError):
+    """The server refused the request for good (an HTTP 4xx other than 401/403/404/408/429)."""
+
+
+class TargetLimit(FetchError):
+    """A crawl target ran past its time limit or its memory limit; its worker process was stopped."""

@@ -24,11 +24,14 @@ CIVITAI_HOSTS = {"civitai.com", "www.civitai.com", "civitai.green", "www.civitai
 # The Hub's own repo id rule: namespace/name of letters, digits, '-', '_', '.'.
 _REPO_ID = r"[A-Za-z0-9][\w.\-]*/[\w.\-]+"
 _HUB_ID_RE = re.compile(rf"^(?P<repo>{_REPO_ID})(?:@(?P<rev>[^\s@]+))?$")
-_HF_URI_RE = re.compile(rf"^hf://(?:models/)?(?P<repo>{_REPO_ID})(?:@(?P<rev>refs/(?:pr|convert)/[^/\s]+|[^/\s]+))?(?:/(?P<path>.*))?$")
+_HF_URI_RE = re.compile(
+    rf"^hf://(?:models/)?(?P<repo>{_REPO_ID})(?:@(?P<rev>refs/(?:pr|convert)/[^/\s]+|[^/\s]+))?(?:/(?P<path>.*))?$"
+)
 _CIVITAI_RE = re.compile(r"^civitai:(?P<model>\d+)?(?:@(?P<version>\d+))?$", re.IGNORECASE)
 
 USAGE = (
-    "a target is one of: user/repo[@revision], hf://user/repo/file.safetensors, https://huggingface.co/user/repo, "
+    "a target is one of: user/repo[@revision], hf://user/repo/file.safetensors, "
+    "https://huggingface.co/user/repo, "
     "civitai:MODEL_ID[@VERSION_ID], https://civitai.com/models/ID, an https:// URL, or a local file or folder"
 )
 
@@ -59,19 +62,40 @@ def parse_target(text: str) -> Target:
         return _parse_hf_uri(raw)
     if re.match(r"^[a-z][a-z0-9+.\-]*://", raw, re.IGNORECASE):
         return _parse_url(raw)
+    if "\x00" in raw:
+        raise TargetError(f"{raw!r}: a target never holds a NUL byte")
     path = Path(raw).expanduser()
-    if path.exists():
+    if _exists(path):
         return Target(kind="local", text=raw, path=path)
     match = _HUB_ID_RE.match(raw)
     if match and not raw.startswith((".", "/", "~")):
-        return Target(kind="hub", text=raw, repo_id=match["repo"], revision=match["rev"])
+        return Target(kind="hub", text=raw, repo_id=match["repo"], revision=_revision(match["rev"], raw))
     raise TargetError(f"{raw!r} is not an existing file or folder, nor a known target: {USAGE}")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as exc:  # a name too long for the file system is no local file (nor anything else)
+        raise TargetError(f"{str(path)[:60]!r}...: not a usable path ({exc.strerror})") from None
+
+
+def _revision(revision: str | None, raw: str) -> str | None:
+    """A branch, tag or commit; never a path (the Hub cache keeps branches as files under refs/)."""
+    if revision is None:
+        return None
+    parts = revision.split("/")
+    if "\\" in revision or "\x00" in revision or any(p in ("", ".", "..") or len(p) > 255 for p in parts):
+        raise TargetError(f"{raw!r}: {revision!r} is not a branch, tag or commit name")
+    return revision
 
 
 def _parse_civitai_id(raw: str) -> Target:
     match = _CIVITAI_RE.match(raw)
     if not match or not (match["model"] or match["version"]):
-        raise TargetError(f"{raw!r}: write civitai:MODEL_ID or civitai:MODEL_ID@VERSION_ID (numbers, as in the model URL)")
+        raise TargetError(
+            f"{raw!r}: write civitai:MODEL_ID or civitai:MODEL_ID@VERSION_ID (numbers, as in the model URL)"
+        )
     return Target(
         kind="civitai",
         text=raw,
@@ -87,7 +111,11 @@ def _parse_hf_uri(raw: str) -> Target:
     if not match:
         raise TargetError(f"{raw!r}: write hf://user/repo[@revision][/path/in/repo.safetensors]")
     return Target(
-        kind="hub", text=raw, repo_id=match["repo"], revision=match["rev"], filename=match["path"] or None
+        kind="hub",
+        text=raw,
+        repo_id=match["repo"],
+        revision=_revision(match["rev"], raw),
+        filename=match["path"] or None,
     )
 
 
@@ -117,7 +145,9 @@ def _parse_hub_url(raw: str, segments: list[str]) -> Target:
     if segments and segments[0] in ("datasets", "spaces", "buckets"):
         raise TargetError(f"{raw!r}: LoRAs live in model repos; give https://huggingface.co/user/repo")
     if len(segments) < 2:
-        raise TargetError(f"{raw!r}: a Hub URL names a repo: https://huggingface.co/user/repo[/blob/REV/FILE]")
+        raise TargetError(
+            f"{raw!r}: a Hub URL names a repo: https://huggingface.co/user/repo[/blob/REV/FILE]"
+        )
     repo_id = "/".join(segments[:2])
     if len(segments) == 2:
         return Target(kind="hub", text=raw, repo_id=repo_id)
@@ -125,7 +155,9 @@ def _parse_hub_url(raw: str, segments: list[str]) -> Target:
         filename = "/".join(segments[4:]) or None
         if segments[2] == "tree":
             filename = None  # a folder view: scan the repo's candidates at that revision
-        return Target(kind="hub", text=raw, repo_id=repo_id, revision=segments[3], filename=filename)
+        return Target(
+            kind="hub", text=raw, repo_id=repo_id, revision=_revision(segments[3], raw), filename=filename
+        )
     raise TargetError(f"{raw!r}: expected https://huggingface.co/user/repo[/blob/REV/FILE]")
 
 

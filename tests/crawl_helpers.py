@@ -68,12 +68,19 @@ def serve_hub_search(server: LoopbackServer, models: list[dict[str, Any]], page:
     server.route("/api/models", answer)
 
 
-def hub_model(server: LoopbackServer, repo_id: str, files: dict[str, bytes], tags: list[str] | None = None) -> dict:
+def hub_model(
+    server: LoopbackServer, repo_id: str, files: dict[str, bytes], tags: list[str] | None = None
+) -> dict:
     """Serve a repo (files with Range) and return its search entry, as ``expand=siblings,sha,tags`` gives."""
     commit = (repo_id.encode().hex() * 40)[:40]
     hub_repo(server, repo_id, files, commit=commit, tags=tags)
-    return {"id": repo_id, "_id": repo_id, "sha": commit, "tags": tags or [],
-            "siblings": [{"rfilename": name} for name in files]}  # fmt: skip
+    return {
+        "id": repo_id,
+        "_id": repo_id,
+        "sha": commit,
+        "tags": tags or [],
+        "siblings": [{"rfilename": name} for name in files],
+    }
 
 
 def serve_civitai_search(server: LoopbackServer, models: list[dict[str, Any]], page: int = 2) -> None:
@@ -90,17 +97,41 @@ def serve_civitai_search(server: LoopbackServer, models: list[dict[str, Any]], p
     server.route("/api/v1/models", answer)
 
 
-def civitai_model(server: LoopbackServer, model_id: int, version_id: int, data: bytes, *, name: str | None = None,
-                  replies: list[Reply] | None = None, download_url: str | None = None, **file_kw: Any) -> dict:  # fmt: skip
+def civitai_model(
+    server: LoopbackServer,
+    model_id: int,
+    version_id: int,
+    data: bytes,
+    *,
+    name: str | None = None,
+    replies: list[Reply] | None = None,
+    download_url: str | None = None,
+    **file_kw: Any,
+) -> dict:
     """A search entry with one version and its primary file; the version API and the download served."""
     entry = civitai_file(server, f"lora_{model_id}.safetensors", data, file_id=version_id, **file_kw)
     entry["downloadUrl"] = download_url or entry["downloadUrl"]
-    version = {"id": version_id, "modelId": model_id, "name": f"v{version_id}", "baseModel": "SD 1.5",
-               "trainedWords": ["sks"], "files": [entry], "downloadUrl": entry["downloadUrl"]}  # fmt: skip
-    model = {"id": model_id, "name": name or f"Model {model_id}", "type": "LORA", "nsfw": False,
-             "creator": {"username": "someone"}, "modelVersions": [version]}  # fmt: skip
-    server.route(f"/api/v1/model-versions/{version_id}",
-                 Reply.json({**version, "model": {"name": model["name"], "type": "LORA", "nsfw": False}}))  # fmt: skip
+    version = {
+        "id": version_id,
+        "modelId": model_id,
+        "name": f"v{version_id}",
+        "baseModel": "SD 1.5",
+        "trainedWords": ["sks"],
+        "files": [entry],
+        "downloadUrl": entry["downloadUrl"],
+    }
+    model = {
+        "id": model_id,
+        "name": name or f"Model {model_id}",
+        "type": "LORA",
+        "nsfw": False,
+        "creator": {"username": "someone"},
+        "modelVersions": [version],
+    }
+    server.route(
+        f"/api/v1/model-versions/{version_id}",
+        Reply.json({**version, "model": {"name": model["name"], "type": "LORA", "nsfw": False}}),
+    )
     server.route(f"/api/download/files/{version_id}", *(replies or [Reply(200, data)]))
     return model
 
@@ -149,4 +180,3 @@ def rows(state: Path) -> dict[str, dict[str, Any]]:
 def full_downloads(server: LoopbackServer, path: str) -> int:
     """GETs of a file that asked for the whole body (no Range, or a Range from byte 0 to the end)."""
     return sum(1 for s in server.seen(path, "GET") if s.headers.get("range", "bytes=0-") == "bytes=0-")
-

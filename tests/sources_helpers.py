@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,7 +23,9 @@ from safetensors.numpy import save, save_file
 # ---------------------------------------------------------------- LoRA files
 
 
-def lora_tensors(style: str = "diffusers", rank: int = 4, seed: int = 0, blocks: int = 2) -> dict[str, np.ndarray]:
+def lora_tensors(
+    style: str = "diffusers", rank: int = 4, seed: int = 0, blocks: int = 2
+) -> dict[str, np.ndarray]:
     """Random low-rank A/B pairs under diffusers (lora_A/lora_B) or kohya (lora_down/lora_up + alpha) keys."""
     rng = np.random.default_rng(seed)
     tensors: dict[str, np.ndarray] = {}
@@ -41,12 +45,15 @@ def lora_tensors(style: str = "diffusers", rank: int = 4, seed: int = 0, blocks:
     return tensors
 
 
-def lora_bytes(style: str = "diffusers", rank: int = 4, seed: int = 0, metadata: dict[str, str] | None = None) -> bytes:
+def lora_bytes(
+    style: str = "diffusers", rank: int = 4, seed: int = 0, metadata: dict[str, str] | None = None
+) -> bytes:
     return save(lora_tensors(style, rank, seed), metadata=metadata)
 
 
-def write_lora(path: Path, style: str = "diffusers", rank: int = 4, seed: int = 0,
-               metadata: dict[str, str] | None = None) -> Path:
+def write_lora(
+    path: Path, style: str = "diffusers", rank: int = 4, seed: int = 0, metadata: dict[str, str] | None = None
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(lora_tensors(style, rank, seed), str(path), metadata=metadata)
     return path
@@ -117,7 +124,9 @@ class LoopbackServer:
         self.httpd = _QuietServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def route(self, path: str, *replies: Reply | Callable[[Seen], Reply]) -> None:
         """Answer ``path`` with the replies in turn (the last one repeats), or with a callable."""
@@ -127,7 +136,11 @@ class LoopbackServer:
             self.routes[path] = list(replies)  # type: ignore[arg-type]
 
     def seen(self, path_prefix: str = "", method: str | None = None) -> list[Seen]:
-        return [r for r in self.requests if r.path.startswith(path_prefix) and (method is None or r.method == method)]
+        return [
+            r
+            for r in self.requests
+            if r.path.startswith(path_prefix) and (method is None or r.method == method)
+        ]
 
     def next_reply(self, seen: Seen) -> Reply:
         with self._lock:
@@ -135,9 +148,10 @@ class LoopbackServer:
             route = self.routes.get(seen.path.split("?", 1)[0])
             if route is None:
                 return Reply(404, b"no such route")
-            if callable(route):
-                return route(seen)
-            return route.pop(0) if len(route) > 1 else route[0]
+            if not callable(route):
+                return route.pop(0) if len(route) > 1 else route[0]
+        # Outside the lock: a slow route must not hold back (and hide) the requests that come meanwhile.
+        return route(seen)
 
     def __enter__(self) -> LoopbackServer:
         self._thread.start()
@@ -241,14 +255,31 @@ def hub_repo(
     listed_sha256, listed_size = listed_sha256 or {}, listed_size or {}
     siblings = []
     for name, data in files.items():
-        sibling: dict[str, Any] = {"rfilename": name, "size": listed_size.get(name, len(data)), "blobId": git_sha1(data)}
+        sibling: dict[str, Any] = {
+            "rfilename": name,
+            "size": listed_size.get(name, len(data)),
+            "blobId": git_sha1(data),
+        }
         if not name.endswith((".json", ".md", ".txt")):  # the Hub stores weights through LFS
-            sibling["lfs"] = {"size": listed_size.get(name, len(data)), "sha256": listed_sha256.get(name, sha256(data)),
-                              "pointerSize": 134}
+            sibling["lfs"] = {
+                "size": listed_size.get(name, len(data)),
+                "sha256": listed_sha256.get(name, sha256(data)),
+                "pointerSize": 134,
+            }
         siblings.append(sibling)
-    info = {"id": repo_id, "sha": commit, "private": False, "siblings": siblings, "tags": tags or [],
-            "cardData": card or {}}
-    for path in (f"/api/models/{repo_id}", f"/api/models/{repo_id}/revision/main", f"/api/models/{repo_id}/revision/{commit}"):
+    info = {
+        "id": repo_id,
+        "sha": commit,
+        "private": False,
+        "siblings": siblings,
+        "tags": tags or [],
+        "cardData": card or {},
+    }
+    for path in (
+        f"/api/models/{repo_id}",
+        f"/api/models/{repo_id}/revision/main",
+        f"/api/models/{repo_id}/revision/{commit}",
+    ):
         server.route(path, Reply.json(info))
     for name, data in files.items():
         is_lfs = "lfs" in next(s for s in siblings if s["rfilename"] == name)
@@ -258,19 +289,32 @@ def hub_repo(
         route = _resolve_route(data, headers, list(scripted) if scripted else None)
         if cdn is not None and is_lfs:
             cdn.route(f"/blobs/{etag}", route)
-            redirect = {**headers, "X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data)),
-                        "Location": f"{cdn.url}/blobs/{etag}?signature=loopback"}
+            redirect = {
+                **headers,
+                "X-Linked-Etag": f'"{etag}"',
+                "X-Linked-Size": str(len(data)),
+                "Location": f"{cdn.url}/blobs/{etag}?signature=loopback",
+            }
             route = _redirect_route(redirect)
         for rev in ("main", commit):
             server.route(f"/{repo_id}/resolve/{rev}/{name}", route)
 
 
-def _resolve_route(data: bytes, headers: dict[str, str], scripted: list[Reply] | None) -> Callable[[Seen], Reply]:
+def _resolve_route(
+    data: bytes, headers: dict[str, str], scripted: list[Reply] | None
+) -> Callable[[Seen], Reply]:
     def answer(seen: Seen) -> Reply:
         if seen.method == "HEAD" or not scripted:
             return Reply(200, data, dict(headers))
         reply = scripted.pop(0) if len(scripted) > 1 else scripted[0]
-        return Reply(reply.status, reply.body, {**headers, **reply.headers}, reply.truncate_at, reply.chunked, reply.ranges)
+        return Reply(
+            reply.status,
+            reply.body,
+            {**headers, **reply.headers},
+            reply.truncate_at,
+            reply.chunked,
+            reply.ranges,
+        )
 
     return answer
 
@@ -294,22 +338,46 @@ def hub_cache_repo(cache: Path, repo_id: str, files: dict[str, bytes], commit: s
     return storage
 
 
-def civitai_version(server: LoopbackServer, version_id: int, model_id: int, files: list[dict[str, Any]],
-                    *, model_type: str = "LORA", base_model: str = "SD 1.5") -> dict[str, Any]:
+def civitai_version(
+    server: LoopbackServer,
+    version_id: int,
+    model_id: int,
+    files: list[dict[str, Any]],
+    *,
+    model_type: str = "LORA",
+    base_model: str = "SD 1.5",
+) -> dict[str, Any]:
     """The model-version JSON shape of CivitAI's API (REFERENCE §6), with files served by ``server``."""
     return {
-        "id": version_id, "modelId": model_id, "name": f"v{version_id}", "baseModel": base_model,
-        "baseModelType": "Standard", "trainedWords": ["sks style"],
+        "id": version_id,
+        "modelId": model_id,
+        "name": f"v{version_id}",
+        "baseModel": base_model,
+        "baseModelType": "Standard",
+        "trainedWords": ["sks style"],
         "model": {"name": f"Model {model_id}", "type": model_type, "nsfw": False},
-        "files": files, "downloadUrl": f"{server.url}/api/download/models/{version_id}",
+        "files": files,
+        "downloadUrl": f"{server.url}/api/download/models/{version_id}",
     }
 
 
-def civitai_file(server: LoopbackServer, name: str, data: bytes, *, file_id: int = 1, primary: bool = True,
-                 fmt: str = "SafeTensor", published_sha256: str | None = None, size_kb: float | None = None,
-                 type_: str = "Model") -> dict[str, Any]:
+def civitai_file(
+    server: LoopbackServer,
+    name: str,
+    data: bytes,
+    *,
+    file_id: int = 1,
+    primary: bool = True,
+    fmt: str = "SafeTensor",
+    published_sha256: str | None = None,
+    size_kb: float | None = None,
+    type_: str = "Model",
+) -> dict[str, Any]:
     return {
-        "id": file_id, "name": name, "type": type_, "primary": primary,
+        "id": file_id,
+        "name": name,
+        "type": type_,
+        "primary": primary,
         "sizeKB": size_kb if size_kb is not None else len(data) / 1024,
         "metadata": {"format": fmt, "fp": "fp32", "size": "full"},
         "hashes": {"SHA256": (published_sha256 or sha256(data)).upper(), "AutoV2": sha256(data)[:10].upper()},
@@ -317,12 +385,17 @@ def civitai_file(server: LoopbackServer, name: str, data: bytes, *, file_id: int
     }
 
 
-def serve_civitai(server: LoopbackServer, model_id: int, versions: list[dict[str, Any]],
-                  downloads: dict[int, list[Reply]]) -> None:
+def serve_civitai(
+    server: LoopbackServer, model_id: int, versions: list[dict[str, Any]], downloads: dict[int, list[Reply]]
+) -> None:
     """Routes for /api/v1/models/{id}, /api/v1/model-versions/{id} and each file's downloadUrl."""
     model = {
-        "id": model_id, "name": f"Model {model_id}", "type": versions[0]["model"]["type"], "nsfw": False,
-        "tags": ["style"], "modelVersions": [{k: v for k, v in ver.items() if k != "model"} for ver in versions],
+        "id": model_id,
+        "name": f"Model {model_id}",
+        "type": versions[0]["model"]["type"],
+        "nsfw": False,
+        "tags": ["style"],
+        "modelVersions": [{k: v for k, v in ver.items() if k != "model"} for ver in versions],
     }
     server.route(f"/api/v1/models/{model_id}", Reply.json(model))
     for ver in versions:
@@ -333,4 +406,48 @@ def serve_civitai(server: LoopbackServer, model_id: int, versions: list[dict[str
 
 def leftovers(folder: Path) -> list[Path]:
     """Files under ``folder`` that a download may have left: partial, incomplete or temp files."""
-    return [p for p in folder.rglob("*") if p.is_file() and (p.name.endswith((".part", ".incomplete")) or p.name.startswith("."))]
+    return [
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and (p.name.endswith((".part", ".incomplete")) or p.name.startswith("."))
+    ]
+
+
+@contextmanager
+def trickle_server(body: bytes, every: float = 0.5) -> Iterator[str]:
+    """A server that answers 200 with the full Content-Length at once, then sends the body one byte
+    every ``every`` seconds: it never stalls, so only an overall deadline ends the transfer."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nAccept-Ranges: none\r\n\r\n" % len(body)
+                )
+                for i in range(len(body)):
+                    if stop.wait(every):
+                        return
+                    conn.sendall(body[i : i + 1])
+            except OSError:
+                return  # the client gave up: what the tests want
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()

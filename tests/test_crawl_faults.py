@@ -19,7 +19,6 @@ from crawl_helpers import (
 )
 from sources_helpers import LoopbackServer, Reply, lora_bytes
 
-import scanner.download
 from lora_wise.cli.tools import run
 from scanner.cli import cli
 from scanner.crawl import CrawlOptions, crawl
@@ -29,7 +28,9 @@ from scanner.download import RetryPolicy
 
 
 def options(**kw):
-    return CrawlOptions(**{"jobs": 4, "progress": False, "policy": FAST, "backoff": 0.05, "attempts": 2, **kw})
+    return CrawlOptions(
+        **{"jobs": 4, "progress": False, "policy": FAST, "backoff": 0.05, "attempts": 2, **kw}
+    )
 
 
 @pytest.fixture
@@ -69,8 +70,12 @@ def cut_after_header(data):
     return answer
 
 
-def test_every_fault_is_recorded_with_a_reason_and_the_crawl_completes(civitai, silent, tmp_path, monkeypatch):
-    monkeypatch.setattr(scanner.download.client, "__defaults__", (1.0,))  # a stalled server times out in 1 s
+def test_every_fault_is_recorded_with_a_reason_and_the_crawl_completes(
+    civitai, silent, tmp_path, monkeypatch
+):
+    stall_1s = RetryPolicy(
+        attempts=2, base_wait=0.05, max_wait=5, stall=1.0
+    )  # a stalled server times out in 1 s
     data = {i: lora_bytes(seed=i) for i in range(12)}
     rate = timed([Reply(429, b"slow down", {"Retry-After": "1"}), Reply(200, data[1])])
     models = [
@@ -82,13 +87,17 @@ def test_every_fault_is_recorded_with_a_reason_and_the_crawl_completes(civitai, 
         civitai_model(civitai, 6, 106, data[6], fmt="PickleTensor"),
         civitai_model(civitai, 7, 107, data[7], size_kb=5 * 1024 * 1024),
         civitai_model(civitai, 8, 108, data[8], published_sha256="0" * 64),
-        civitai_model(civitai, 9, 109, b"this is no safetensors file at all", replies=[Reply(200, b"x" * 64)]),
+        civitai_model(
+            civitai, 9, 109, b"this is no safetensors file at all", replies=[Reply(200, b"x" * 64)]
+        ),
         civitai_model(civitai, 10, 110, data[10], replies=[Reply(404, b"gone")]),
         civitai_model(civitai, 11, 111, data[11]),
     ]
     serve_civitai_search(civitai, models, page=4)
     started = time.monotonic()
-    summary = crawl(tmp_path / "faults.db", CivitaiSearch(policy=FAST), options(max_size=1024**3))
+    summary = crawl(
+        tmp_path / "faults.db", CivitaiSearch(policy=FAST), options(max_size=1024**3, policy=stall_1s)
+    )
     assert time.monotonic() - started < 40
     got = {target.split("@")[0]: row for target, row in rows(tmp_path / "faults.db").items()}
 
@@ -106,7 +115,11 @@ def test_every_fault_is_recorded_with_a_reason_and_the_crawl_completes(civitai, 
     assert got["civitai:9"]["attempts"] == 1  # a bad file is not retried
     assert got["civitai:10"]["status"] == "error" and "404" in got["civitai:10"]["error"]
     assert got["civitai:11"]["status"] == "ok"
-    assert sum(summary.counts.values()) == 11 and "pending" not in summary.counts and "running" not in summary.counts
+    assert (
+        sum(summary.counts.values()) == 11
+        and "pending" not in summary.counts
+        and "running" not in summary.counts
+    )
     # refused by the listing: not one request for the file; refused by the header: no full download
     assert not civitai.seen("/api/download/files/106") and not civitai.seen("/api/download/files/107")
     assert full_downloads(civitai, "/api/download/files/109") == 0

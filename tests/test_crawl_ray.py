@@ -16,7 +16,9 @@ def test_ray_local_runs_the_scans_and_the_loop_records_them(tmp_path):
         data = lora_bytes(seed=9)
         server.route("/remote.safetensors", Reply(200, data))
         listed.write_text(listed.read_text() + f"{server.url}/remote.safetensors\n")
-        summary = crawl(tmp_path / "ray.db", TargetsFile(listed), CrawlOptions(jobs=1, ray="local", progress=False))
+        summary = crawl(
+            tmp_path / "ray.db", TargetsFile(listed), CrawlOptions(jobs=1, ray="local", progress=False)
+        )
     assert summary.counts == {"ok": 4}
     got = rows(tmp_path / "ray.db")
     assert got[f"{server.url}/remote.safetensors"]["bytes"] == len(data)

@@ -30,13 +30,33 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def scanned(target, estimate, declared, base="SD 1.5", fmt="kohya", file="lora.safetensors"):
     est = None
     if estimate is not None:
-        est = Estimate(size=int(estimate), estimate=estimate, low=estimate / 2, high=estimate * 2, coverage=0.9,
-                       votes={10: 3, 20: 1}, applicability=0.5, step=1200, step_source="declared",
-                       missing_fraction=0.0, bank="sd15-r32", references=40)  # fmt: skip
-    report = ScanReport(target=target, format=fmt, backbone="sd15", rank=8, layers=128, dtype="float16",
-                        components={"unet": 128}, declared={"unique_images": declared} if declared else None,
-                        estimate=est, bank={"name": "sd15-r32", "self_check": {"dsire_accuracy": 61.5}} if est else None,
-                        source={"kind": "civitai", "file": file, "size": 1000, "info": {"baseModel": base}})  # fmt: skip
+        est = Estimate(
+            size=int(estimate),
+            estimate=estimate,
+            low=estimate / 2,
+            high=estimate * 2,
+            coverage=0.9,
+            votes={10: 3, 20: 1},
+            applicability=0.5,
+            step=1200,
+            step_source="declared",
+            missing_fraction=0.0,
+            bank="sd15-r32",
+            references=40,
+        )
+    report = ScanReport(
+        target=target,
+        format=fmt,
+        backbone="sd15",
+        rank=8,
+        layers=128,
+        dtype="float16",
+        components={"unet": 128},
+        declared={"unique_images": declared} if declared else None,
+        estimate=est,
+        bank={"name": "sd15-r32", "self_check": {"dsire_accuracy": 61.5}} if est else None,
+        source={"kind": "civitai", "file": file, "size": 1000, "info": {"baseModel": base}},
+    )
     return report.to_dict()
 
 
@@ -46,31 +66,48 @@ def state(tmp_path):
     files, targets left out by filters, a failed one, a hostile model name."""
     path = tmp_path / "crawl.db"
     with CrawlState(path) as st:
-        st.add([
-            Candidate("civitai:1@11", "civitai", {"modelName": HOSTILE, "baseModel": "SD 1.5"}),
-            Candidate("civitai:2@12", "civitai", {"modelName": "=HYPERLINK(\"http://x\")", "baseModel": "SD 1.5"}),
-            Candidate("civitai:3@13", "civitai", {"modelName": "three", "baseModel": "SDXL 1.0"}),
-            Candidate("user/two-files", "hf", {"repo_id": "user/two-files"}),
-            Candidate("civitai:5@15", "civitai", {"baseModel": "SD 1.5"}),
-            Candidate("https://example.org/big.safetensors", "list"),
-            Candidate("civitai:7@17", "civitai", {"baseModel": "Pony"}, status="unsafe", error="only pickle files"),
-        ])  # fmt: skip
+        st.add(
+            [
+                Candidate("civitai:1@11", "civitai", {"modelName": HOSTILE, "baseModel": "SD 1.5"}),
+                Candidate(
+                    "civitai:2@12", "civitai", {"modelName": '=HYPERLINK("http://x")', "baseModel": "SD 1.5"}
+                ),
+                Candidate("civitai:3@13", "civitai", {"modelName": "three", "baseModel": "SDXL 1.0"}),
+                Candidate("user/two-files", "hf", {"repo_id": "user/two-files"}),
+                Candidate("civitai:5@15", "civitai", {"baseModel": "SD 1.5"}),
+                Candidate("https://example.org/big.safetensors", "list"),
+                Candidate(
+                    "civitai:7@17",
+                    "civitai",
+                    {"baseModel": "Pony"},
+                    status="unsafe",
+                    error="only pickle files",
+                ),
+            ]
+        )
         results = {
             "civitai:1@11": [scanned("civitai:1@11", 10.0, 14)],
             "civitai:2@12": [scanned("civitai:2@12", 30.0, 20)],
             "civitai:3@13": [scanned("civitai:3@13", 100.0, None, base="SDXL 1.0")],
-            "user/two-files": [scanned("user/two-files", 5.0, 8, file="a.safetensors"),
-                               scanned("user/two-files", None, None, file="b.safetensors")],
-        }  # fmt: skip
+            "user/two-files": [
+                scanned("user/two-files", 5.0, 8, file="a.safetensors"),
+                scanned("user/two-files", None, None, file="b.safetensors"),
+            ],
+        }
         for target, result in results.items():
             st.claim()
             st.finish(target, "ok", error=None, header=None, result=result, nbytes=1000)
         st.claim()
         st.retry_later("civitai:5@15", error="rate limited (HTTP 429)", wait=0, nbytes=0, max_attempts=1)
         st.claim()
-        st.finish("https://example.org/big.safetensors", "skipped", error="3.0 GB, over the 2.0 GB cap",
-                  header=[{"file": "big.safetensors", "size": 3 * 1024**3, "declared": {"unique_images": 50}}],
-                  result=None, nbytes=0)  # fmt: skip
+        st.finish(
+            "https://example.org/big.safetensors",
+            "skipped",
+            error="3.0 GB, over the 2.0 GB cap",
+            header=[{"file": "big.safetensors", "size": 3 * 1024**3, "declared": {"unique_images": 50}}],
+            result=None,
+            nbytes=0,
+        )
     return path
 
 
@@ -83,17 +120,25 @@ def test_report_files_hold_every_row_and_the_summary(state, tmp_path):
     by = {(r["target"], r["file"]): r for r in data}
     first = by[("civitai:1@11", "lora.safetensors")]
     assert first["name"] == HOSTILE and first["estimate"] == 10.0 and first["declared_images"] == 14
-    assert first["base_model"] == "SD 1.5" and first["link"] == "https://civitai.com/models/1?modelVersionId=11"
+    assert (
+        first["base_model"] == "SD 1.5" and first["link"] == "https://civitai.com/models/1?modelVersionId=11"
+    )
     assert first["bank"] == "sd15-r32" and first["bank_accuracy"] == 61.5
     assert by[("user/two-files", "b.safetensors")]["link"] == "https://huggingface.co/user/two-files"
     big = by[("https://example.org/big.safetensors", "big.safetensors")]
-    assert big["status"] == "skipped" and big["size_bytes"] == 3 * 1024**3 and big["link"].startswith("https://example.org")
+    assert (
+        big["status"] == "skipped"
+        and big["size_bytes"] == 3 * 1024**3
+        and big["link"].startswith("https://example.org")
+    )
     assert by[("civitai:5@15", None)]["status"] == "failed" and "429" in by[("civitai:5@15", None)]["error"]
 
     with open(out / "reports.csv", newline="") as f:
         lines = list(csv.DictReader(f))
     assert len(lines) == 8 and list(lines[0]) == list(COLUMNS)
-    assert [r["name"] for r in lines if r["target"] == "civitai:2@12"] == ["'=HYPERLINK(\"http://x\")"]  # no formula
+    assert [r["name"] for r in lines if r["target"] == "civitai:2@12"] == [
+        '\'=HYPERLINK("http://x")'
+    ]  # no formula
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["targets"] == 7 and summary["reports"] == 8 and summary["downloaded_bytes"] == 4000
@@ -128,14 +173,17 @@ def test_the_html_escapes_what_the_crawl_found(state, tmp_path):
 
 
 class TableRows(HTMLParser):
-    """The text of the first cell of each row of table#reports in a DOM dump."""
+    """The target of each row of table#reports in a DOM dump (the first cell's text before its <br>)."""
 
     def __init__(self):
         super().__init__()
         self.depth, self.rows, self.cell, self.in_first = 0, [], [], False
 
     def handle_starttag(self, tag, attrs):
-        if tag == "table" and ("id", "reports") in attrs:
+        if tag == "br" and self.in_first:  # the model name follows the target in the same cell
+            self.rows.append("".join(self.cell).strip())
+            self.cell, self.in_first = [], False
+        elif tag == "table" and ("id", "reports") in attrs:
             self.depth = 1
         elif self.depth and tag == "tr":
             self.cells = 0
@@ -160,19 +208,41 @@ def test_the_html_loads_in_chromium_without_console_errors_and_lists_every_targe
     write_report([state], tmp_path / "r")
     page = tmp_path / "r" / "report.html"
     done = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'chromium-profile'}", "--enable-logging=stderr", "--v=0",
-         "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=90,
-    )  # fmt: skip
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
     assert console == []  # no script error, no CSP violation, no blocked load
     parser = TableRows()
     parser.feed(done.stdout)
-    targets = ["civitai:1@11", "civitai:2@12", "civitai:3@13", "user/two-files", "user/two-files", "civitai:5@15",
-               "https://example.org/big.safetensors", "civitai:7@17"]  # fmt: skip
+    targets = [
+        "civitai:1@11",
+        "civitai:2@12",
+        "civitai:3@13",
+        "user/two-files",
+        "user/two-files",
+        "civitai:5@15",
+        "https://example.org/big.safetensors",
+        "civitai:7@17",
+    ]
     assert sorted(parser.rows) == sorted(targets)
 
 
@@ -198,10 +268,15 @@ def test_rows_stream_in_batches_into_the_same_files(state, tmp_path, monkeypatch
     monkeypatch.setattr(report, "BATCH_ROWS", 3)
     batched = write_report([state], tmp_path / "batched", html_rows=5)
     assert pq.ParquetFile(tmp_path / "batched" / "reports.parquet").num_row_groups == 3
-    assert pq.read_table(tmp_path / "batched" / "reports.parquet").equals(pq.read_table(tmp_path / "whole" / "reports.parquet"))
-    assert (tmp_path / "batched" / "reports.csv").read_bytes() == (tmp_path / "whole" / "reports.csv").read_bytes()
+    assert pq.read_table(tmp_path / "batched" / "reports.parquet").equals(
+        pq.read_table(tmp_path / "whole" / "reports.parquet")
+    )
+    assert (tmp_path / "batched" / "reports.csv").read_bytes() == (
+        tmp_path / "whole" / "reports.csv"
+    ).read_bytes()
     assert {k: v for k, v in batched.items() if k not in ("generated", "files")} == {
-        k: v for k, v in whole.items() if k not in ("generated", "files")}  # fmt: skip
+        k: v for k, v in whole.items() if k not in ("generated", "files")
+    }
     assert "3 more are in reports.parquet" in (tmp_path / "batched" / "report.html").read_text()
 
 
@@ -229,3 +304,84 @@ def test_plots_draw_a_bounded_sample_but_the_statistics_use_every_row(state, tmp
     # an interval with a missing end never counts as holding the declared size
     cmp = compare_declared(np.array([[10.0, 12.0, 8.0, np.nan], [10.0, 9.0, 5.0, 20.0]]))
     assert cmp == {"n": 2, "mae": 1.5, "median_abs_error": 1.5, "within_interval": 0.5}
+
+
+LAYOUT_PROBE = """<script>
+window.addEventListener("load", function () {
+  var heads = Array.prototype.map.call(document.querySelectorAll("#reports th"), function (th) {
+    return [th.textContent.trim(), th.getBoundingClientRect().right];
+  });
+  var colours = {};
+  Array.prototype.forEach.call(document.querySelectorAll("#reports td.status"), function (td) {
+    var style = getComputedStyle(td);
+    colours[td.textContent.trim()] = style.backgroundColor + " / " + style.color;
+  });
+  var pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = JSON.stringify({viewport: window.innerWidth, page: document.documentElement.scrollWidth,
+                                    heads: heads, colours: colours});
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def _chromium(tmp_path, page, *extra):
+    return subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            "--window-size=1366,900",
+            *extra,
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
+def test_the_page_fits_a_1366_px_screen_with_a_colour_per_status(state, tmp_path):
+    """Headless Chromium at 1366x900: a screenshot, and the layout measured in the page itself (a copy
+    of the report with a probe script; the report's own CSP would rightly block it)."""
+    with CrawlState(state) as st:
+        st.add(
+            [
+                Candidate(
+                    "civitai:8@18", "civitai", {"modelName": "n" * 300}, status="error", error="e" * 500
+                ),
+                Candidate(
+                    "civitai:9@19", "civitai", status="no-lora", error="a Checkpoint model, not a LoRA"
+                ),
+            ]
+        )
+    write_report([state], tmp_path / "r")
+    page = tmp_path / "r" / "report.html"
+    shot = _chromium(tmp_path, page, f"--screenshot={tmp_path / 'shot.png'}")
+    assert shot.returncode == 0, shot.stderr[-2000:]
+    png = (tmp_path / "shot.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 1366
+    probed = tmp_path / "r" / "probed.html"
+    html = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", page.read_text())
+    probed.write_text(html.replace("</body>", LAYOUT_PROBE + "</body>"))
+    done = _chromium(tmp_path, probed, "--virtual-time-budget=5000", "--dump-dom")
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(
+        re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S).group(1).replace("&amp;", "&")
+    )
+    assert found["viewport"] == 1366 and found["page"] <= 1366  # nothing off-screen: no horizontal scroll
+    heads = dict(found["heads"])
+    assert {"bank accuracy", "warnings", "sha256", "reason", "status"} <= set(heads)
+    assert max(heads.values()) <= 1366
+    colours = found["colours"]
+    assert {"ok", "error", "unsafe", "failed", "skipped", "no-lora"} <= set(colours)
+    assert len(set(colours.values())) == len(colours)  # unsafe != error != failed, and so on

@@ -57,7 +57,18 @@ def test_kill_9_midway_then_rerun_completes_without_rescanning(tmp_path):
         listed = tmp_path / "targets.txt"
         listed.write_text("".join(f"{server.url}/f{i}.safetensors\n" for i in range(FILES)))
         state = tmp_path / "crawl.db"
-        command = [LORA_SCAN, "crawl", "list", str(listed), "--state", str(state), "--jobs", "2", "--quiet", "--no-report"]
+        command = [
+            LORA_SCAN,
+            "crawl",
+            "list",
+            str(listed),
+            "--state",
+            str(state),
+            "--jobs",
+            "2",
+            "--quiet",
+            "--no-report",
+        ]
 
         first = subprocess.Popen(command, env=env, cwd=tmp_path)
         try:
@@ -77,7 +88,9 @@ def test_kill_9_midway_then_rerun_completes_without_rescanning(tmp_path):
     final = rows(state)
     assert len(final) == FILES and {r["status"] for r in final.values()} == {"ok"}
     for target, row in final.items():
-        assert row["attempts"] == 1 and len(row["result"]) == 1  # one finished try, one report: none scanned twice
+        assert (
+            row["attempts"] == 1 and len(row["result"]) == 1
+        )  # one finished try, one report: none scanned twice
         assert json.loads(json.dumps(row["result"]))[0]["status"] == "ok"
         i = int(target.rsplit("/f", 1)[1].split(".")[0])
         downloads = full_downloads(server, f"/f{i}.safetensors")

@@ -59,21 +59,38 @@ def civitai(monkeypatch, temp):
 def test_hub_search_gives_one_target_per_lora_file_and_scans_them(hub, tmp_path, temp):
     style = lora_bytes(seed=1, metadata={"ss_num_train_images": "40"})
     models = [
-        hub_model(hub, "alice/style", {"style.safetensors": style, "README.md": b"# card"},
-                  tags=["lora", f"base_model:adapter:{SD15}"]),
-        hub_model(hub, "bob/two", {"a.safetensors": lora_bytes(seed=2), "sub/b.safetensors": lora_bytes(seed=3, style="kohya"),
-                                   "unet/diffusion_pytorch_model.safetensors": lora_bytes(seed=4)}),
+        hub_model(
+            hub,
+            "alice/style",
+            {"style.safetensors": style, "README.md": b"# card"},
+            tags=["lora", f"base_model:adapter:{SD15}"],
+        ),
+        hub_model(
+            hub,
+            "bob/two",
+            {
+                "a.safetensors": lora_bytes(seed=2),
+                "sub/b.safetensors": lora_bytes(seed=3, style="kohya"),
+                "unet/diffusion_pytorch_model.safetensors": lora_bytes(seed=4),
+            },
+        ),
         hub_model(hub, "carol/pickles", {"lora.bin": b"\x80\x04not unpickled"}),
-    ]  # fmt: skip
+    ]
     serve_hub_search(hub, models, page=2)
     state = tmp_path / "hf.db"
     search = HubSearch(filters=("lora",), base_model=SD15, search="style", limit=10)
     summary = crawl(state, search, options())
 
     got = rows(state)
-    assert set(got) == {"hf://alice/style/style.safetensors", "hf://bob/two/a.safetensors",
-                        "hf://bob/two/sub/b.safetensors", "carol/pickles"}  # fmt: skip
-    assert summary.counts == {"ok": 3, "unsafe": 1} and summary.listing["done"] and summary.listing_error is None
+    assert set(got) == {
+        "hf://alice/style/style.safetensors",
+        "hf://bob/two/a.safetensors",
+        "hf://bob/two/sub/b.safetensors",
+        "carol/pickles",
+    }
+    assert (
+        summary.counts == {"ok": 3, "unsafe": 1} and summary.listing["done"] and summary.listing_error is None
+    )
     first = query(hub.seen("/api/models?")[0])
     assert set(first["filter"]) == {"lora", f"base_model:adapter:{SD15}"} and first["search"] == ["style"]
     assert set(first["expand"]) >= {"siblings", "sha", "tags"}
@@ -120,7 +137,9 @@ def test_civitai_search_follows_the_cursor_and_keeps_the_listing(civitai, tmp_pa
     assert pages[0]["query"] == ["style"] and pages[0]["limit"] == ["100"]
     assert civitai.seen("/api/v1/models?")[0].headers["authorization"] == "Bearer civitai-loopback-token"
     got = rows(state)["civitai:102@202"]
-    assert got["listing"]["baseModel"] == "SD 1.5" and got["listing"]["file"]["sizeKB"] == pytest.approx(len(data[2]) / 1024)
+    assert got["listing"]["baseModel"] == "SD 1.5" and got["listing"]["file"]["sizeKB"] == pytest.approx(
+        len(data[2]) / 1024
+    )
     assert got["result"][0]["source"]["verified"] and got["result"][0]["format"] == "kohya"
     assert got["header"][0]["size"] == int(len(data[2]) / 1024 * 1024)
     assert leftover(temp) == []
@@ -166,13 +185,15 @@ def test_list_file_takes_any_target_form_comments_and_bad_lines(tmp_path, monkey
         )
         summary = crawl(tmp_path / "list.db", TargetsFile(listed), options())
         got = rows(tmp_path / "list.db")
-        assert set(got) == {"local.safetensors", f"{server.url}/files/remote.safetensors", "old.ckpt", "not a target at all"}
+        local, old = str((tmp_path / "local.safetensors").resolve()), str((tmp_path / "old.ckpt").resolve())
+        # local lines are stored as the absolute files they name: never tried as Hub ids anywhere else
+        assert set(got) == {local, f"{server.url}/files/remote.safetensors", old, "not a target at all"}
         assert summary.counts == {"ok": 2, "unsafe": 1, "error": 1}
         assert "line 7" in got["not a target at all"]["error"]
         remote = got[f"{server.url}/files/remote.safetensors"]
         assert remote["bytes"] == len(data) and remote["header"][0]["tensors"] == 16
         assert full_downloads(server, "/files/remote.safetensors") == 1
-        assert got["local.safetensors"]["bytes"] == 0  # a local file is not a download
+        assert got[local]["bytes"] == 0  # a local file is not a download
         assert (tmp_path / "local.safetensors").exists()  # and is never deleted
 
 
@@ -187,19 +208,32 @@ def test_keep_copies_the_weights(civitai, tmp_path, temp):
 
 def test_shards_split_the_targets_without_overlap(tmp_path):
     listed = lora_list(tmp_path, 6)
-    shards = [set(rows(crawl(tmp_path / f"s{i}.db", TargetsFile(listed), options(shard=(i, 3))).state)) for i in range(3)]
+    shards = [
+        set(rows(crawl(tmp_path / f"s{i}.db", TargetsFile(listed), options(shard=(i, 3))).state))
+        for i in range(3)
+    ]
     assert set().union(*shards) == set(listed.read_text().split())
     assert sum(len(s) for s in shards) == 6
 
 
 def test_a_repo_in_a_list_is_listed_then_each_header_read(hub, tmp_path):
-    hub_model(hub, "alice/pair", {"one.safetensors": lora_bytes(seed=1), "two.safetensors": lora_bytes(seed=2),
-                                   "big.safetensors": lora_bytes(seed=3, rank=64)})  # fmt: skip
+    hub_model(
+        hub,
+        "alice/pair",
+        {
+            "one.safetensors": lora_bytes(seed=1),
+            "two.safetensors": lora_bytes(seed=2),
+            "big.safetensors": lora_bytes(seed=3, rank=64),
+        },
+    )
     listed = tmp_path / "t.txt"
     listed.write_text("alice/pair\n")
     crawl(tmp_path / "r.db", TargetsFile(listed), options(max_size=20_000))
     row = rows(tmp_path / "r.db")["alice/pair"]
-    assert row["status"] == "ok" and [h["file"] for h in row["header"]] == ["one.safetensors", "two.safetensors"]
+    assert row["status"] == "ok" and [h["file"] for h in row["header"]] == [
+        "one.safetensors",
+        "two.safetensors",
+    ]
     assert [r["source"]["file"] for r in row["result"]] == ["one.safetensors", "two.safetensors"]
     assert full_downloads(hub, "/alice/pair/resolve/") == 2  # the file over the cap only listed
 
@@ -212,4 +246,9 @@ def test_the_command_prints_a_json_summary_and_writes_the_report_beside_the_stat
     assert summary["counts"] == {"ok": 2} and summary["targets"] == 2 and summary["listing"]["done"]
     report = tmp_path / "audit-report"
     assert summary["report"]["report.html"] == str(report / "report.html")
-    assert sorted(p.name for p in report.iterdir()) == ["report.html", "reports.csv", "reports.parquet", "summary.json"]
+    assert sorted(p.name for p in report.iterdir()) == [
+        "report.html",
+        "reports.csv",
+        "reports.parquet",
+        "summary.json",
+    ]

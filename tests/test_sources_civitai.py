@@ -52,11 +52,16 @@ def _one_version(server, data, *, version_id=11, model_id=7, replies=None, **fil
 
 def test_model_id_fetches_latest_version_primary_file_verified(civitai):
     data = lora_bytes(style="kohya", metadata={"ss_num_train_images": "24"})
-    newer = civitai_version(civitai, 12, 7, [
-        civitai_file(civitai, "training_data.zip", b"zip", file_id=3, type_="Training Data", fmt="Other"),
-        civitai_file(civitai, "sks_style_v2.safetensors", data, file_id=2, primary=True),
-        civitai_file(civitai, "sks_style_v2_fp16.safetensors", b"nope", file_id=4, primary=False),
-    ])
+    newer = civitai_version(
+        civitai,
+        12,
+        7,
+        [
+            civitai_file(civitai, "training_data.zip", b"zip", file_id=3, type_="Training Data", fmt="Other"),
+            civitai_file(civitai, "sks_style_v2.safetensors", data, file_id=2, primary=True),
+            civitai_file(civitai, "sks_style_v2_fp16.safetensors", b"nope", file_id=4, primary=False),
+        ],
+    )
     older = civitai_version(civitai, 11, 7, [civitai_file(civitai, "sks_style_v1.safetensors", b"old")])
     serve_civitai(civitai, 7, [newer, older], {2: [Reply(200, data)]})
     [got] = resolve("civitai:7", progress=False)
@@ -64,7 +69,9 @@ def test_model_id_fetches_latest_version_primary_file_verified(civitai):
     assert got.name == "sks_style_v2.safetensors" and got.path.read_bytes() == data
     assert got.verified and got.temporary and got.size == len(data)
     assert got.info["baseModel"] == "SD 1.5" and got.info["trainedWords"] == ["sks style"]
-    assert got.info["modelName"] == "Model 7" and got.info["format"] == "SafeTensor" and got.info["fp"] == "fp32"
+    assert (
+        got.info["modelName"] == "Model 7" and got.info["format"] == "SafeTensor" and got.info["fp"] == "fp32"
+    )
     assert load(got.path.read_bytes()).keys() == load(data).keys()
     for request in civitai.seen("/api/"):
         assert request.headers["authorization"] == "Bearer civitai-loopback-token"
@@ -98,10 +105,15 @@ def test_fetched_context_manager_deletes_on_exit_and_on_error(civitai):
 
 def test_pickle_primary_is_skipped_for_the_safetensors_file(civitai):
     data = lora_bytes(seed=5)
-    version = civitai_version(civitai, 11, 7, [
-        civitai_file(civitai, "style.pt", b"\x80\x04pickle", file_id=1, primary=True, fmt="PickleTensor"),
-        civitai_file(civitai, "style.safetensors", data, file_id=2, primary=False),
-    ])
+    version = civitai_version(
+        civitai,
+        11,
+        7,
+        [
+            civitai_file(civitai, "style.pt", b"\x80\x04pickle", file_id=1, primary=True, fmt="PickleTensor"),
+            civitai_file(civitai, "style.safetensors", data, file_id=2, primary=False),
+        ],
+    )
     serve_civitai(civitai, 7, [version], {1: [Reply(200, b"\x80\x04")], 2: [Reply(200, data)]})
     [got] = resolve("civitai:7", progress=False)
     assert got.name == "style.safetensors"
@@ -110,9 +122,16 @@ def test_pickle_primary_is_skipped_for_the_safetensors_file(civitai):
 
 
 def test_pickle_only_version_is_refused_without_download(civitai):
-    version = civitai_version(civitai, 11, 7, [
-        civitai_file(civitai, "style.safetensors", b"\x80\x04pickle", fmt="PickleTensor"),  # the format says pickle
-    ])
+    version = civitai_version(
+        civitai,
+        11,
+        7,
+        [
+            civitai_file(
+                civitai, "style.safetensors", b"\x80\x04pickle", fmt="PickleTensor"
+            ),  # the format says pickle
+        ],
+    )
     serve_civitai(civitai, 7, [version], {1: [Reply(200, b"\x80\x04")]})
     with pytest.raises(UnsafeFormat, match="unsafe format, not scanned") as info:
         resolve("civitai:7", progress=False)
@@ -121,7 +140,9 @@ def test_pickle_only_version_is_refused_without_download(civitai):
 
 
 def test_checkpoint_models_are_not_loras(civitai):
-    version = civitai_version(civitai, 11, 7, [civitai_file(civitai, "model.safetensors", b"x")], model_type="Checkpoint")
+    version = civitai_version(
+        civitai, 11, 7, [civitai_file(civitai, "model.safetensors", b"x")], model_type="Checkpoint"
+    )
     serve_civitai(civitai, 7, [version], {})
     with pytest.raises(NoLoraFiles, match="Checkpoint") as info:
         resolve("civitai:7", progress=False)

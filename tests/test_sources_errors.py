@@ -27,6 +27,10 @@ def test_exit_codes(cls, code):
 
 def test_families_shared_with_the_reader():
     # scan() treats "unsafe" and "no LoRA" alike whether the fetcher or the reader found out.
-    assert issubclass(errors.UnsafeFormat, UnsafeFormatError) and issubclass(errors.UnsafeFormat, errors.FetchError)
-    assert issubclass(errors.NoLoraFiles, NoLoraWeightsError) and issubclass(errors.NoLoraFiles, errors.FetchError)
+    assert issubclass(errors.UnsafeFormat, UnsafeFormatError) and issubclass(
+        errors.UnsafeFormat, errors.FetchError
+    )
+    assert issubclass(errors.NoLoraFiles, NoLoraWeightsError) and issubclass(
+        errors.NoLoraFiles, errors.FetchError
+    )
     assert errors.RateLimited("slow down", retry_after=30).retry_after == 30

@@ -50,12 +50,17 @@ def offline_cache(tmp_path, monkeypatch):
 
 def test_offline_cache_picks_the_lora_and_skips_the_full_checkpoint(offline_cache):
     lora = lora_bytes(seed=1)
-    hub_cache_repo(offline_cache, "user/style-lora", {
-        "pytorch_lora_weights.safetensors": lora,
-        "unet/diffusion_pytorch_model.safetensors": lora_bytes(seed=2),
-        "old/lora.bin": b"\x80\x04pickle",
-        "README.md": b"---\nbase_model: stable-diffusion-v1-5/stable-diffusion-v1-5\ntags:\n- lora\n---\n# card\n",
-    })
+    hub_cache_repo(
+        offline_cache,
+        "user/style-lora",
+        {
+            "pytorch_lora_weights.safetensors": lora,
+            "unet/diffusion_pytorch_model.safetensors": lora_bytes(seed=2),
+            "old/lora.bin": b"\x80\x04pickle",
+            "README.md": b"---\nbase_model: stable-diffusion-v1-5/stable-diffusion-v1-5\n"
+            b"tags:\n- lora\n---\n# card\n",
+        },
+    )
     [got] = resolve("user/style-lora", progress=False)
     assert got.source == "hub" and got.name == "pytorch_lora_weights.safetensors"
     assert got.path.read_bytes() == lora
@@ -139,15 +144,24 @@ def test_online_repo_downloads_every_candidate_verified_into_the_cache(hub, tmp_
         "legacy.bin": b"\x80\x04pickle",
         "README.md": b"# card",
     }
-    hub_repo(hub, "user/style", files, commit=COMMIT, card={"base_model": "runwayml/stable-diffusion-v1-5",
-             "instance_prompt": "sks style"}, tags=["lora", "base_model:adapter:runwayml/stable-diffusion-v1-5"])
+    hub_repo(
+        hub,
+        "user/style",
+        files,
+        commit=COMMIT,
+        card={"base_model": "runwayml/stable-diffusion-v1-5", "instance_prompt": "sks style"},
+        tags=["lora", "base_model:adapter:runwayml/stable-diffusion-v1-5"],
+    )
     got = resolve("user/style", progress=False)
     assert [f.name for f in got] == ["kohya/style_kohya.safetensors", "style.safetensors"]
     for f in got:
         assert f.path.read_bytes() == files[f.name]
         assert f.verified and f.sha256 == sha256(files[f.name])
         assert str(tmp_path / "hub") in str(f.path) and f"snapshots/{COMMIT}" in str(f.path)
-        assert f.info["base_model"] == "runwayml/stable-diffusion-v1-5" and f.info["instance_prompt"] == "sks style"
+        assert (
+            f.info["base_model"] == "runwayml/stable-diffusion-v1-5"
+            and f.info["instance_prompt"] == "sks style"
+        )
         assert "lora" in f.info["tags"]
     # pinned to the listed commit; the full checkpoint and the pickle were never requested
     gets = [r.path for r in hub.seen(method="GET") if "/resolve/" in r.path]
@@ -223,7 +237,9 @@ def test_online_hash_mismatch_leaves_nothing_in_the_cache(hub, tmp_path):
 
 
 def test_online_oversize_by_listing_downloads_nothing(hub):
-    hub_repo(hub, "user/huge", {"lora.safetensors": lora_bytes()}, listed_size={"lora.safetensors": 5 * 1024**3})
+    hub_repo(
+        hub, "user/huge", {"lora.safetensors": lora_bytes()}, listed_size={"lora.safetensors": 5 * 1024**3}
+    )
     with pytest.raises(TooLarge, match="over the 2.0 GB cap"):
         resolve("user/huge", progress=False)
     assert not [r for r in hub.seen() if "/resolve/" in r.path]
@@ -232,8 +248,12 @@ def test_online_oversize_by_listing_downloads_nothing(hub):
 def test_online_oversize_by_stream_stops_and_cleans(hub, tmp_path):
     small, big = lora_bytes(seed=1), lora_bytes(seed=2) + b"\0" * 300_000
     # The listing and the HEAD say the small size; the GET streams far more, chunked.
-    hub_repo(hub, "user/liar", {"lora.safetensors": small},
-             file_replies={"lora.safetensors": [Reply(200, big, chunked=True)]})
+    hub_repo(
+        hub,
+        "user/liar",
+        {"lora.safetensors": small},
+        file_replies={"lora.safetensors": [Reply(200, big, chunked=True)]},
+    )
     with pytest.raises(TooLarge, match="stream passed"):
         resolve("user/liar", max_size=len(small) + 1000, progress=False)
     assert leftovers(tmp_path / "hub") == []
@@ -242,8 +262,12 @@ def test_online_oversize_by_stream_stops_and_cleans(hub, tmp_path):
 
 def test_online_truncated_download(hub, tmp_path):
     data = lora_bytes(seed=8)
-    hub_repo(hub, "user/cut", {"lora.safetensors": data},
-             file_replies={"lora.safetensors": [Reply(200, data, truncate_at=len(data) // 2)]})
+    hub_repo(
+        hub,
+        "user/cut",
+        {"lora.safetensors": data},
+        file_replies={"lora.safetensors": [Reply(200, data, truncate_at=len(data) // 2)]},
+    )
     with pytest.raises(TruncatedDownload, match="retry"):
         resolve("user/cut", progress=False)
     assert leftovers(tmp_path / "hub") == []
@@ -266,7 +290,9 @@ def test_hub_target_paths_are_real_files(hub):
 
 
 def test_many_candidates_are_capped_with_a_note(offline_cache):
-    hub_cache_repo(offline_cache, "user/epochs", {f"epoch-{i:02d}.safetensors": lora_bytes(seed=i) for i in range(20)})
+    hub_cache_repo(
+        offline_cache, "user/epochs", {f"epoch-{i:02d}.safetensors": lora_bytes(seed=i) for i in range(20)}
+    )
     got = resolve("user/epochs", progress=False)
     assert len(got) == 16 and got[-1].name == "epoch-15.safetensors"
     assert any("4 more candidates" in n and "--file" in n for n in got[0].notes)
@@ -280,7 +306,8 @@ def test_online_download_with_progress_bar(hub):
 
 
 def test_offline_plain_snapshot_files_and_tag_refs(offline_cache):
-    # The minimal layout of REFERENCE §6: refs/<name> holding a commit, snapshots/<commit>/<file> as plain files.
+    # The minimal layout of REFERENCE §6: refs/<name> holding a commit, snapshots/<commit>/<file>
+    # as plain files.
     data = lora_bytes(seed=11)
     storage = offline_cache / "models--user--plain"
     (storage / "refs").mkdir(parents=True)
@@ -312,7 +339,14 @@ def test_online_lfs_files_through_a_cdn_redirect(hub, tmp_path):
 
 def test_one_bad_candidate_does_not_hide_the_others(hub):
     good, bad = lora_bytes(seed=14), lora_bytes(seed=15)
-    hub_repo(hub, "user/mixed", {"a.safetensors": bad, "b.safetensors": good}, listed_sha256={"a.safetensors": "1" * 64})
+    hub_repo(
+        hub,
+        "user/mixed",
+        {"a.safetensors": bad, "b.safetensors": good},
+        listed_sha256={"a.safetensors": "1" * 64},
+    )
     [got] = resolve("user/mixed", progress=False)
     assert got.name == "b.safetensors" and got.path.read_bytes() == good
-    assert any(n.startswith("not fetched:") and "a.safetensors" in n and "published hash" in n for n in got.notes)
+    assert any(
+        n.startswith("not fetched:") and "a.safetensors" in n and "published hash" in n for n in got.notes
+    )

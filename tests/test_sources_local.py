@@ -1,7 +1,7 @@
 """Local files and folders go through the same candidate rule as a Hub repo and are never deleted."""
 
 import pytest
-from sources_helpers import write_lora, write_peft_adapter
+from sources_helpers import sha256, write_lora, write_peft_adapter
 
 from scanner.errors import NoLoraFiles, TooLarge, UnsafeFormat
 from scanner.sources import fetched, resolve
@@ -11,7 +11,8 @@ def test_local_file_is_returned_as_is_and_never_deleted(tmp_path):
     path = write_lora(tmp_path / "style.safetensors", style="kohya")
     with fetched(str(path)) as [got]:
         assert got.source == "local" and got.path == path and got.size == path.stat().st_size
-        assert not got.temporary and got.sha256 is None and not got.verified
+        assert not got.temporary and not got.verified
+        assert got.sha256 == sha256(path.read_bytes())  # what an auditor compares with other copies
     assert path.exists()
 
 

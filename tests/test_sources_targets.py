@@ -11,23 +11,45 @@ from scanner.targets import parse_target
     [
         ("user/repo", dict(kind="hub", repo_id="user/repo", revision=None, filename=None)),
         ("user/my.lora-v2@v1.0", dict(kind="hub", repo_id="user/my.lora-v2", revision="v1.0")),
-        ("hf://user/repo/sub/lora.safetensors", dict(kind="hub", repo_id="user/repo", filename="sub/lora.safetensors")),
-        ("hf://user/repo@refs/pr/1", dict(kind="hub", repo_id="user/repo", revision="refs/pr/1", filename=None)),
-        ("hf://user/repo@refs/pr/1/a.safetensors", dict(kind="hub", revision="refs/pr/1", filename="a.safetensors")),
-        ("hf://user/repo@abc/lora.safetensors", dict(kind="hub", revision="abc", filename="lora.safetensors")),
+        (
+            "hf://user/repo/sub/lora.safetensors",
+            dict(kind="hub", repo_id="user/repo", filename="sub/lora.safetensors"),
+        ),
+        (
+            "hf://user/repo@refs/pr/1",
+            dict(kind="hub", repo_id="user/repo", revision="refs/pr/1", filename=None),
+        ),
+        (
+            "hf://user/repo@refs/pr/1/a.safetensors",
+            dict(kind="hub", revision="refs/pr/1", filename="a.safetensors"),
+        ),
+        (
+            "hf://user/repo@abc/lora.safetensors",
+            dict(kind="hub", revision="abc", filename="lora.safetensors"),
+        ),
         ("https://huggingface.co/user/repo", dict(kind="hub", repo_id="user/repo", filename=None)),
-        ("https://huggingface.co/user/repo/blob/main/a%20b.safetensors",
-         dict(kind="hub", repo_id="user/repo", revision="main", filename="a b.safetensors")),
-        ("https://hf.co/user/repo/resolve/0123abc/x/y.safetensors",
-         dict(kind="hub", revision="0123abc", filename="x/y.safetensors")),
+        (
+            "https://huggingface.co/user/repo/blob/main/a%20b.safetensors",
+            dict(kind="hub", repo_id="user/repo", revision="main", filename="a b.safetensors"),
+        ),
+        (
+            "https://hf.co/user/repo/resolve/0123abc/x/y.safetensors",
+            dict(kind="hub", revision="0123abc", filename="x/y.safetensors"),
+        ),
         ("https://huggingface.co/user/repo/tree/dev", dict(kind="hub", revision="dev", filename=None)),
         ("civitai:123", dict(kind="civitai", model_id=123, version_id=None)),
         ("CIVITAI:123@456", dict(kind="civitai", model_id=123, version_id=456)),
         ("civitai:@456", dict(kind="civitai", model_id=None, version_id=456)),
-        ("https://civitai.com/models/123?modelVersionId=456", dict(kind="civitai", model_id=123, version_id=456)),
+        (
+            "https://civitai.com/models/123?modelVersionId=456",
+            dict(kind="civitai", model_id=123, version_id=456),
+        ),
         ("https://civitai.com/models/123/some-slug", dict(kind="civitai", model_id=123, version_id=None)),
         ("https://civitai.com/api/download/models/456", dict(kind="civitai", model_id=None, version_id=456)),
-        ("https://example.org/files/lora.safetensors", dict(kind="url", url="https://example.org/files/lora.safetensors")),
+        (
+            "https://example.org/files/lora.safetensors",
+            dict(kind="url", url="https://example.org/files/lora.safetensors"),
+        ),
         ("http://127.0.0.1:8000/x.safetensors", dict(kind="url")),
     ],
 )

@@ -28,13 +28,16 @@ def test_plain_url_download_is_temporary(web):
     web.route("/files/style.safetensors", Reply(200, data))
     with fetched(f"{web.url}/files/style.safetensors", progress=False) as [got]:
         assert got.source == "url" and got.name == "style.safetensors" and got.path.read_bytes() == data
-        assert got.info["sha256"] == sha256(data) and not got.verified  # nothing published to check against
+        assert got.sha256 == sha256(data) and not got.verified  # nothing published to check against
     assert list(web.temp.iterdir()) == []
 
 
 def test_content_disposition_names_the_file_and_cannot_escape(web, tmp_path):
     data = lora_bytes(seed=2)
-    web.route("/dl/1", Reply(200, data, {"Content-Disposition": 'attachment; filename="../../evil name.safetensors"'}))
+    web.route(
+        "/dl/1",
+        Reply(200, data, {"Content-Disposition": 'attachment; filename="../../evil name.safetensors"'}),
+    )
     got = download(f"{web.url}/dl/1", tmp_path / "out", progress=False)
     assert got.path == tmp_path / "out" / "evil name.safetensors" and got.path.read_bytes() == data
 
@@ -43,7 +46,9 @@ def test_redirects_are_followed(web, tmp_path):
     data = lora_bytes(seed=3)
     web.route("/api/download/models/5", Reply(302, b"", {"Location": "/cdn/blob?sig=x"}))
     web.route("/cdn/blob", Reply(200, data, {"Content-Disposition": "attachment; filename=real.safetensors"}))
-    got = download(f"{web.url}/api/download/models/5", tmp_path, headers={"Authorization": "Bearer t"}, progress=False)
+    got = download(
+        f"{web.url}/api/download/models/5", tmp_path, headers={"Authorization": "Bearer t"}, progress=False
+    )
     assert got.path.name == "real.safetensors" and got.path.read_bytes() == data
 
 
@@ -54,7 +59,10 @@ def test_pickle_urls_are_refused_before_any_request(web):
 
 
 def test_pickle_behind_an_innocent_url_is_refused_before_the_body(web):
-    web.route("/dl/2", Reply(200, b"\x80\x04" + b"x" * 100_000, {"Content-Disposition": "attachment; filename=lora.pt"}))
+    web.route(
+        "/dl/2",
+        Reply(200, b"\x80\x04" + b"x" * 100_000, {"Content-Disposition": "attachment; filename=lora.pt"}),
+    )
     with pytest.raises(UnsafeFormat, match="lora.pt"):
         resolve(f"{web.url}/dl/2", progress=False)
     assert list(web.temp.rglob("*")) == []
@@ -109,7 +117,9 @@ def test_read_remote_header_when_the_server_ignores_range(web):
     assert read_remote_header(f"{web.url}/n.safetensors").metadata == {"modelspec.title": "t"}
 
 
-@pytest.mark.parametrize("body", [b"", b"\x01\x00", (10**12).to_bytes(8, "little"), (20).to_bytes(8, "little") + b"[1, 2]"])
+@pytest.mark.parametrize(
+    "body", [b"", b"\x01\x00", (10**12).to_bytes(8, "little"), (20).to_bytes(8, "little") + b"[1, 2]"]
+)
 def test_read_remote_header_rejects_non_safetensors(web, body):
     web.route("/bad.safetensors", Reply(200, body))
     with pytest.raises(FetchError, match="safetensors"):
@@ -132,12 +142,18 @@ def test_byte_meter_fits_huggingface_hubs_xet_progress_reporter():
     from huggingface_hub.utils._xet_progress_reporting import XetDownloadProgressReporter
 
     def report(done, transferred):  # the fields hf_xet's group report carries
-        return SimpleNamespace(total_bytes_completed=done, total_transfer_bytes_completed=transferred,
-                               total_bytes=1000, total_bytes_completion_rate=1.0,
-                               total_transfer_bytes_completion_rate=1.0)
+        return SimpleNamespace(
+            total_bytes_completed=done,
+            total_transfer_bytes_completed=transferred,
+            total_bytes=1000,
+            total_bytes_completion_rate=1.0,
+            total_transfer_bytes_completion_rate=1.0,
+        )
 
     meter = partial(ByteMeter, max_size=1500, progress=True)
-    with XetDownloadProgressReporter(reconstruction_desc="r", total=1000, log_level=30, tqdm_class=meter) as rep:
+    with XetDownloadProgressReporter(
+        reconstruction_desc="r", total=1000, log_level=30, tqdm_class=meter
+    ) as rep:
         rep.update_progress(report(400, 300))
         rep.update_progress(report(1000, 900))
         assert rep.reconstruction_bar.n == 1000

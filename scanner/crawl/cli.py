@@ -59,6 +59,10 @@ def crawl_options(command: Callable) -> Callable:
                      help="Copy downloaded weights here (default: deleted after each scan)."),
         click.option("--attempts", default=3, show_default=True, type=click.IntRange(1, 100),
                      help="Tries per target on transient faults (429, 5xx, cut downloads) before 'failed'."),
+        click.option("--target-timeout", default=900.0, show_default=True, type=click.FloatRange(min=1),
+                     help="Seconds one target may take (header, download, scan); past it: an 'error' row."),
+        click.option("--target-memory", default="4G", show_default=True,
+                     help="Memory a crawl worker may add to what it holds at start; past it: 'error'."),
         click.option("--ray", "ray_address", metavar="ADDRESS",
                      help="Run the scans on Ray: 'auto', 'ray://host:10001', or 'local' (a private instance)."),
         click.option("--shard", callback=_parse_shard, metavar="I/N",
@@ -210,8 +214,10 @@ def crawl_list(file: str, **common: Any) -> int:
 
 
 def _run(listing: Any, *, state: str, out: str | None, jobs: int, max_size: str, keep: str | None, attempts: int,
+         target_timeout: float, target_memory: str,
          ray_address: str | None, shard: tuple[int, int] | None, bank_dir: str | None, force_estimate: bool,
          retry_failed: bool, relist: bool, no_report: bool, as_json: bool, quiet: bool) -> int:  # fmt: skip
+    from .dispatch import Limits
     from .report import default_out, write_report
     from .run import CrawlOptions
     from .run import crawl as run_crawl
@@ -228,6 +234,7 @@ def _run(listing: Any, *, state: str, out: str | None, jobs: int, max_size: str,
         retry_failed=retry_failed,
         relist=relist,
         progress=not (quiet or as_json),
+        limits=Limits(seconds=target_timeout, memory=parse_size(target_memory)),
     )
     try:
         summary = run_crawl(state, listing, options)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ..download import format_size
 from .table import ReportStats
@@ -25,11 +26,30 @@ from .table import ReportStats
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_GROUPS = 12  # base models shown in the distribution plot (the rest are "other")
 MAX_POINTS = 20_000  # points drawn per plot
-TABLE_COLUMNS = ("target", "name", "file", "status", "base_model", "format", "backbone", "rank",
-                 "declared_images", "estimate", "interval", "applicability", "size_bytes", "reason")  # fmt: skip
+# (column, % of the table's width): they add up to 100, so the table fits any screen from 1366 px.
+TABLE_COLUMNS = (
+    ("target", 12),
+    ("file", 8),
+    ("status", 6),
+    ("base_model", 8),
+    ("format", 5),
+    ("backbone", 5),
+    ("rank", 3),
+    ("declared_images", 5),
+    ("estimate", 5),
+    ("interval", 6),
+    ("applicability", 5),
+    ("bank_accuracy", 5),
+    ("size", 5),
+    ("sha256", 7),
+    ("warnings", 8),
+    ("reason", 7),
+)
 
 
-def render_html(rows: list[dict[str, Any]], summary: dict[str, Any], stats: ReportStats, *, hidden: int = 0) -> str:
+def render_html(
+    rows: list[dict[str, Any]], summary: dict[str, Any], stats: ReportStats, *, hidden: int = 0
+) -> str:
     """The page: ``rows`` are the rows shown (``hidden`` more are only in parquet/CSV); the plots
     and totals come from ``stats`` and ``summary``, which cover every row."""
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True))
@@ -37,9 +57,14 @@ def render_html(rows: list[dict[str, Any]], summary: dict[str, Any], stats: Repo
     script = (TEMPLATES / "report.js").read_text()
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     return env.get_template("report.html.j2").render(
-        summary=summary, rows=[table_row(r) for r in rows], hidden=hidden,
-        columns=TABLE_COLUMNS, sizes_png=sizes_plot(stats.estimates), scatter_png=scatter_plot(stats.pairs, summary),
-        script=script, script_hash=f"sha256-{digest}",
+        summary=summary,
+        rows=[table_row(r) for r in rows],
+        hidden=hidden,
+        columns=TABLE_COLUMNS,
+        sizes_png=sizes_plot(stats.estimates),
+        scatter_png=scatter_plot(stats.pairs, summary),
+        script=script,
+        script_hash=f"sha256-{digest}",
     )
 
 
@@ -48,11 +73,26 @@ def table_row(r: dict[str, Any]) -> dict[str, Any]:
     link = r["link"] if (r["link"] or "").startswith(("https://", "http://")) else None
     interval = f"{r['low']:.0f}–{r['high']:.0f}" if r["low"] is not None and r["high"] is not None else ""
     return {
-        **r, "link": link, "interval": interval,
+        **r,
+        "link": link,
+        "interval": interval,
         "reason": (r["error"] or r["no_estimate_reason"] or "")[:300],
         "estimate_text": f"{r['estimate']:.0f}" if r["estimate"] is not None else "",
         "applicability_text": f"{r['applicability']:.2f}" if r["applicability"] is not None else "",
+        "bank_accuracy_text": f"{r['bank_accuracy']:.0f}%" if r["bank_accuracy"] is not None else "",
     }
+
+
+def _log_axis(ax: Any, which: str) -> None:
+    """A log scale labelled in plain image counts (1, 10, 100, 1,000), not in powers of ten, with
+    unlabelled minor ticks at 2-9 x each power so that a reader can still place a point."""
+    getattr(ax, f"set_{which}scale")("log")
+    axis = getattr(ax, f"{which}axis")
+    axis.set_major_locator(LogLocator(base=10))
+    axis.set_minor_locator(LogLocator(base=10, subs=tuple(range(2, 10))))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+    axis.grid(True, which="major", alpha=0.3)
 
 
 def _png(fig: Figure) -> str:
@@ -73,8 +113,10 @@ def sizes_plot(estimates: dict[str, Sequence[float]]) -> str | None:
     """The distribution of estimated dataset sizes per base model (log scale), or None without estimates."""
     if not estimates:
         return None
-    ordered = sorted(((name, np.maximum(np.asarray(values, dtype=np.float64), 1.0)) for name, values in estimates.items()),
-                     key=lambda kv: -len(kv[1]))  # fmt: skip
+    ordered = sorted(
+        ((name, np.maximum(np.asarray(values, dtype=np.float64), 1.0)) for name, values in estimates.items()),
+        key=lambda kv: -len(kv[1]),
+    )
     if len(ordered) > MAX_GROUPS:
         rest = np.concatenate([values for _, values in ordered[MAX_GROUPS - 1 :]])
         ordered = [*ordered[: MAX_GROUPS - 1], ("other", rest)]
@@ -85,9 +127,14 @@ def sizes_plot(estimates: dict[str, Sequence[float]]) -> str | None:
         points = shown(values, MAX_POINTS // len(ordered))
         jitter = i + 0.15 * np.sin(7.3 * np.arange(len(points)))  # deterministic spread
         ax.scatter(jitter, points, s=8, alpha=0.5, color="tab:blue")
-    ax.set_xticks(range(1, len(ordered) + 1), [f"{name[:32]}\n(n={len(values)})" for name, values in ordered],
-                  rotation=30, ha="right", parse_math=False)  # names are untrusted: no $mathtext$
-    ax.set_yscale("log")
+    ax.set_xticks(
+        range(1, len(ordered) + 1),
+        [f"{name[:32]}\n(n={len(values)})" for name, values in ordered],
+        rotation=30,
+        ha="right",
+        parse_math=False,
+    )  # names are untrusted: no $mathtext$
+    _log_axis(ax, "y")
     ax.set_ylabel("estimated fine-tuning images")
     ax.set_title("Estimated dataset size per base model")
     return _png(fig)
@@ -106,8 +153,8 @@ def scatter_plot(pairs: np.ndarray, summary: dict[str, Any]) -> str | None:
     ax.errorbar(x, y, yerr=[below, above], fmt="o", ms=4, alpha=0.6, elinewidth=0.8)
     top = max(x.max(), y.max()) * 1.5
     ax.plot([1, top], [1, top], color="gray", linestyle="--", linewidth=1, label="estimate = declared")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_axis(ax, "x")
+    _log_axis(ax, "y")
     ax.set_xlabel("declared unique images")
     ax.set_ylabel("estimated images")
     stats = summary["estimate_vs_declared"]

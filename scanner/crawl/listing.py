@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from lora_wise.errors import one_line
 from lora_wise.executors import shard_of
 
-from ..errors import TargetError
+from ..errors import StateError, TargetError
 from ..targets import parse_target
 from .state import Candidate, CrawlState
 
@@ -43,11 +43,19 @@ def discover(
 ) -> dict[str, Any]:
     """Run (or resume) a listing into the state; returns its progress record."""
     key = progress_key(listing)
-    progress = state.get_meta(key) or {"listed": 0, "added": 0, "cursor": None, "done": False}
-    if progress["done"] and not relist:
+    fresh = {"listed": 0, "added": 0, "cursor": None, "done": False}
+    progress = fresh if relist else state.get_meta(key) or fresh
+    if not (
+        isinstance(progress, dict)
+        and all(isinstance(progress.get(k), int) for k in ("listed", "added"))
+        and isinstance(progress.get("done"), bool)
+    ):
+        raise StateError(
+            f"{state.path}: the stored progress of this listing is not one a crawl wrote "
+            "(edited by hand?); rerun with --relist"
+        )
+    if progress["done"]:
         return progress
-    if relist:
-        progress = {"listed": 0, "added": 0, "cursor": None, "done": False}
     for candidates, cursor in listing.pages(progress["cursor"]):
         mine = [c for c in candidates if shard is None or shard_of(c.target, shard[1]) == shard[0]]
         progress = {
@@ -81,7 +89,7 @@ class TargetsFile:
 
     def pages(self, cursor: Any) -> Iterator[Page]:
         lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
-        start = int(cursor or 0)
+        start = stored_offset(cursor)
         for begin in range(start, len(lines), self.page_size):
             end = min(begin + self.page_size, len(lines))
             page = [c for n in range(begin, end) if (c := self._candidate(lines[n], n + 1)) is not None]
@@ -92,8 +100,38 @@ class TargetsFile:
         text = re.split(r"\s#", line.strip(), maxsplit=1)[0].strip()
         if not text or text.startswith("#"):
             return None
+        local = self.local_path(text)
+        if local is not None:  # a file or folder of ours: never asked of the Hub, wherever the crawl runs
+            return Candidate(str(local), self.source)
         try:
             parse_target(text)
         except TargetError as exc:
-            return Candidate(text, self.source, status="error", error=f"{self.path.name} line {number}: {one_line(exc)}")
+            return Candidate(
+                text, self.source, status="error", error=f"{self.path.name} line {number}: {one_line(exc)}"
+            )
         return Candidate(text, self.source)
+
+    def local_path(self, text: str) -> Path | None:
+        """An existing file or folder the line names (relative to the list's folder, then to the current
+        one), as an absolute path; None for ids, URLs and names that exist nowhere here."""
+        if "\x00" in text or re.match(r"^([a-z][a-z0-9+.\-]*://|civitai:)", text, re.IGNORECASE):
+            return None
+        path = Path(text).expanduser()
+        for candidate in [path] if path.is_absolute() else [self.path.parent / path, Path.cwd() / path]:
+            try:
+                if candidate.exists():
+                    return candidate.resolve()
+            except (OSError, ValueError):  # a name no file system takes: parse_target says why
+                return None
+        return None
+
+
+def stored_offset(cursor: Any) -> int:
+    """A stored cursor that counts lines or models; a hand-edited one is a clear error, not a traceback."""
+    if cursor is None:
+        return 0
+    if isinstance(cursor, bool) or not isinstance(cursor, int) or cursor < 0:
+        raise StateError(
+            f"the stored listing cursor {str(cursor)[:60]!r} is not one a crawl wrote; rerun with --relist"
+        )
+    return cursor

@@ -8,6 +8,8 @@ state, so the size cap and the pickle check need no request. Deep paging goes th
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
@@ -15,8 +17,9 @@ from urllib.parse import urlencode
 from lora_wise.errors import one_line
 
 from ..download import RetryPolicy, client, get_json
-from ..errors import FetchError, NoLoraFiles, NotFound, UnsafeFormat
+from ..errors import BadAnswer, NoLoraFiles, NotFound, StateError, UnsafeFormat
 from ..sources.civitai import AUTH_HINT, LORA_TYPES, auth_headers, endpoint, pick_file
+from ..sources.schema import MAX_ID, CivitaiModel, CivitaiPage, CivitaiVersion
 from ..status import Status, status_of
 from .listing import Page
 from .state import Candidate
@@ -28,17 +31,37 @@ class CivitaiSearch:
     source = "civitai"
 
     def __init__(
-        self, *, types: tuple[str, ...] = ("LORA",), base_models: tuple[str, ...] = (), query: str | None = None,
-        sort: str | None = None, nsfw: bool | None = None, limit: int | None = None, latest_only: bool = False,
+        self,
+        *,
+        types: tuple[str, ...] = ("LORA",),
+        base_models: tuple[str, ...] = (),
+        query: str | None = None,
+        sort: str | None = None,
+        nsfw: bool | None = None,
+        limit: int | None = None,
+        latest_only: bool = False,
         policy: RetryPolicy | None = None,
     ) -> None:
-        self.types, self.base_models, self.query, self.sort, self.nsfw = list(types), list(base_models), query, sort, nsfw
+        self.types, self.base_models, self.query, self.sort, self.nsfw = (
+            list(types),
+            list(base_models),
+            query,
+            sort,
+            nsfw,
+        )
         self.limit, self.latest_only = limit or None, latest_only
         self.policy = policy or RetryPolicy()
 
     def options(self) -> dict[str, Any]:
-        return {"types": self.types, "baseModels": self.base_models, "query": self.query, "sort": self.sort,
-                "nsfw": self.nsfw, "limit": self.limit, "latest_only": self.latest_only}  # fmt: skip
+        return {
+            "types": self.types,
+            "baseModels": self.base_models,
+            "query": self.query,
+            "sort": self.sort,
+            "nsfw": self.nsfw,
+            "limit": self.limit,
+            "latest_only": self.latest_only,
+        }
 
     def url(self, cursor: str | None, page_limit: int) -> str:
         params: list[tuple[str, Any]] = [("types", t) for t in self.types]
@@ -53,48 +76,90 @@ class CivitaiSearch:
 
     def pages(self, cursor: Any) -> Iterator[Page]:
         """One page per request; the cursor kept is ``{"next": nextCursor, "models": models so far}``."""
-        state = cursor or {"next": None, "models": 0}
-        with client() as http:
+        state = _cursor(cursor)
+        with client(self.policy) as http:
             while True:
-                page_limit = PAGE_LIMIT if self.limit is None else min(PAGE_LIMIT, self.limit - state["models"])
-                items, next_cursor = self._page(http, state["next"], page_limit)
-                items = items[:page_limit]
-                state = {"next": next_cursor, "models": state["models"] + len(items)}
-                done = not next_cursor or not items or (self.limit is not None and state["models"] >= self.limit)
-                yield [c for model in items for c in self.candidates_of(model)], (None if done else state)
+                page_limit = (
+                    PAGE_LIMIT if self.limit is None else min(PAGE_LIMIT, self.limit - state["models"])
+                )
+                page = self._page(http, state["next"], page_limit)
+                items = page.items[:page_limit]
+                here = {"next": page.next_cursor, "models": state["models"] + len(items)}
+                done = (
+                    not page.next_cursor
+                    or not items
+                    or (self.limit is not None and here["models"] >= self.limit)
+                )
+                first = state["models"]
+                yield (
+                    [c for n, item in enumerate(items) for c in self.candidates_of(item, first + n)],
+                    (None if done else here),
+                )
+                state = here
                 if done:
                     return
 
-    def _page(self, http: Any, cursor: str | None, page_limit: int) -> tuple[list[dict], str | None]:
-        data = get_json(http, self.url(cursor, page_limit), headers=auth_headers(), what="civitai model search",
-                        auth_hint=AUTH_HINT, policy=self.policy)  # fmt: skip
-        if not isinstance(data, dict) or not isinstance(data.get("items"), list):
-            raise FetchError("civitai model search: unexpected API answer (no items list); check CIVITAI_ENDPOINT")
-        meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
-        next_cursor = meta.get("nextCursor")
-        return [m for m in data["items"] if isinstance(m, dict)], (str(next_cursor) if next_cursor else None)
+    def _page(self, http: Any, cursor: str | None, page_limit: int) -> CivitaiPage:
+        data = get_json(
+            http,
+            self.url(cursor, page_limit),
+            headers=auth_headers(),
+            what="civitai model search",
+            auth_hint=AUTH_HINT,
+            policy=self.policy,
+        )
+        return CivitaiPage.from_json(data)
 
-    def candidates_of(self, model: dict[str, Any]) -> list[Candidate]:
-        versions = [v for v in model.get("modelVersions") or [] if isinstance(v, dict)]
-        if self.latest_only:
-            versions = versions[:1]  # the API lists versions newest first
-        return [c for v in versions if (c := version_candidate(model, v)) is not None]
+    def candidates_of(self, item: Any, number: int) -> list[Candidate]:
+        """The targets of one search item; a malformed item (or version) is one ``error`` row, never the
+        end of the listing. ``number`` (the item's place in the search) names an item without an id."""
+        try:
+            model = CivitaiModel.from_json(item, "civitai model search")
+        except BadAnswer as exc:
+            raw_id = item.get("id") if isinstance(item, dict) else None
+            valid = isinstance(raw_id, int) and not isinstance(raw_id, bool) and 0 <= raw_id <= MAX_ID
+            name = f"civitai:{raw_id}" if valid else f"civitai-search:{self.key()}#{number}"
+            return [Candidate(name, "civitai", None, "error", one_line(exc))]
+        versions = model.versions[:1] if self.latest_only else model.versions  # the API lists newest first
+        return [version_candidate(model, v, n) for n, v in enumerate(versions)]
+
+    def key(self) -> str:
+        """A short stable name of this search (rows of malformed items are named by it)."""
+        return hashlib.sha256(json.dumps(self.options(), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def version_candidate(model: dict[str, Any], version: dict[str, Any]) -> Candidate | None:
-    """The target of one model version, or None when the API gives no numeric ids."""
-    model_id, version_id = model.get("id"), version.get("id")
-    if not isinstance(model_id, int) or not isinstance(version_id, int):
-        return None
-    target = f"civitai:{model_id}@{version_id}"
+def _cursor(cursor: Any) -> dict[str, Any]:
+    """The stored cursor, checked: a hand-edited state must not derail the listing with a traceback."""
+    if cursor is None:
+        return {"next": None, "models": 0}
+    if (
+        not isinstance(cursor, dict)
+        or not isinstance(cursor.get("models"), int)
+        or not isinstance(cursor.get("next"), (str, type(None)))
+    ):
+        raise StateError(
+            f"the stored CivitAI listing cursor is not one this crawl wrote: {str(cursor)[:100]}; "
+            "rerun with --relist"
+        )
+    return cursor
+
+
+def version_candidate(model: CivitaiModel, version: CivitaiVersion | BadAnswer, number: int) -> Candidate:
+    """The target of one model version, with what the listing says of its file; a final row when the
+    listing alone decides (not a LoRA, only pickle files, no model file, a malformed version)."""
+    if isinstance(version, BadAnswer):
+        return Candidate(
+            f"civitai:{model.id}@?{number}", "civitai", model.listing(), "error", one_line(version)
+        )
+    target = f"civitai:{model.id}@{version.id}"
     listing = {
-        "modelId": model_id, "modelVersionId": version_id, "modelName": model.get("name"),
-        "versionName": version.get("name"), "type": model.get("type"), "nsfw": model.get("nsfw"),
-        "baseModel": version.get("baseModel"), "creator": (model.get("creator") or {}).get("username"),
+        **model.listing(),
+        "modelVersionId": version.id,
+        "versionName": version.name,
+        "baseModel": version.base_model,
     }
-    model_type = str(model.get("type") or "")
-    if model_type and model_type.lower() not in LORA_TYPES:
-        reason = f"{target}: a {model_type} model, not a LoRA"
+    if model.type and model.type.lower() not in LORA_TYPES:
+        reason = f"{target}: a {model.type} model, not a LoRA"
         return Candidate(target, "civitai", listing, Status.NO_LORA, reason)
     try:
         entry, _ = pick_file(version, None, target)
@@ -102,16 +167,5 @@ def version_candidate(model: dict[str, Any], version: dict[str, Any]) -> Candida
         return Candidate(target, "civitai", listing, status_of(exc), one_line(exc))
     except NotFound as exc:  # the version lists no file at all: nothing to scan, as with no LoRA file
         return Candidate(target, "civitai", listing, Status.NO_LORA, one_line(exc))
-    listing["file"] = file_summary(entry, version)
+    listing["file"] = entry.summary(version)
     return Candidate(target, "civitai", listing)
-
-
-def file_summary(entry: dict[str, Any], version: dict[str, Any]) -> dict[str, Any]:
-    """What the listing says of the file the scan will fetch: enough for the size cap and the header read."""
-    meta = entry.get("metadata") or {}
-    hashes = entry.get("hashes") or {}
-    return {
-        "name": entry.get("name"), "sizeKB": entry.get("sizeKB"), "format": meta.get("format"), "fp": meta.get("fp"),
-        "sha256": hashes.get("SHA256"), "autov2": hashes.get("AutoV2"), "primary": entry.get("primary"),
-        "downloadUrl": entry.get("downloadUrl") or version.get("downloadUrl"),
-    }

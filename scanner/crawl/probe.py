@@ -22,14 +22,16 @@ from lora_wise.lora.safetensors_io import read_header as read_local_header
 from lora_wise.lora.safetensors_io import refuse_unsafe
 
 from ..download import RetryPolicy, check_size, is_pickle_name
-from ..errors import NoLoraFiles, UnsafeFormat
+from ..errors import NoLoraFiles, NotFound, UnsafeFormat
 from ..sources import civitai, hub, url
 from ..sources.base import pick_candidates
+from ..sources.schema import Fields
 from ..targets import Target, parse_target
-from .listing_civitai import file_summary
 
 
-def probe(target: str, listing: dict[str, Any] | None, *, max_size: int, policy: RetryPolicy) -> list[dict[str, Any]]:
+def probe(
+    target: str, listing: dict[str, Any] | None, *, max_size: int, policy: RetryPolicy
+) -> list[dict[str, Any]]:
     """One header summary per file the scan would fetch; raises a typed error when a filter says no."""
     parsed = parse_target(target)
     if parsed.kind == "hub":
@@ -58,31 +60,42 @@ def _hub(parsed: Target, max_size: int, policy: RetryPolicy) -> list[dict[str, A
         return [summary(parsed.filename, header, None, max_size, parsed.text)]
     commit, entries, _ = hub.list_repo(repo_id, parsed.revision, policy=policy)
     chosen, _ = pick_candidates(entries, max_size=max_size, where=repo_id)
-    return [summary(e.path, hub.read_header(repo_id, e.path, commit), e.size, max_size, parsed.text) for e in chosen]
+    return [
+        summary(e.path, hub.read_header(repo_id, e.path, commit), e.size, max_size, parsed.text)
+        for e in chosen
+    ]
 
 
-def _civitai(parsed: Target, listing: dict[str, Any] | None, max_size: int, policy: RetryPolicy) -> dict[str, Any]:
-    file = (listing or {}).get("file")
+def _civitai(
+    parsed: Target, listing: dict[str, Any] | None, max_size: int, policy: RetryPolicy
+) -> dict[str, Any]:
+    file = listing.get("file") if isinstance(listing, dict) else None
     if not file:  # a target from a list file: ask the API which file the scan would fetch
-        version, model_type = civitai.fetch_version(parsed, policy)
-        if model_type and model_type.lower() not in civitai.LORA_TYPES:
-            raise NoLoraFiles(f"{parsed.text}: a {model_type} model, not a LoRA; nothing to scan")
+        version = civitai.fetch_version(parsed, policy)
+        if version.model_type and version.model_type.lower() not in civitai.LORA_TYPES:
+            raise NoLoraFiles(f"{parsed.text}: a {version.model_type} model, not a LoRA; nothing to scan")
         entry, _ = civitai.pick_file(version, None, parsed.text)
-        file = file_summary(entry, version)
-    size = int(float(file["sizeKB"]) * 1024) if isinstance(file.get("sizeKB"), (int, float)) else None
-    check_size(size, max_size, f"{parsed.text} {file.get('name')}")  # before any request
-    if str(file.get("format") or "").lower() == "pickletensor":
-        raise UnsafeFormat(f"{parsed.text}: {file.get('name')} is a pickle file: unsafe format, not scanned")
-    _refuse_pickle_name(str(file.get("name") or ""), parsed.text)
-    link = str(file.get("downloadUrl") or "")
+        file = entry.summary(version)
+    # The state is a file anyone may edit: what it says of the file is checked like an API answer.
+    f = Fields(file, f"{parsed.text}: the listing's file")
+    name, size_kb, link = f.str("name") or "", f.number("sizeKB"), f.url("downloadUrl")
+    size = int(size_kb * 1024) if size_kb is not None else None
+    check_size(size, max_size, f"{parsed.text} {name}")  # before any request
+    if (f.str("format") or "").lower() == "pickletensor":
+        raise UnsafeFormat(f"{parsed.text}: {name} is a pickle file: unsafe format, not scanned")
+    _refuse_pickle_name(name, parsed.text)
+    if not link:
+        raise NotFound(f"{parsed.text}: the listing gives no downloadUrl for {name}")
     header = url.read_header(link, headers=civitai.auth_headers(link), policy=policy)
-    return summary(str(file.get("name")), header, size, max_size, parsed.text)
+    return summary(name, header, size, max_size, parsed.text)
 
 
 def _local(parsed: Target, max_size: int) -> list[dict[str, Any]]:
     path = parsed.path
     if path is None or path.is_dir():
         return []  # a folder: the scan picks its candidates by the usual rule
+    if not path.is_file():  # a FIFO or a device: opening it could block for ever
+        raise NotFound(f"{path}: not a regular file or folder")
     refuse_unsafe(path)  # by name and by magic bytes
     header = read_local_header(path)
     tensors = [(t.dtype, t.end) for t in header.tensors.values()]
@@ -103,7 +116,9 @@ def _summary(
     size = size if size is not None else max((end for _, end in tensors), default=0)
     check_size(size, max_size, f"{where} {name}")
     # A hostile header may hold anything under __metadata__; only string values are metadata.
-    meta = {str(k): v for k, v in metadata.items() if isinstance(v, str)} if isinstance(metadata, dict) else {}
+    meta = (
+        {str(k): v for k, v in metadata.items() if isinstance(v, str)} if isinstance(metadata, dict) else {}
+    )
     declared = parse_declared(meta)
     return {
         "file": name,

@@ -23,7 +23,7 @@ from lora_wise.errors import LoraWiseError, one_line
 
 from ..download import DEFAULT_MAX_SIZE, RetryPolicy, format_size
 from ..status import Status
-from .dispatch import dispatcher
+from .dispatch import Limits, dispatcher
 from .listing import Listing, discover
 from .state import FINAL, CrawlState, Row, exclusive
 from .task import TaskOptions
@@ -46,6 +46,7 @@ class CrawlOptions:
     policy: RetryPolicy = field(default_factory=RetryPolicy)  # per HTTP request, inside a task
     backoff: float = 30.0  # first wait before a target's next try (doubles per try), unless Retry-After says
     progress: bool = True
+    limits: Limits = field(default_factory=Limits)  # time and memory per target (local workers)
 
     def task_options(self) -> TaskOptions:
         return TaskOptions(self.max_size, self.keep, self.bank_dir, self.force_estimate, self.policy)
@@ -83,14 +84,18 @@ class Finder(threading.Thread):
             return
         try:
             with CrawlState(self.path) as state:
-                self.progress = discover(state, self.listing, shard=self.options.shard, relist=self.options.relist)
+                self.progress = discover(
+                    state, self.listing, shard=self.options.shard, relist=self.options.relist
+                )
         except LoraWiseError as exc:
             self.error = one_line(exc)
         except Exception as exc:  # an API answer we do not understand must still end the crawl cleanly
             self.error = f"unexpected {type(exc).__name__}: {one_line(exc)}"
 
 
-def crawl(state_path: str | Path, listing: Listing | None, options: CrawlOptions | None = None) -> CrawlSummary:
+def crawl(
+    state_path: str | Path, listing: Listing | None, options: CrawlOptions | None = None
+) -> CrawlSummary:
     """List (or resume listing) and scan every target into ``state_path``; see docs/crawl.md."""
     options = options or CrawlOptions()
     started = time.time()
@@ -105,13 +110,18 @@ def crawl(state_path: str | Path, listing: Listing | None, options: CrawlOptions
             _loop(state, finder, display, options)
         finder.join()
         return CrawlSummary(
-            state=str(path), counts=state.counts(), bytes=state.downloaded_bytes(), seconds=time.time() - started,
-            recovered=recovered, listing=finder.progress, listing_error=finder.error,
+            state=str(path),
+            counts=state.counts(),
+            bytes=state.downloaded_bytes(),
+            seconds=time.time() - started,
+            recovered=recovered,
+            listing=finder.progress,
+            listing_error=finder.error,
         )
 
 
 def _loop(state: CrawlState, finder: Finder, display: Display, options: CrawlOptions) -> None:
-    pool = dispatcher(options.jobs, options.ray)
+    pool = dispatcher(options.jobs, options.ray, options.limits)
     task_options = options.task_options()
     in_flight: dict[Future, Row] = {}
     try:
@@ -163,8 +173,13 @@ def record(state: CrawlState, row: Row, future: Future, options: CrawlOptions) -
     wait_s = outcome.get("retry_after")
     if wait_s is None:
         wait_s = options.backoff * 2**row.attempts
-    state.retry_later(row.target, error=outcome["error"], wait=min(wait_s, MAX_BACKOFF), nbytes=nbytes,
-                      max_attempts=options.attempts)  # fmt: skip
+    state.retry_later(
+        row.target,
+        error=outcome["error"],
+        wait=min(wait_s, MAX_BACKOFF),
+        nbytes=nbytes,
+        max_attempts=options.attempts,
+    )
     return nbytes
 
 

@@ -75,8 +75,66 @@ class Row:
     updated: float
 
 
-def _loads(text: str | None) -> Any:
-    return json.loads(text) if text else None
+COLUMNS = (
+    "target",
+    "source",
+    "status",
+    "attempts",
+    "error",
+    "listing",
+    "header",
+    "result",
+    "bytes",
+    "updated",
+)
+
+
+def _json(text: Any, kind: type, name: str, problems: list[str]) -> Any:
+    """A JSON column as ``kind`` (a list: of objects), or None with a note (anyone may edit a state)."""
+    if text is None or text == "":
+        return None
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        problems.append(f"{name} is not JSON")
+        return None
+    if not isinstance(value, kind) or (kind is list and not all(isinstance(v, dict) for v in value)):
+        problems.append(f"{name} is not a JSON {'list of objects' if kind is list else 'object'}")
+        return None
+    return value
+
+
+def row_of(r: tuple) -> Row:
+    """A ``Row`` from the database's values, whatever they hold: a value of the wrong type is dropped,
+    an unknown status reads as ``error``, and the row's ``error`` says what was wrong."""
+    problems: list[str] = []
+    status = r[2] if r[2] in STATUSES else "error"
+    if status != r[2]:
+        problems.append(f"unknown status {str(r[2])[:40]!r}")
+    listing = _json(r[5], dict, "listing", problems)
+    header = _json(r[6], list, "header", problems)
+    result = _json(r[7], list, "result", problems)
+    error = r[4] if isinstance(r[4], str) or r[4] is None else str(r[4])
+    if problems:
+        error = "; ".join(
+            [f"the state row was edited by hand ({', '.join(problems)})", *([error] if error else [])]
+        )
+    return Row(
+        target=str(r[0]),
+        source=str(r[1]),
+        status=status,
+        attempts=r[3] if _is_int(r[3]) else 0,
+        error=error,
+        listing=listing,
+        header=header,
+        result=result,
+        bytes=r[8] if _is_int(r[8]) else 0,
+        updated=float(r[9]) if isinstance(r[9], (int, float)) and abs(r[9]) < 1e11 else 0.0,
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and 0 <= value < 2**63
 
 
 def _dumps(data: Any) -> str | None:
@@ -106,8 +164,12 @@ class CrawlState:
 
     def _check_schema(self) -> None:
         names = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "targets" not in names:
-            raise StateError(f"{self.path}: not a lora-scan crawl state (no targets table)")
+        if "targets" not in names or "meta" not in names:
+            raise StateError(f"{self.path}: not a lora-scan crawl state (no targets or meta table)")
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(targets)")}
+        missing = [c for c in (*COLUMNS, "next_try", "seq") if c not in columns]
+        if missing:
+            raise StateError(f"{self.path}: not a lora-scan crawl state (no column {', '.join(missing)})")
 
     def close(self) -> None:
         self.db.close()
@@ -141,7 +203,10 @@ class CrawlState:
         added = 0
         with self.transaction() as db:
             if progress is not None:
-                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (progress[0], json.dumps(progress[1])))
+                db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    (progress[0], json.dumps(progress[1])),
+                )
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM targets").fetchone()[0]
             for c in candidates:
                 seq += 1
@@ -155,7 +220,12 @@ class CrawlState:
 
     def get_meta(self, key: str) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        try:
+            return json.loads(row[0]) if row else None
+        except (TypeError, ValueError, RecursionError):
+            raise StateError(
+                f"{self.path}: the stored {key[:60]!r} is not JSON (edited by hand?); rerun with --relist"
+            ) from None
 
     def set_meta(self, key: str, value: Any) -> None:
         with self.transaction() as db:
@@ -174,7 +244,8 @@ class CrawlState:
         """``--retry-failed``: failed targets get a fresh set of attempts."""
         with self.transaction() as db:
             return db.execute(
-                "UPDATE targets SET status = 'pending', attempts = 0, next_try = 0, updated = ? WHERE status = 'failed'",
+                "UPDATE targets SET status = 'pending', attempts = 0, next_try = 0, updated = ? "
+                "WHERE status = 'failed'",
                 (time.time(),),
             ).rowcount
 
@@ -183,19 +254,23 @@ class CrawlState:
         now = time.time() if now is None else now
         with self.transaction() as db:
             row = db.execute(
-                "SELECT target FROM targets WHERE status = 'pending' AND next_try <= ? ORDER BY seq LIMIT 1", (now,)
+                "SELECT target FROM targets WHERE status = 'pending' AND next_try <= ? ORDER BY seq LIMIT 1",
+                (now,),
             ).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE targets SET status = 'running', updated = ? WHERE target = ?", (now, row[0]))
         return self.row(row[0])
 
-    def finish(self, target: str, status: str, *, error: str | None, header: Any, result: Any, nbytes: int) -> None:
+    def finish(
+        self, target: str, status: str, *, error: str | None, header: Any, result: Any, nbytes: int
+    ) -> None:
         """Record a final status with everything learnt, in one transaction."""
         assert status in FINAL, status
         with self.transaction() as db:
             db.execute(
-                "UPDATE targets SET status = ?, attempts = attempts + 1, error = ?, header = COALESCE(?, header), "
+                "UPDATE targets SET status = ?, attempts = attempts + 1, error = ?, "
+                "header = COALESCE(?, header), "
                 "result = ?, bytes = bytes + ?, updated = ? WHERE target = ?",
                 (status, error, _dumps(header), _dumps(result), nbytes, time.time(), target),
             )
@@ -225,7 +300,11 @@ class CrawlState:
     # ------------------------------------------------------------ reading
 
     def counts(self) -> dict[str, int]:
-        return dict(self.db.execute("SELECT status, COUNT(*) FROM targets GROUP BY status").fetchall())
+        counts: dict[str, int] = {}
+        for status, n in self.db.execute("SELECT status, COUNT(*) FROM targets GROUP BY status"):
+            key = status if status in STATUSES else "error"  # as rows() reads a hand-edited status
+            counts[key] = counts.get(key, 0) + n
+        return counts
 
     def downloaded_bytes(self) -> int:
         return int(self.db.execute("SELECT COALESCE(SUM(bytes), 0) FROM targets").fetchone()[0])
@@ -239,12 +318,12 @@ class CrawlState:
         return next(self.rows("WHERE target = ?", (target,)))
 
     def rows(self, where: str = "", params: tuple = ()) -> Iterator[Row]:
-        query = (
-            "SELECT target, source, status, attempts, error, listing, header, result, bytes, updated "
-            f"FROM targets {where} ORDER BY seq"
-        )
-        for r in self.db.execute(query, params):
-            yield Row(r[0], r[1], r[2], r[3], r[4], _loads(r[5]), _loads(r[6]), _loads(r[7]), r[8], r[9])
+        query = f"SELECT {', '.join(COLUMNS)} FROM targets {where} ORDER BY seq"
+        try:
+            for r in self.db.execute(query, params):
+                yield row_of(r)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self.path}: cannot read the crawl state ({exc})") from None
 
 
 @contextmanager

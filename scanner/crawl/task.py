@@ -22,7 +22,19 @@ from typing import Any
 from lora_wise.errors import LoraWiseError, one_line
 
 from ..download import DEFAULT_MAX_SIZE, RetryPolicy, safe_filename
-from ..errors import AuthRequired, FetchError, InvalidHeader, NotFound, RateLimited
+from ..errors import (
+    AuthRequired,
+    BadAnswer,
+    FetchError,
+    InvalidHeader,
+    NotFound,
+    RateLimited,
+    RedirectLoop,
+    Refused,
+    TargetLimit,
+    UnsafePath,
+)
+from ..paths import inside
 from ..report import ScanReport
 from ..scan import scan_file
 from ..sources import FetchedFile, fetched
@@ -30,8 +42,9 @@ from ..sources.hub import settings as hub_settings
 from ..status import Status, status_of
 from .probe import probe
 
-# Faults of the file or the request, not of the moment: retrying cannot help.
-PERMANENT = (NotFound, AuthRequired, InvalidHeader)
+# Faults of the file, the request or the answer, not of the moment: retrying cannot help. Transient:
+# 429, 5xx, cut connections, stalls and deadlines, hash mismatches (a CDN serving a bad copy).
+PERMANENT = (NotFound, AuthRequired, InvalidHeader, BadAnswer, RedirectLoop, Refused, UnsafePath, TargetLimit)
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,8 @@ class TaskOptions:
 
 def outcome_of(exc: BaseException) -> Status:
     """The outcome status of an error: the filters' verdicts, a permanent error, or ``retry``."""
+    if isinstance(exc, MemoryError):  # the worker's memory limit: this file would take it again
+        return Status.ERROR
     status = status_of(exc)
     if status is not Status.ERROR or isinstance(exc, PERMANENT):
         return status
@@ -74,7 +89,12 @@ def run_task(target: str, listing: dict[str, Any] | None, options: TaskOptions) 
 
 def _error_outcome(exc: Exception, header: list[dict[str, Any]] | None) -> dict[str, Any]:
     status = outcome_of(exc)
-    reason = one_line(exc) if isinstance(exc, LoraWiseError) else f"unexpected {type(exc).__name__}: {one_line(exc)}"
+    if isinstance(exc, MemoryError):
+        reason = "the scan ran over the memory limit per target (--target-memory): a pathological file?"
+    elif isinstance(exc, LoraWiseError):
+        reason = one_line(exc)
+    else:
+        reason = f"unexpected {type(exc).__name__}: {one_line(exc)}"
     return {
         "status": status,
         "error": reason,
@@ -91,8 +111,13 @@ def _fetch_and_scan(target: str, options: TaskOptions) -> tuple[list[ScanReport]
     # Hub files go to a cache of this task alone, deleted after; offline, the user's cache is the source.
     cache = None if hub.offline else tempfile.mkdtemp(prefix="lora-scan-crawl-")
     try:
-        with fetched(target, max_size=options.max_size, cache_dir=cache, progress=False, retry=options.policy) as files:
-            reports = [scan_file(f, target, bank_dir=options.bank_dir, force_estimate=options.force_estimate) for f in files]
+        with fetched(
+            target, max_size=options.max_size, cache_dir=cache, progress=False, retry=options.policy
+        ) as files:
+            reports = [
+                scan_file(f, target, bank_dir=options.bank_dir, force_estimate=options.force_estimate)
+                for f in files
+            ]
             if options.keep:
                 keep_files(files, Path(options.keep), target)
             return reports, sum(f.size for f in files if f.source != "local")
@@ -103,8 +128,14 @@ def _fetch_and_scan(target: str, options: TaskOptions) -> tuple[list[ScanReport]
 
 def keep_files(files: list[FetchedFile], keep: Path, target: str) -> None:
     """Copy each fetched file (and its companions) to ``keep/<target as a folder name>/``."""
-    folder = keep / (re.sub(r"[^\w.@-]+", "_", target).strip("_")[:150] or "target")
+    folder = inside(keep, keep_folder_name(target), "--keep folder")
     folder.mkdir(parents=True, exist_ok=True)
     for f in files:
         for path in (f.path, *f.companions.values()):
-            shutil.copyfile(os.path.realpath(path), folder / safe_filename(path.name))
+            shutil.copyfile(os.path.realpath(path), inside(folder, safe_filename(path.name), "kept file"))
+
+
+def keep_folder_name(target: str) -> str:
+    """A target as one folder name: no separators, never ``.`` or ``..``, at most 150 characters."""
+    name = re.sub(r"[^\w.@-]+", "_", target).strip("_.")[:150]
+    return name or "target"

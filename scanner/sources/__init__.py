@@ -15,7 +15,7 @@ from typing import Any
 from huggingface_hub.utils import SafetensorsFileMetadata
 
 from ..download import DEFAULT_MAX_SIZE, RetryPolicy
-from ..errors import TargetError
+from ..errors import NotFound, TargetError
 from ..targets import Target, parse_target
 from . import civitai, hub, local, url
 from .base import FetchedFile, RepoEntry, pick_candidates
@@ -43,7 +43,9 @@ def resolve(
         raise TargetError(f"--max-size must be positive, got {max_size}")
     policy = retry or RetryPolicy()
     if parsed.kind == "hub":
-        return hub.fetch(parsed, file=file, max_size=max_size, cache_dir=cache_dir, progress=progress, policy=policy)
+        return hub.fetch(
+            parsed, file=file, max_size=max_size, cache_dir=cache_dir, progress=progress, policy=policy
+        )
     if parsed.kind == "civitai":
         return civitai.fetch(parsed, file=file, max_size=max_size, progress=progress, policy=policy)
     if parsed.kind == "url":
@@ -75,9 +77,11 @@ def read_remote_header(target: str | Target, *, file: str | None = None) -> Safe
             raise TargetError(f"{parsed.text}: name the file, e.g. hf://{parsed.repo_id}/lora.safetensors")
         return hub.read_header(parsed.repo_id or "", name, parsed.revision)
     if parsed.kind == "civitai":
-        version, _ = civitai.fetch_version(parsed)
+        version = civitai.fetch_version(parsed)
         entry, _ = civitai.pick_file(version, file, parsed.text)
-        download_url = str(entry.get("downloadUrl") or version.get("downloadUrl"))
+        download_url = entry.download_url or version.download_url
+        if not download_url:
+            raise NotFound(f"{parsed.text}: the API gives no downloadUrl for {entry.name}")
         return url.read_header(download_url, headers=civitai.auth_headers(download_url))
     if parsed.kind == "url":
         return url.read_header(parsed.url or "")

@@ -8,7 +8,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..download import format_size, is_pickle_name
-from ..errors import NoLoraFiles, NotFound, TooLarge, UnsafeFormat
+from ..errors import NoLoraFiles, NotFound, TooLarge, UnsafeFormat, UnsafePath
+from ..paths import relative_parts
 
 
 @dataclass
@@ -26,8 +27,8 @@ class FetchedFile:
     name: str  # the file name the source declares
     size: int
     url: str | None = None
-    sha256: str | None = None  # the published SHA-256, if the source gives one
-    verified: bool = False  # True when the bytes were checked against a published hash
+    sha256: str | None = None  # of the bytes scanned (lower-case hex), whatever the source
+    verified: bool = False  # True when the bytes were checked against a hash the source publishes
     temporary: bool = False
     info: dict[str, Any] = field(default_factory=dict)
     companions: dict[str, Path] = field(default_factory=dict)  # e.g. PEFT's adapter_config.json
@@ -94,10 +95,10 @@ def pick_candidates(
     path order). Raises a typed error when nothing
     is left: too large, only pickle files, or no candidate at all.
     """
+    entries, notes = _plain_names(entries)
     if file is not None:
-        return [_pick_named(entries, file, max_size=max_size, where=where)], []
+        return [_pick_named(entries, file, max_size=max_size, where=where)], notes
     chosen: list[RepoEntry] = []
-    notes: list[str] = []
     oversize: list[RepoEntry] = []
     pickles: list[str] = []
     for entry in sorted(entries, key=lambda e: e.path):
@@ -109,7 +110,9 @@ def pick_candidates(
             notes.append(f"skipped {entry.path}: a full model checkpoint, not LoRA weights")
         elif entry.size is not None and entry.size > max_size:
             oversize.append(entry)
-            notes.append(f"skipped {entry.path}: {format_size(entry.size)} is over the {format_size(max_size)} cap")
+            notes.append(
+                f"skipped {entry.path}: {format_size(entry.size)} is over the {format_size(max_size)} cap"
+            )
         else:
             chosen.append(entry)
     notes += [f"skipped {p}: unsafe format, not scanned (pickle)" for p in pickles]
@@ -121,10 +124,26 @@ def pick_candidates(
         return chosen, notes
     if oversize:
         names = ", ".join(f"{e.path} ({format_size(e.size or 0)})" for e in oversize)
-        raise TooLarge(f"{where}: every candidate is over the {format_size(max_size)} cap: {names}; pass a larger --max-size")
+        raise TooLarge(
+            f"{where}: every candidate is over the {format_size(max_size)} cap: {names}; "
+            "pass a larger --max-size"
+        )
     if pickles:
         raise UnsafeFormat(f"{where}: only pickle files ({', '.join(pickles)}): unsafe format, not scanned")
     raise NoLoraFiles(f"{where}: no LoRA weights found (no .safetensors file besides full checkpoints)")
+
+
+def _plain_names(entries: list[RepoEntry]) -> tuple[list[RepoEntry], list[str]]:
+    """Entries whose path could become a file under a cache or download folder; notes on the others."""
+    kept, notes = [], []
+    for entry in entries:
+        try:
+            relative_parts(entry.path, "repo file")
+        except UnsafePath as exc:
+            notes.append(f"skipped {entry.path[:80]!r}: {exc}")
+            continue
+        kept.append(entry)
+    return kept, notes
 
 
 def _pick_named(entries: list[RepoEntry], file: str, *, max_size: int, where: str) -> RepoEntry:

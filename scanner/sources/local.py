@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lora_wise._files import sha256_file
+
 from ..errors import NotFound
 from ..targets import Target
 from .base import FetchedFile, RepoEntry, companions_of, pick_candidates
@@ -17,6 +19,8 @@ def fetch(target: Target, *, file: str | None, max_size: int) -> list[FetchedFil
     path = target.path
     if not path.exists():
         raise NotFound(f"{path}: no such file or folder")
+    if not (path.is_file() or path.is_dir()):  # a FIFO or a device would block or never end
+        raise NotFound(f"{path}: not a regular file or folder")
     if path.is_file():
         root, entries, file = path.parent, [RepoEntry(path.name, path.stat().st_size)], path.name
     else:
@@ -24,9 +28,15 @@ def fetch(target: Target, *, file: str | None, max_size: int) -> list[FetchedFil
     chosen, notes = pick_candidates(entries, max_size=max_size, file=file, where=str(path))
     return [
         FetchedFile(
-            path=root / entry.path, source="local", source_id=str((root / entry.path).resolve()), name=entry.path,
-            size=entry.size or 0, info={},
-            companions={Path(c.path).name: root / c.path for c in companions_of(entry, entries)}, notes=list(notes),
+            path=root / entry.path,
+            source="local",
+            source_id=str((root / entry.path).resolve()),
+            name=entry.path,
+            size=entry.size or 0,
+            sha256=sha256_file(root / entry.path),
+            info={},
+            companions={Path(c.path).name: root / c.path for c in companions_of(entry, entries)},
+            notes=list(notes),
         )
         for entry in chosen
     ]
@@ -38,5 +48,7 @@ def _listing(folder: Path) -> list[RepoEntry]:
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts):
             entries.append(RepoEntry(p.relative_to(folder).as_posix(), p.stat().st_size))
             if len(entries) > MAX_FOLDER_FILES:
-                raise NotFound(f"{folder}: over {MAX_FOLDER_FILES} files; point at the LoRA file or its folder")
+                raise NotFound(
+                    f"{folder}: over {MAX_FOLDER_FILES} files; point at the LoRA file or its folder"
+                )
     return entries
