@@ -187,9 +187,25 @@ def _preload() -> list[str]:
     return ["scanner.crawl.forkserver_init", "scanner.crawl.task", *torch]
 
 
+def _short_socket_folder() -> None:
+    """The forkserver listens on an AF_UNIX socket in multiprocessing's temp folder, whose path the
+    kernel caps at 107 bytes: under a long TMPDIR every crawl would fail to start. Pick that folder
+    (once per process) in the system's /tmp then."""
+    from multiprocessing import util
+
+    saved = tempfile.tempdir
+    if len(tempfile.gettempdir()) > 60 and os.path.isdir("/tmp"):
+        tempfile.tempdir = "/tmp"
+    try:
+        util.get_temp_dir()  # cached for the process from now on
+    finally:
+        tempfile.tempdir = saved
+
+
 def _start_forkserver() -> None:
     """Start the forkserver and wait until its imports are done, before any target is claimed: a crawl
     interrupted later never leaves a half-started forkserver importing on behind it."""
+    _short_socket_folder()
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(_preload())
     probe = ctx.Process(target=os.getpid, daemon=True)
