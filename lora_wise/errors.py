@@ -68,3 +68,7 @@ def one_line(exc: BaseException) -> str:
     """An error as one line (messages may hold newlines from servers or files): what every
     outcome row, log line and CLI error shows."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class LeakError(LoraWiseError, ValueError):
+    """A leak run folder, attack file or target LoRA the reconstruction attack cannot use (one line)."""
