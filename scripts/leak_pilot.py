@@ -34,12 +34,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # docs/factory.md: the tiny UNet is fastest single-threaded
     recipe = Recipe(
-        backbone=args.backbone, steps=args.steps, snapshot_every=args.snapshot_every or max(1, args.steps // 4),
-        learning_rate=args.lr, seed=args.seed, group_size=args.group_size,
-    )  # fmt: skip
+        backbone=args.backbone,
+        steps=args.steps,
+        snapshot_every=args.snapshot_every or max(1, args.steps // 4),
+        learning_rate=args.lr,
+        seed=args.seed,
+        group_size=args.group_size,
+    )
     t0 = time.time()
-    run = create_run(args.out, args.identities, recipe, seed=args.seed,
-                     progress=lambda s: print(f"{time.time() - t0:7.0f}s {s}", flush=True))  # fmt: skip
+    run = create_run(
+        args.out,
+        args.identities,
+        recipe,
+        seed=args.seed,
+        progress=lambda s: print(f"{time.time() - t0:7.0f}s {s}", flush=True),
+    )
     print(f"{len(run.jobs)} LoRAs x {recipe.steps} steps in {time.time() - t0:.0f} s", flush=True)
     return 0
 

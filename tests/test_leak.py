@@ -1,4 +1,4 @@
-"""The attack end to end on the committed emoji fixture: real factory LoRAs of tiny-sd, real files, offline."""
+"""The attack end to end on the committed emoji fixture: real tiny-sd factory LoRAs, offline."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from train_helpers import tiny
 
 from lora_wise.cli.app import cli as lora_wise_cli
 from lora_wise.cli.tools import run as cli_run
@@ -21,7 +22,6 @@ from lora_wise.leak.encoder import load_encoder
 from lora_wise.leak.run import create_run, open_run, train_run
 from lora_wise.leak.victims import Recipe, load_lora
 from scanner.cli import cli as scan_cli
-from train_helpers import tiny
 
 FIXTURES = Path(__file__).parent / "data" / "emoji"
 RECIPE = Recipe(steps=4, snapshot_every=2, learning_rate=1e-2, group_size=8)
@@ -74,7 +74,12 @@ def test_bank_rows_match_diffusers_loading_each_lora(run):
 
 
 def test_train_and_evaluate_write_attack_tables_and_grid(run, capsys):
-    assert cli_run(lora_wise_cli, ["leak", "train", str(run.root), "--iterations", "3", "--batch", "4", "--json"]) == 0
+    assert (
+        cli_run(
+            lora_wise_cli, ["leak", "train", str(run.root), "--iterations", "3", "--batch", "4", "--json"]
+        )
+        == 0
+    )
     trained = json.loads(capsys.readouterr().out)
     paths = {name: Path(h["path"]) for name, h in trained.items()}
     model, header = load_encoder(paths["attack"])
@@ -86,10 +91,18 @@ def test_train_and_evaluate_write_attack_tables_and_grid(run, capsys):
         assert ca.shape == (77, 32)
         assert not torch.allclose(ca, cb)  # the conditioning depends on the weights
         assert not torch.allclose(model([a], torch.tensor([2])), model([a], torch.tensor([4])))
-    assert cli_run(lora_wise_cli, ["leak", "evaluate", str(run.root), "--k", "2", "--permutations", "20", "--json"]) == 0
+    assert (
+        cli_run(
+            lora_wise_cli, ["leak", "evaluate", str(run.root), "--k", "2", "--permutations", "20", "--json"]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 2 and result["victims"] == 2
-    assert "oracle (true prompt)" in result["arms"] and "nearest shadow by spectra (its images)" in result["arms"]
+    assert (
+        "oracle (true prompt)" in result["arms"]
+        and "nearest shadow by spectra (its images)" in result["arms"]
+    )
     for arm in result["arms"].values():
         assert 0.0 <= arm["top1"] <= 1.0 and arm["chance"] == 0.5
         assert arm["top1_ci"][0] <= arm["top1"] <= arm["top1_ci"][1]
@@ -102,8 +115,19 @@ def test_lora_scan_leak_grid_and_candidates(run, capsys, tmp_path):
     if not (run.root / "attack.safetensors").is_file():
         train_run(run.root, AttackTraining(iterations=2, batch=4))
     victim = run.split("victim")[0]
-    args = ["leak", str(run.final(victim)), "--attack", str(run.root / "attack.safetensors"),
-            "--candidates", str(run.root / "identities"), "--out", str(tmp_path / "g.png"), "--k", "3", "--json"]
+    args = [
+        "leak",
+        str(run.final(victim)),
+        "--attack",
+        str(run.root / "attack.safetensors"),
+        "--candidates",
+        str(run.root / "identities"),
+        "--out",
+        str(tmp_path / "g.png"),
+        "--k",
+        "3",
+        "--json",
+    ]
     assert cli_run(scan_cli, args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["step"] == RECIPE.steps  # read from the file's own header
@@ -111,7 +135,7 @@ def test_lora_scan_leak_grid_and_candidates(run, capsys, tmp_path):
     ranked = report["candidates"]
     assert sorted(r["candidate"] for r in ranked) == sorted(i.key for i in run.identities)
     assert [r["rank"] for r in ranked] == list(range(1, 9))
-    assert all(a["similarity"] >= b["similarity"] for a, b in zip(ranked, ranked[1:]))
+    assert all(a["similarity"] >= b["similarity"] for a, b in zip(ranked, ranked[1:], strict=False))
     bogus = tmp_path / "not-a-lora.safetensors"
     bogus.write_bytes(b"\x00" * 64)
     assert cli_run(scan_cli, ["leak", str(bogus), "--attack", str(run.root / "attack.safetensors")]) == 2
@@ -126,8 +150,12 @@ def test_attack_loader_refuses_a_lora_file(run):
 
 def test_embedding_identifies_real_views_and_intervals_cover():
     rng = np.random.default_rng(0)
-    views = [np.clip(rng.integers(0, 255, (1, 1, 1, 3)) + rng.normal(0, 5, (5, 64, 64, 3)), 0, 255).astype(np.uint8)
-             for _ in range(10)]  # fmt: skip
+    views = [
+        np.clip(rng.integers(0, 255, (1, 1, 1, 3)) + rng.normal(0, 5, (5, 64, 64, 3)), 0, 255).astype(
+            np.uint8
+        )
+        for _ in range(10)
+    ]
     assert em.validate_embedding(views, n=10, trials=3).top(1) == 1.0  # ten distinct colours
     lo, hi = em.wilson(0.3, 30)
     assert lo < 0.3 < hi and em.wilson(0.0, 10)[0] == 0.0

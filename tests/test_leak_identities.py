@@ -27,7 +27,9 @@ def cache(tmp_path, monkeypatch):
 
 def test_identities_are_shared_code_points_split_disjointly(cache):
     ids = li.build_identities(5, seed=1)
-    shared = {e["unified"] for e in pe.source_images("noto")[1]} & {e["unified"] for e in pe.source_images("twemoji")[1]}
+    shared = {e["unified"] for e in pe.source_images("noto")[1]} & {
+        e["unified"] for e in pe.source_images("twemoji")[1]
+    }
     assert {i.unified for i in ids} <= shared
     assert [i.split for i in ids].count("shadow") == 4 and [i.split for i in ids].count("victim") == 1
     assert len({i.token for i in ids}) == 5 and all(i.token in i.prompt for i in ids)
@@ -41,7 +43,9 @@ def test_views_are_distinct_vendor_art_and_never_a_flip(cache):
     ident = li.build_identities(3, seed=0)[0]
     views = li.view_images(ident)
     assert views.shape == (li.VIEWS, 64, 64, 3) and views.dtype == np.uint8
-    noto = pe.source_images("noto")[0][[e["unified"] for e in pe.source_images("noto")[1]].index(ident.unified)]
+    noto = pe.source_images("noto")[0][
+        [e["unified"] for e in pe.source_images("noto")[1]].index(ident.unified)
+    ]
     assert np.array_equal(views[0], noto)
     for a in range(len(views)):
         for b in range(a + 1, len(views)):

@@ -27,19 +27,31 @@ def leak() -> None:
 @click.option("--iterations", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--prompt-weight", type=float, default=1.0, show_default=True,
-              help="Weight of the MSE to the shadow's true prompt embedding beside the denoising loss.")
+@click.option(
+    "--prompt-weight",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Weight of the MSE to the shadow's true prompt embedding beside the denoising loss.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the saved attacks' headers as JSON.")
-def train(root: str, iterations: int, batch: int, lr: float, prompt_weight: float, seed: int, as_json: bool) -> None:
+def train(
+    root: str, iterations: int, batch: int, lr: float, prompt_weight: float, seed: int, as_json: bool
+) -> None:
     """Train the attack (and its no-step ablation) on ROOT's shadows: ROOT/attack*.safetensors."""
     from lora_wise.leak.attack import AttackTraining
     from lora_wise.leak.encoder import load_encoder
     from lora_wise.leak.run import train_run
 
     cfg = AttackTraining(iterations=iterations, batch=batch, lr=lr, prompt_weight=prompt_weight, seed=seed)
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, disable=as_json, transient=True) as bar:
         tasks: dict[str, int] = {}
 
@@ -54,14 +66,20 @@ def train(root: str, iterations: int, batch: int, lr: float, prompt_weight: floa
         print_json(headers)
         return
     for name, h in headers.items():
-        Console().print(f"{name}: {h['path']} ({h['shadows']} shadows, {h['pairs']} snapshots, {h['seconds']} s, "
-                        f"denoise {h['final_denoise_loss']:.4f}, prompt MSE {h['final_prompt_mse']:.4f})")
+        Console().print(
+            f"{name}: {h['path']} ({h['shadows']} shadows, {h['pairs']} snapshots, {h['seconds']} s, "
+            f"denoise {h['final_denoise_loss']:.4f}, prompt MSE {h['final_prompt_mse']:.4f})"
+        )
 
 
 @leak.command(epilog=EPILOG)
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
-@click.option("--k", "k", type=click.IntRange(min=1), default=8, show_default=True, help="Images per victim and arm.")
-@click.option("--n", "n", type=click.IntRange(min=2), default=10, show_default=True, help="Candidates per trial.")
+@click.option(
+    "--k", "k", type=click.IntRange(min=1), default=8, show_default=True, help="Images per victim and arm."
+)
+@click.option(
+    "--n", "n", type=click.IntRange(min=2), default=10, show_default=True, help="Candidates per trial."
+)
 @click.option("--permutations", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print evaluation.json.")
@@ -78,8 +96,14 @@ def evaluate(root: str, k: int, n: int, permutations: int, seed: int, as_json: b
         table.add_column(col, justify="left" if col == "arm" else "right")
     for arm, r in result["arms"].items():
         lo, hi = r["top1_ci"]
-        table.add_row(arm, f"{r['top1']:.2f}", f"{lo:.2f}-{hi:.2f}", f"{r['top5']:.2f}", f"{r['chance']:.2f}",
-                      f"{r['p_permutation']:.4f}")  # fmt: skip
+        table.add_row(
+            arm,
+            f"{r['top1']:.2f}",
+            f"{lo:.2f}-{hi:.2f}",
+            f"{r['top5']:.2f}",
+            f"{r['chance']:.2f}",
+            f"{r['p_permutation']:.4f}",
+        )
     Console().print(table)
 
 

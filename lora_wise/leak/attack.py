@@ -84,11 +84,18 @@ def train_attack(
                 progress(it, train.iterations, loss.item())
     tail = np.array(history[-max(1, len(history) // 10) :])
     summary = {
-        "iterations": train.iterations, "batch": train.batch, "lr": train.lr,
-        "prompt_weight": train.prompt_weight, "seed": train.seed, "use_step": train.use_step,
-        "final_denoise_loss": float(tail[:, 0].mean()), "final_prompt_mse": float(tail[:, 1].mean()),
-        "seconds": round(time.time() - t0, 1), "shadows": len(shadows), "pairs": len(entries),
-    }  # fmt: skip
+        "iterations": train.iterations,
+        "batch": train.batch,
+        "lr": train.lr,
+        "prompt_weight": train.prompt_weight,
+        "seed": train.seed,
+        "use_step": train.use_step,
+        "final_denoise_loss": float(tail[:, 0].mean()),
+        "final_prompt_mse": float(tail[:, 1].mean()),
+        "seconds": round(time.time() - t0, 1),
+        "shadows": len(shadows),
+        "pairs": len(entries),
+    }
     return model.eval(), summary
 
 

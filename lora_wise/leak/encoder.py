@@ -52,14 +52,19 @@ class LoraEncoder(nn.Module):
         self.cfg = cfg
         h = cfg.hidden
         self.conv = nn.Sequential(
-            nn.Conv1d(cfg.rank, h, 5, padding=2), nn.GELU(), nn.Conv1d(h, h, 5, stride=2, padding=2), nn.GELU()
+            nn.Conv1d(cfg.rank, h, 5, padding=2),
+            nn.GELU(),
+            nn.Conv1d(h, h, 5, stride=2, padding=2),
+            nn.GELU(),
         )
         self.scale_in = nn.Linear(1, h)
         self.position = nn.Parameter(torch.randn(2 * len(cfg.layers), h) * 0.02)
         self.task = nn.Parameter(torch.randn(1, h) * 0.02)
         self.step_mlp = nn.Sequential(nn.Linear(16, h), nn.GELU(), nn.Linear(h, h))
         self.queries = nn.Parameter(torch.randn(cfg.tokens, h) * 0.02)
-        layer = nn.TransformerEncoderLayer(h, cfg.heads, 2 * h, dropout=0.0, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            h, cfg.heads, 2 * h, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.transformer = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
         self.out = nn.Sequential(nn.LayerNorm(h), nn.Linear(h, cfg.cond_width))
 

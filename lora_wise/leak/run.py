@@ -1,8 +1,8 @@
 """A leak run folder end to end: shadows -> attack weights; victims -> identification tables.
 
-    <root>/identities.json  recipe.json  identities/<key>/  loras/   (scripts/leak_pilot.py)
-    <root>/attack.safetensors, attack-nostep.safetensors            (train_run: lora-wise leak train)
-    <root>/evaluation.json, leak-grid.png                            (evaluate_run: lora-wise leak evaluate)
+<root>/identities.json  recipe.json  identities/<key>/  loras/   (scripts/leak_pilot.py)
+<root>/attack.safetensors, attack-nostep.safetensors            (train_run: lora-wise leak train)
+<root>/evaluation.json, leak-grid.png                            (evaluate_run: lora-wise leak evaluate)
 """
 
 from __future__ import annotations
@@ -30,7 +30,14 @@ from lora_wise.leak.identities import (
     save_identities,
     view_images,
 )
-from lora_wise.leak.victims import Recipe, identity_jobs, load_snapshot, lora_folder, steps_of, train_identities
+from lora_wise.leak.victims import (
+    Recipe,
+    identity_jobs,
+    load_snapshot,
+    lora_folder,
+    steps_of,
+    train_identities,
+)
 
 ATTACKS = {"attack": "attack.safetensors", "attack-nostep": "attack-nostep.safetensors"}
 
@@ -105,10 +112,18 @@ def train_run(
     for name, use_step in (("attack", True), ("attack-nostep", False)):
         cfg = AttackTraining(**{**train.__dict__, "use_step": use_step})
         model, summary = train_attack(
-            bb, shadows, run.scale, cfg, None if progress is None else (lambda i, n, loss, nm=name: progress(nm, i, n, loss))
+            bb,
+            shadows,
+            run.scale,
+            cfg,
+            None if progress is None else (lambda i, n, loss, nm=name: progress(nm, i, n, loss)),
         )
-        info = {"backbone": run.recipe.backbone, "recipe": run.recipe.__dict__, "training": summary,
-                "identities": fingerprint(run.identities)}  # fmt: skip
+        info = {
+            "backbone": run.recipe.backbone,
+            "recipe": run.recipe.__dict__,
+            "training": summary,
+            "identities": fingerprint(run.identities),
+        }
         out[name] = save_encoder(model, Path(root) / ATTACKS[name], info)
     return out
 
@@ -160,16 +175,24 @@ def evaluate_run(root: Path, k: int = 8, n: int = 10, permutations: int = 2000, 
     queries["nearest shadow by spectra (its images)"] = [em.embed(view_images(shadows[j])) for j in near]
     table = {arm: score(q, galleries, n, permutations, seed) for arm, q in queries.items()}
     result = {
-        "victims": len(victims), "shadows": len(shadows), "k": k, "n": min(n, len(victims)),
-        "recipe": run.recipe.__dict__, "arms": table,
+        "victims": len(victims),
+        "shadows": len(shadows),
+        "k": k,
+        "n": min(n, len(victims)),
+        "recipe": run.recipe.__dict__,
+        "arms": table,
         "embedding_validation": _validation(real, n, seed),
-    }  # fmt: skip
+    }
     (Path(root) / "evaluation.json").write_text(json.dumps(result, indent=1))
-    write_grid(Path(root) / "leak-grid.png", real, images["attack"], images["base model, attack conditioning"])
+    write_grid(
+        Path(root) / "leak-grid.png", real, images["attack"], images["base model, attack conditioning"]
+    )
     return result
 
 
-def score(queries: list[np.ndarray], galleries: list[np.ndarray], n: int, permutations: int, seed: int) -> dict:
+def score(
+    queries: list[np.ndarray], galleries: list[np.ndarray], n: int, permutations: int, seed: int
+) -> dict:
     """Top-1/top-5 among n candidates (the victim and n-1 other victims), Wilson 95 %, permutation p."""
     ident = em.identify(queries, galleries, n, seed=seed)
     rng = np.random.default_rng(seed + 1)
@@ -181,10 +204,15 @@ def score(queries: list[np.ndarray], galleries: list[np.ndarray], n: int, permut
     null = np.array(null)
     trials = len(ident.ranks)
     return {
-        "top1": observed, "top1_ci": em.wilson(observed, trials), "top5": ident.top(5),
-        "top5_ci": em.wilson(ident.top(5), trials), "chance": ident.chance, "trials": trials,
-        "null_mean_top1": float(null.mean()), "p_permutation": float((1 + (null >= observed).sum()) / (1 + len(null))),
-    }  # fmt: skip
+        "top1": observed,
+        "top1_ci": em.wilson(observed, trials),
+        "top5": ident.top(5),
+        "top5_ci": em.wilson(ident.top(5), trials),
+        "chance": ident.chance,
+        "trials": trials,
+        "null_mean_top1": float(null.mean()),
+        "p_permutation": float((1 + (null >= observed).sum()) / (1 + len(null))),
+    }
 
 
 def _validation(real: list[np.ndarray], n: int, seed: int) -> dict:
@@ -192,8 +220,10 @@ def _validation(real: list[np.ndarray], n: int, seed: int) -> dict:
     return {"top1": v.top(1), "top5": v.top(5), "chance": v.chance, "trials": len(v.ranks)}
 
 
-def write_grid(path: Path, real: list[np.ndarray], recovered: np.ndarray, base: np.ndarray, per_row: int = 4) -> Path:
-    """One row per victim: a real view | what the attack recovers (per_row) | base model, same conditioning."""
+def write_grid(
+    path: Path, real: list[np.ndarray], recovered: np.ndarray, base: np.ndarray, per_row: int = 4
+) -> Path:
+    """One row per victim: a real view | the attack's recovery (per_row) | base model, same conditioning."""
     from PIL import Image
 
     rows = []

@@ -34,9 +34,14 @@ def packaged_attack(backbone: str = "tiny-sd") -> Path:
 
 
 def leak_scan(
-    lora: Path, attack: Path | None = None, out: Path | None = None, k: int = 4, seed: int = 0,
-    step: int | None = None, candidates: Path | None = None,
-) -> dict:  # fmt: skip
+    lora: Path,
+    attack: Path | None = None,
+    out: Path | None = None,
+    k: int = 4,
+    seed: int = 0,
+    step: int | None = None,
+    candidates: Path | None = None,
+) -> dict:
     """Generate from the LoRA's predicted conditioning; write the grid; score candidates if given."""
     model, header = load_encoder(attack or packaged_attack())
     weights = _lora_for(model.cfg.layers, Path(lora))
@@ -48,8 +53,14 @@ def leak_scan(
     images = generate(bb, [weights], 1.0, index, cond.expand(2 * k, -1, -1), seed=seed)
     out = Path(out) if out else Path(lora).with_name(Path(lora).stem + "-leak.png")
     _write_pair_grid(out, images[:k], images[k:])
-    report = {"lora": str(lora), "attack": str(attack or "packaged"), "backbone": header["backbone"],
-              "step": step, "k": k, "grid": str(out)}  # fmt: skip
+    report = {
+        "lora": str(lora),
+        "attack": str(attack or "packaged"),
+        "backbone": header["backbone"],
+        "step": step,
+        "k": k,
+        "grid": str(out),
+    }
     if candidates is not None:
         report["candidates"] = rank_candidates(images[:k], Path(candidates))
     return report
@@ -73,8 +84,13 @@ def rank_candidates(recovered: np.ndarray, folder: Path) -> list[dict]:
             with Image.open(f) as im:
                 imgs.append(np.asarray(im.convert("RGB").resize((64, 64), Image.BILINEAR), dtype=np.uint8))
         g = em.embed(np.stack(imgs)).mean(0)
-        rows.append({"candidate": sub.name, "images": len(files),
-                     "similarity": float(q @ g / (np.linalg.norm(q) * np.linalg.norm(g)))})  # fmt: skip
+        rows.append(
+            {
+                "candidate": sub.name,
+                "images": len(files),
+                "similarity": float(q @ g / (np.linalg.norm(q) * np.linalg.norm(g))),
+            }
+        )
     rows.sort(key=lambda r: -r["similarity"])
     return [{"rank": i + 1, **r} for i, r in enumerate(rows)]
 
@@ -87,7 +103,7 @@ def _lora_for(layers: tuple[str, ...], path: Path) -> dict:
     missing = [n for n in layers if n not in weights]
     if missing:
         raise LeakError(
-            f"{path}: the attack reads {len(layers)} layers (to_q/to_v of its backbone's UNet, diffusers keys); "
+            f"{path}: the attack reads {len(layers)} layers (to_q/to_v of its UNet, diffusers keys); "
             f"this LoRA lacks {len(missing)} of them, e.g. {missing[0]}"
         )
     want = {n: weights[n] for n in layers}

@@ -38,11 +38,17 @@ class Recipe:
 
     def job(self, spec: str, n_views: int, seed: int | None = None) -> TrainJob:
         return TrainJob(
-            backbone=self.backbone, range_name=RANGE, dataset_size=n_views, micro_dataset=spec,
-            rank=self.rank, steps=self.steps, snapshot_every=self.snapshot_every,
-            learning_rate=self.learning_rate, seed=self.seed if seed is None else seed,
+            backbone=self.backbone,
+            range_name=RANGE,
+            dataset_size=n_views,
+            micro_dataset=spec,
+            rank=self.rank,
+            steps=self.steps,
+            snapshot_every=self.snapshot_every,
+            learning_rate=self.learning_rate,
+            seed=self.seed if seed is None else seed,
             target_modules=LEAK_TARGETS,
-        )  # fmt: skip
+        )
 
 
 def identity_jobs(identities: list[Identity], root: Path, recipe: Recipe) -> dict[str, TrainJob]:
@@ -82,7 +88,10 @@ def load_lora(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     for key in sorted(k for k in tensors if k.endswith(".lora_A.weight")):
         name = key.removeprefix("unet.").removesuffix(".lora_A.weight")
         b = key.replace(".lora_A.", ".lora_B.")
-        out[name] = (torch.from_numpy(np.array(tensors[key], np.float32)), torch.from_numpy(np.array(tensors[b], np.float32)))
+        out[name] = (
+            torch.from_numpy(np.array(tensors[key], np.float32)),
+            torch.from_numpy(np.array(tensors[b], np.float32)),
+        )
     return out
 
 
