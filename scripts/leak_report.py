@@ -55,6 +55,7 @@ def render(root: Path) -> str:
                 f"({t['pairs']} snapshots), {t['seconds']:.0f} s; final denoising loss "
                 f"{t['final_denoise_loss']:.4f}, prompt MSE {t['final_prompt_mse']:.4f}."
             )
+    lines += _loss_lines(root)
     a = arms["attack"]
     others = {k: r["top1"] for k, r in arms.items() if k not in ("attack", ORACLE)}
     beaten = [k for k, t in others.items() if a["top1"] <= t]
@@ -70,6 +71,29 @@ def render(root: Path) -> str:
         f"- above every baseline but the oracle: {above}.",
     ]
     return "\n".join(lines)
+
+
+def _loss_lines(root: Path) -> list[str]:
+    path = root / "loss_identification.json"
+    if not path.is_file():
+        return []
+    li = json.loads(path.read_text())
+    lines = [
+        "",
+        f"Diagnostic (`--loss-diagnostic`, not an attack): each victim's UNet picks the candidate whose "
+        f"real views it denoises best ({li['victims']} victims, {li['timesteps']} timesteps, fixed noise).",
+        "",
+        "| conditioning | top-1, absolute loss | p | top-1, loss relative to the candidate's mean | p |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, r in li["arms"].items():
+        a, rel = r["absolute"], r["relative"]
+        lines.append(
+            f"| {arm} | {a['top1']:.2f} ({a['top1_ci'][0]:.2f}-{a['top1_ci'][1]:.2f}) | "
+            f"{a['p_permutation']:.4f} | {rel['top1']:.2f} ({rel['top1_ci'][0]:.2f}-{rel['top1_ci'][1]:.2f}) "
+            f"| {rel['p_permutation']:.4f} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

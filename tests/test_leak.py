@@ -93,7 +93,18 @@ def test_train_and_evaluate_write_attack_tables_and_grid(run, capsys):
         assert not torch.allclose(model([a], torch.tensor([2])), model([a], torch.tensor([4])))
     assert (
         cli_run(
-            lora_wise_cli, ["leak", "evaluate", str(run.root), "--k", "2", "--permutations", "20", "--json"]
+            lora_wise_cli,
+            [
+                "leak",
+                "evaluate",
+                str(run.root),
+                "--k",
+                "2",
+                "--permutations",
+                "20",
+                "--loss-diagnostic",
+                "--json",
+            ],
         )
         == 0
     )
@@ -109,6 +120,10 @@ def test_train_and_evaluate_write_attack_tables_and_grid(run, capsys):
         assert 1 / 21 <= arm["p_permutation"] <= 1.0
     assert Image.open(run.root / "leak-grid.png").size == (64 * (1 + 2 + 2) + 16, 64 * 2)  # k = 2
     assert json.loads((run.root / "evaluation.json").read_text())["k"] == 2
+    diag = result["loss_identification"]["arms"]
+    for arm in ("true prompt", "empty prompt"):
+        for kind in ("absolute", "relative"):
+            assert 0.0 <= diag[arm][kind]["top1"] <= 1.0 and 1 / 21 <= diag[arm][kind]["p_permutation"] <= 1.0
 
 
 def test_lora_scan_leak_grid_and_candidates(run, capsys, tmp_path):
@@ -159,3 +174,13 @@ def test_embedding_identifies_real_views_and_intervals_cover():
     assert em.validate_embedding(views, n=10, trials=3).top(1) == 1.0  # ten distinct colours
     lo, hi = em.wilson(0.3, 30)
     assert lo < 0.3 < hi and em.wilson(0.0, 10)[0] == 0.0
+
+
+def test_packaged_attack_fits_tiny_sd_to_q_to_v():
+    from lora_wise.factory.train import target_module_names
+    from lora_wise.leak.scan import packaged_attack
+
+    model, header = load_encoder(packaged_attack("tiny-sd"))
+    assert header["backbone"] == "tiny-sd" and header["config"]["use_step"]
+    assert list(model.cfg.layers) == sorted(target_module_names(tiny().unet, ("to_q", "to_v")))
+    assert packaged_attack("tiny-sd").stat().st_size < 1_000_000

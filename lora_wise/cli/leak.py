@@ -82,12 +82,22 @@ def train(
 )
 @click.option("--permutations", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--loss-diagnostic",
+    is_flag=True,
+    help="Also rank candidates by how well each victim's UNet denoises their real views "
+    "(does the LoRA hold the identity at all?): ROOT/loss_identification.json.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print evaluation.json.")
-def evaluate(root: str, k: int, n: int, permutations: int, seed: int, as_json: bool) -> None:
+def evaluate(
+    root: str, k: int, n: int, permutations: int, seed: int, loss_diagnostic: bool, as_json: bool
+) -> None:
     """Identify every victim of ROOT from what each arm generates (attack, baselines, oracle)."""
-    from lora_wise.leak.run import evaluate_run
+    from lora_wise.leak.run import evaluate_run, loss_identification
 
     result = evaluate_run(root, k=k, n=n, permutations=permutations, seed=seed)
+    if loss_diagnostic:
+        result["loss_identification"] = loss_identification(root, seed=seed, permutations=permutations)
     if as_json:
         print_json(result)
         return

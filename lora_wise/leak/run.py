@@ -20,6 +20,7 @@ from lora_wise.factory.backbones import DiffusionBackbone, load_backbone
 from lora_wise.factory.jobs import TrainJob
 from lora_wise.factory.snapshots import lora_path
 from lora_wise.leak import embedding as em
+from lora_wise.leak.apply import bank_applied
 from lora_wise.leak.attack import AttackTraining, Shadow, generate, train_attack
 from lora_wise.leak.encoder import LoraEncoder, load_encoder, save_encoder
 from lora_wise.leak.identities import (
@@ -232,3 +233,67 @@ def write_grid(
         rows.append(np.concatenate([r[0], gap, *rec[:per_row], gap, *b[:per_row]], axis=1))
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
     return path
+
+
+@torch.no_grad()
+def loss_identification(root: Path, timesteps: int = 8, seed: int = 0, permutations: int = 2000) -> dict:
+    """Diagnostic, not an attack: does a victim's UNet denoise its OWN views better than other victims'?
+
+    For victim v and candidate c: the mean epsilon-MSE of v's fine-tuned UNet on c's real views (fixed
+    noise and ``timesteps`` evenly spaced timesteps, the same for every pair) under v's true prompt and
+    under the empty prompt. Ranking candidates by the lowest loss tells whether the weights hold the
+    identity at all, whatever the generation makes of it. Writes ``loss_identification.json``.
+    """
+    run = open_run(root)
+    bb = load_backbone(run.recipe.backbone)
+    victims = run.split("victim")
+    loras = [load_snapshot(run.root, run.jobs[v.key], run.recipe.steps) for v in victims]
+    pixels = [torch.from_numpy(view_images(v)).permute(0, 3, 1, 2).float() / 127.5 - 1.0 for v in victims]
+    latents = torch.cat([bb.encode_images(p)[0] for p in pixels]) * bb.scaling_factor  # (V*5, C, h, w)
+    per = len(pixels[0])
+    gen = torch.Generator().manual_seed(seed)
+    ts = torch.linspace(50, 950, timesteps).long()
+    z = latents.repeat_interleave(timesteps, 0)
+    t = ts.repeat(len(latents))
+    eps = torch.randn(z.shape, generator=gen)
+    noisy = bb.scheduler.add_noise(z, eps, t)
+    out = {}
+    for arm, prompts in (("true prompt", [v.prompt for v in victims]), ("empty prompt", [""] * len(victims))):
+        loss = np.zeros((len(victims), len(victims)))
+        with bank_applied(bb.unet, loras, run.scale) as state:
+            for j, p in enumerate(prompts):
+                state["index"] = torch.full((len(z),), j + 1)
+                cond = bb.encode_prompt(p)[0].expand(len(z), -1, -1)
+                err = (bb.unet(noisy, t, cond).sample - eps).pow(2).flatten(1).mean(1)
+                loss[j] = err.reshape(len(victims), per * timesteps).mean(1).numpy()
+        out[arm] = _rank_by_loss(loss, permutations, seed)
+    result = {"victims": len(victims), "timesteps": timesteps, "arms": out}
+    (Path(root) / "loss_identification.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _rank_by_loss(loss: np.ndarray, permutations: int, seed: int) -> dict:
+    """Top-1 when each victim picks the candidate its UNet denoises best; permutation null over rows.
+
+    The loss level differs by candidate (some views are easier for every UNet), so candidates are also
+    ranked by the loss relative to their mean over all victims' UNets ("relative").
+    """
+    n = len(loss)
+    rng = np.random.default_rng(seed + 1)
+    out = {
+        "chance": 1.0 / n,
+        "own_minus_other_loss": float(np.diag(loss).mean() - loss[~np.eye(n, dtype=bool)].mean()),
+    }
+    for name, m in (("absolute", loss), ("relative", loss - loss.mean(0, keepdims=True))):
+        observed = _top1_min(m)
+        null = np.array([_top1_min(m[rng.permutation(n)]) for _ in range(permutations)])
+        out[name] = {
+            "top1": observed,
+            "top1_ci": em.wilson(observed, n),
+            "p_permutation": float((1 + (null >= observed).sum()) / (1 + permutations)),
+        }
+    return out
+
+
+def _top1_min(m: np.ndarray) -> float:
+    return float((m.argmin(1) == np.arange(len(m))).mean())
