@@ -184,3 +184,27 @@ def test_packaged_attack_fits_tiny_sd_to_q_to_v():
     assert header["backbone"] == "tiny-sd" and header["config"]["use_step"]
     assert list(model.cfg.layers) == sorted(target_module_names(tiny().unet, ("to_q", "to_v")))
     assert packaged_attack("tiny-sd").stat().st_size < 1_000_000
+
+
+def test_report_fills_the_marked_section_only(run, tmp_path):
+    import importlib.util
+
+    if not (run.root / "evaluation.json").is_file():
+        if not (run.root / "attack.safetensors").is_file():
+            train_run(run.root, AttackTraining(iterations=2, batch=4))
+        from lora_wise.leak.run import evaluate_run
+
+        evaluate_run(run.root, k=2, permutations=10)
+    spec = importlib.util.spec_from_file_location(
+        "leak_report", Path(__file__).parents[1] / "scripts/leak_report.py"
+    )
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    doc = tmp_path / "leak.md"
+    doc.write_text(f"# head\n{report.BEGIN}\nold\n{report.END}\ntail\n")
+    assert report.main([str(run.root), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("# head\n") and text.endswith("tail\n") and "old" not in text
+    assert "| oracle (true prompt) |" in text and "Against the issue's targets" in text
+    (tmp_path / "bare.md").write_text("no markers")
+    assert report.main([str(run.root), "--doc", str(tmp_path / "bare.md")]) == 2
