@@ -114,9 +114,11 @@ register_crawl(cli)
               help="An attack from lora-wise leak train (default: the packaged tiny-sd attack).")
 @click.option("--candidates", type=click.Path(exists=True, file_okay=False),
               help="A folder with one sub-folder of images per candidate identity: rank them.")
-@click.option("--out", type=click.Path(dir_okay=False), help="The PNG grid (default: TARGET-leak.png beside it).")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="The PNG grid (default: TARGET-leak.png beside it).")
 @click.option("--k", "k", type=click.IntRange(min=1, max=16), default=4, show_default=True)
-@click.option("--step", type=click.IntRange(min=0), default=None, help="Fine-tuning step (default: the file's).")
+@click.option("--step", type=click.IntRange(min=0), default=None,
+              help="Fine-tuning step (default: the file's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def leak(target: str, attack: str | None, candidates: str | None, out: str | None, k: int, step: int | None,
@@ -135,7 +137,7 @@ def leak(target: str, attack: str | None, candidates: str | None, out: str | Non
         print_json(report)
         return
     console = Console()
-    console.print(f"recovered (left, LoRA applied) vs base model (right, same conditioning): {report['grid']}")
+    console.print(f"recovered (left, LoRA applied) | base model (right, same conditioning): {report['grid']}")
     for row in report.get("candidates", []):
         console.print(f"  {row['rank']:3d}. {row['candidate']}  similarity {row['similarity']:.3f}")
 
