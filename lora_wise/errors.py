@@ -81,3 +81,7 @@ class DocNotFound(LoraWiseError, LookupError):
     """``docs NAME`` with a name that is not in the list: a usage error."""
 
     exit_code = EXIT_USAGE
+
+
+class LeakError(LoraWiseError, ValueError):
+    """A leak run folder, attack file or target LoRA the reconstruction attack cannot use (one line)."""

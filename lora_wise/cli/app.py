@@ -68,5 +68,14 @@ def _register() -> None:
 _register()
 
 
+def _register_leak() -> None:
+    from lora_wise.cli.leak import leak
+
+    cli.add_command(leak)
+
+
+_register_leak()
+
+
 def main() -> None:
     main_for(cli, "lora-wise")

@@ -42,11 +42,12 @@ class MicroDataset:
     class_noun: str
     ids: tuple[str, ...]
     root: Path | None = None  # None for the pool; image ids are paths relative to root
+    trigger: str = "sks"  # a folder's concept.txt may name its own (``token = xyz``: the leak's identities)
 
     @property
     def instance_prompt(self) -> str:
         """DreamBooth's instance prompt with the paper's rare token."""
-        return f"a photo of sks {self.class_noun}"
+        return f"a photo of {self.trigger} {self.class_noun}"
 
     def choose(self, n: int) -> list[str]:
         """The n image ids of dataset size n: the first n of the key-seeded permutation."""
@@ -106,7 +107,14 @@ def _folder(spec: str, kind: str, path: Path) -> MicroDataset:
     if not ids:
         raise MicroDatasetError(f"{spec}: no images ({', '.join(IMAGE_SUFFIXES[:5])}) in {path}")
     noun = {"folder": _folder_noun, "concept101": _concept101_noun, "imagenet": _imagenet_noun}[kind](path)
-    return MicroDataset(spec, f"{kind}:{path.name}", noun, ids, root=path)
+    return MicroDataset(spec, f"{kind}:{path.name}", noun, ids, root=path, trigger=_folder_token(path))
+
+
+def _folder_token(path: Path) -> str:
+    meta = path / "concept.txt"
+    lines = meta.read_text().splitlines() if meta.is_file() else []
+    tokens = [line.split("=", 1)[-1].strip() for line in lines if line.replace(" ", "").startswith("token=")]
+    return tokens[0] if tokens and tokens[0] else "sks"
 
 
 def _folder_noun(path: Path) -> str:

@@ -1,0 +1,299 @@
+"""A leak run folder end to end: shadows -> attack weights; victims -> identification tables.
+
+<root>/identities.json  recipe.json  identities/<key>/  loras/   (scripts/leak_pilot.py)
+<root>/attack.safetensors, attack-nostep.safetensors            (train_run: lora-wise leak train)
+<root>/evaluation.json, leak-grid.png                            (evaluate_run: lora-wise leak evaluate)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lora_wise.errors import LeakError
+from lora_wise.factory.backbones import DiffusionBackbone, load_backbone
+from lora_wise.factory.jobs import TrainJob
+from lora_wise.factory.snapshots import lora_path
+from lora_wise.leak import embedding as em
+from lora_wise.leak.apply import bank_applied
+from lora_wise.leak.attack import AttackTraining, Shadow, generate, train_attack
+from lora_wise.leak.encoder import LoraEncoder, load_encoder, save_encoder
+from lora_wise.leak.identities import (
+    Identity,
+    build_identities,
+    fingerprint,
+    load_identities,
+    save_identities,
+    view_images,
+)
+from lora_wise.leak.victims import (
+    Recipe,
+    identity_jobs,
+    load_snapshot,
+    lora_folder,
+    steps_of,
+    train_identities,
+)
+
+ATTACKS = {"attack": "attack.safetensors", "attack-nostep": "attack-nostep.safetensors"}
+
+
+@dataclass
+class LeakRun:
+    root: Path
+    identities: list[Identity]
+    recipe: Recipe
+    jobs: dict[str, TrainJob]
+
+    def split(self, name: str) -> list[Identity]:
+        return [i for i in self.identities if i.split == name]
+
+    @property
+    def scale(self) -> float:
+        return 1.0  # lora_alpha = rank (the factory's recipe)
+
+    def final(self, ident: Identity) -> Path:
+        return lora_path(lora_folder(self.root, self.jobs[ident.key]), self.recipe.steps)
+
+
+def create_run(
+    root: Path, identities: int, recipe: Recipe, seed: int = 0, progress: Callable[[str], None] | None = None
+) -> LeakRun:
+    """Draw the identities, write their views, train every victim and shadow not trained yet."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    idents = build_identities(identities, seed=seed)
+    if (root / "identities.json").is_file() and load_identities(root / "identities.json") != idents:
+        raise LeakError(f"{root} holds another run's identities: use a new folder")
+    save_identities(idents, root / "identities.json")
+    (root / "recipe.json").write_text(json.dumps(recipe.__dict__, indent=1))
+    run = open_run(root)
+    train_identities(run.jobs, root, recipe, progress)
+    return run
+
+
+def open_run(root: Path) -> LeakRun:
+    root = Path(root)
+    if not (root / "identities.json").is_file():
+        raise LeakError(f"{root} is not a leak run (no identities.json): run scripts/leak_pilot.py first")
+    identities = load_identities(root / "identities.json")
+    recipe = Recipe(**json.loads((root / "recipe.json").read_text()))
+    return LeakRun(root, identities, recipe, identity_jobs(identities, root, recipe))
+
+
+def shadows_of(run: LeakRun, bb: DiffusionBackbone) -> list[Shadow]:
+    out = []
+    for ident in run.split("shadow"):
+        job = run.jobs[ident.key]
+        snaps = [(s, load_snapshot(run.root, job, s)) for s in steps_of(run.root, job)]
+        if not snaps:
+            continue
+        pixels = torch.from_numpy(view_images(ident)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        mean, std = bb.encode_images(pixels)
+        embeds, _ = bb.encode_prompt(ident.prompt)
+        out.append(Shadow(ident.key, snaps, mean, std, embeds[0]))
+    return out
+
+
+def train_run(
+    root: Path, train: AttackTraining, progress: Callable[[str, int, int, float], None] | None = None
+) -> dict[str, Path]:
+    """Train the attack and its no-step ablation on the run's shadows; save both; return their paths."""
+    run = open_run(root)
+    bb = load_backbone(run.recipe.backbone)
+    shadows = shadows_of(run, bb)
+    if not shadows:
+        raise LeakError(f"{root}: no shadow LoRA trained yet")
+    out = {}
+    for name, use_step in (("attack", True), ("attack-nostep", False)):
+        cfg = AttackTraining(**{**train.__dict__, "use_step": use_step})
+        model, summary = train_attack(
+            bb,
+            shadows,
+            run.scale,
+            cfg,
+            None if progress is None else (lambda i, n, loss, nm=name: progress(nm, i, n, loss)),
+        )
+        info = {
+            "backbone": run.recipe.backbone,
+            "recipe": run.recipe.__dict__,
+            "training": summary,
+            "identities": fingerprint(run.identities),
+        }
+        out[name] = save_encoder(model, Path(root) / ATTACKS[name], info)
+    return out
+
+
+def predict(model: LoraEncoder, loras: list, steps: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(loras, torch.tensor(steps))
+
+
+def spectral_nearest(victims: list[Path], shadows: list[Path]) -> list[int]:
+    """For each victim, the shadow whose spectra (σ of scale·B·A, every layer) are nearest in L2 (DSiRe's)."""
+    from lora_wise.lora.reader import read_lora
+    from lora_wise.spectra.compute import compute_spectra
+
+    def vec(p: Path) -> np.ndarray:
+        return compute_spectra(read_lora(p)).ba.ravel()
+
+    sh = np.stack([vec(p) for p in shadows])
+    return [int(np.argmin(((sh - vec(p)) ** 2).sum(1))) for p in victims]
+
+
+def evaluate_run(root: Path, k: int = 8, n: int = 10, permutations: int = 2000, seed: int = 0) -> dict:
+    """Identification of every victim from what each arm generates; writes evaluation.json and the grid."""
+    run = open_run(root)
+    bb = load_backbone(run.recipe.backbone)
+    victims, shadows = run.split("victim"), run.split("shadow")
+    loras = [load_snapshot(run.root, run.jobs[v.key], run.recipe.steps) for v in victims]
+    steps = [run.recipe.steps] * len(victims)
+    conds = {name: predict(load_encoder(Path(root) / f)[0], loras, steps) for name, f in ATTACKS.items()}
+    prompt = {p: bb.encode_prompt(p)[0][0] for p in ("", victims[0].class_prompt)}
+    arms = {  # arm -> (bank index per victim: 0 base, j+1 victim j; conditioning per victim)
+        "attack": (1, conds["attack"]),
+        "attack, no step embedding": (1, conds["attack-nostep"]),
+        "empty prompt": (1, [prompt[""]] * len(victims)),
+        "class prompt, no trigger": (1, [prompt[victims[0].class_prompt]] * len(victims)),
+        "base model, class prompt": (0, [prompt[victims[0].class_prompt]] * len(victims)),
+        "base model, attack conditioning": (0, conds["attack"]),
+        "oracle (true prompt)": (1, [bb.encode_prompt(v.prompt)[0][0] for v in victims]),
+    }
+    images = {}
+    for arm, (base_or_own, cond) in arms.items():
+        index = torch.tensor([(j + 1) * base_or_own for j in range(len(victims)) for _ in range(k)])
+        c = torch.stack([cond[j] for j in range(len(victims)) for _ in range(k)])
+        images[arm] = generate(bb, loras, run.scale, index, c, seed=seed).reshape(len(victims), k, 64, 64, 3)
+    real = [view_images(v) for v in victims]
+    galleries = [em.embed(r) for r in real]
+    near = spectral_nearest([run.final(v) for v in victims], [run.final(s) for s in shadows])
+    queries = {arm: [em.embed(x) for x in imgs] for arm, imgs in images.items()}
+    queries["nearest shadow by spectra (its images)"] = [em.embed(view_images(shadows[j])) for j in near]
+    table = {arm: score(q, galleries, n, permutations, seed) for arm, q in queries.items()}
+    result = {
+        "victims": len(victims),
+        "shadows": len(shadows),
+        "k": k,
+        "n": min(n, len(victims)),
+        "recipe": run.recipe.__dict__,
+        "arms": table,
+        "embedding_validation": _validation(real, n, seed),
+    }
+    (Path(root) / "evaluation.json").write_text(json.dumps(result, indent=1))
+    write_grid(
+        Path(root) / "leak-grid.png", real, images["attack"], images["base model, attack conditioning"]
+    )
+    return result
+
+
+def score(
+    queries: list[np.ndarray], galleries: list[np.ndarray], n: int, permutations: int, seed: int
+) -> dict:
+    """Top-1/top-5 among n candidates (the victim and n-1 other victims), Wilson 95 %, permutation p."""
+    ident = em.identify(queries, galleries, n, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    observed = ident.top(1)
+    null = []
+    for _ in range(permutations):  # victim weights (their generations) shuffled against identities
+        perm = rng.permutation(len(queries))
+        null.append(em.identify([queries[i] for i in perm], galleries, n, seed=seed).top(1))
+    null = np.array(null)
+    trials = len(ident.ranks)
+    return {
+        "top1": observed,
+        "top1_ci": em.wilson(observed, trials),
+        "top5": ident.top(5),
+        "top5_ci": em.wilson(ident.top(5), trials),
+        "chance": ident.chance,
+        "trials": trials,
+        "null_mean_top1": float(null.mean()),
+        "p_permutation": float((1 + (null >= observed).sum()) / (1 + len(null))),
+    }
+
+
+def _validation(real: list[np.ndarray], n: int, seed: int) -> dict:
+    v = em.validate_embedding(real, n=n, seed=seed)
+    return {"top1": v.top(1), "top5": v.top(5), "chance": v.chance, "trials": len(v.ranks)}
+
+
+def write_grid(
+    path: Path, real: list[np.ndarray], recovered: np.ndarray, base: np.ndarray, per_row: int = 4
+) -> Path:
+    """One row per victim: a real view | the attack's recovery (per_row) | base model, same conditioning."""
+    from PIL import Image
+
+    rows = []
+    for r, rec, b in zip(real, recovered, base, strict=True):
+        gap = np.full((64, 8, 3), 255, np.uint8)
+        rows.append(np.concatenate([r[0], gap, *rec[:per_row], gap, *b[:per_row]], axis=1))
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    return path
+
+
+@torch.no_grad()
+def loss_identification(root: Path, timesteps: int = 8, seed: int = 0, permutations: int = 2000) -> dict:
+    """Diagnostic, not an attack: does a victim's UNet denoise its OWN views better than other victims'?
+
+    For victim v and candidate c: the mean epsilon-MSE of v's fine-tuned UNet on c's real views (fixed
+    noise and ``timesteps`` evenly spaced timesteps, the same for every pair) under v's true prompt and
+    under the empty prompt. Ranking candidates by the lowest loss tells whether the weights hold the
+    identity at all, whatever the generation makes of it. Writes ``loss_identification.json``.
+    """
+    run = open_run(root)
+    bb = load_backbone(run.recipe.backbone)
+    victims = run.split("victim")
+    loras = [load_snapshot(run.root, run.jobs[v.key], run.recipe.steps) for v in victims]
+    pixels = [torch.from_numpy(view_images(v)).permute(0, 3, 1, 2).float() / 127.5 - 1.0 for v in victims]
+    latents = torch.cat([bb.encode_images(p)[0] for p in pixels]) * bb.scaling_factor  # (V*5, C, h, w)
+    per = len(pixels[0])
+    gen = torch.Generator().manual_seed(seed)
+    ts = torch.linspace(50, 950, timesteps).long()
+    z = latents.repeat_interleave(timesteps, 0)
+    t = ts.repeat(len(latents))
+    eps = torch.randn(z.shape, generator=gen)
+    noisy = bb.scheduler.add_noise(z, eps, t)
+    out = {}
+    for arm, prompts in (("true prompt", [v.prompt for v in victims]), ("empty prompt", [""] * len(victims))):
+        loss = np.zeros((len(victims), len(victims)))
+        with bank_applied(bb.unet, loras, run.scale) as state:
+            for j, p in enumerate(prompts):
+                state["index"] = torch.full((len(z),), j + 1)
+                cond = bb.encode_prompt(p)[0].expand(len(z), -1, -1)
+                err = (bb.unet(noisy, t, cond).sample - eps).pow(2).flatten(1).mean(1)
+                loss[j] = err.reshape(len(victims), per * timesteps).mean(1).numpy()
+        out[arm] = _rank_by_loss(loss, permutations, seed)
+    result = {"victims": len(victims), "timesteps": timesteps, "arms": out}
+    (Path(root) / "loss_identification.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _rank_by_loss(loss: np.ndarray, permutations: int, seed: int) -> dict:
+    """Top-1 when each victim picks the candidate its UNet denoises best; permutation null over rows.
+
+    The loss level differs by candidate (some views are easier for every UNet), so candidates are also
+    ranked by the loss relative to their mean over all victims' UNets ("relative").
+    """
+    n = len(loss)
+    rng = np.random.default_rng(seed + 1)
+    out = {
+        "chance": 1.0 / n,
+        "own_minus_other_loss": float(np.diag(loss).mean() - loss[~np.eye(n, dtype=bool)].mean()),
+    }
+    for name, m in (("absolute", loss), ("relative", loss - loss.mean(0, keepdims=True))):
+        observed = _top1_min(m)
+        null = np.array([_top1_min(m[rng.permutation(n)]) for _ in range(permutations)])
+        out[name] = {
+            "top1": observed,
+            "top1_ci": em.wilson(observed, n),
+            "p_permutation": float((1 + (null >= observed).sum()) / (1 + permutations)),
+        }
+    return out
+
+
+def _top1_min(m: np.ndarray) -> float:
+    return float((m.argmin(1) == np.arange(len(m))).mean())

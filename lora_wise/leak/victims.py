@@ -1,0 +1,99 @@
+"""Victims and shadows: one DreamBooth-LoRA per identity, trained through the factory's batched trainer.
+
+The source paper's victim recipe (arXiv 2409.08482) scaled to the backbone: LoRA on ``to_q, to_v``
+only, rank 8, all of an identity's views (at most 5), its own trigger token. Snapshots are the
+factory's format (``lora_wise.factory.snapshots``), so a pilot resumes as the benchmark does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lora_wise.factory.jobs import TrainJob
+from lora_wise.factory.snapshots import folder_done, job_folder, lora_path, snapshot_steps
+from lora_wise.factory.train import train_group
+from lora_wise.leak.identities import Identity, write_identity_folders
+from lora_wise.lora.safetensors_io import read_safetensors
+
+LEAK_TARGETS = ("to_q", "to_v")
+RANGE = "leak"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What every victim and shadow of one run shares (the backbone is a parameter: v1 now, v2 later)."""
+
+    backbone: str = "tiny-sd"
+    rank: int = 8
+    steps: int = 1000
+    snapshot_every: int = 250
+    learning_rate: float = 1e-4
+    seed: int = 0
+    group_size: int = 25
+
+    def job(self, spec: str, n_views: int, seed: int | None = None) -> TrainJob:
+        return TrainJob(
+            backbone=self.backbone,
+            range_name=RANGE,
+            dataset_size=n_views,
+            micro_dataset=spec,
+            rank=self.rank,
+            steps=self.steps,
+            snapshot_every=self.snapshot_every,
+            learning_rate=self.learning_rate,
+            seed=self.seed if seed is None else seed,
+            target_modules=LEAK_TARGETS,
+        )
+
+
+def identity_jobs(identities: list[Identity], root: Path, recipe: Recipe) -> dict[str, TrainJob]:
+    """Identity key -> its training job (its views written under ``root/identities``)."""
+    specs = write_identity_folders(identities, Path(root) / "identities")
+    return {i.key: recipe.job(specs[i.key], len(i.views)) for i in identities}
+
+
+def train_identities(
+    jobs: dict[str, TrainJob], root: Path, recipe: Recipe, progress: Callable[[str], None] | None = None
+) -> None:
+    """Train every job not finished yet, ``recipe.group_size`` at a time in one batched pass each."""
+    out = Path(root) / "loras"
+    todo = [j for j in jobs.values() if not folder_done(job_folder(out, j))]
+    for g in range(0, len(todo), recipe.group_size):
+        group = todo[g : g + recipe.group_size]
+
+        def tick(step: int, steps: int, g=g) -> None:
+            if progress and (step % 25 == 0 or step == steps):
+                progress(f"group {g // recipe.group_size + 1}: step {step}/{steps}")
+
+        train_group(group, out, progress=tick)
+
+
+def lora_folder(root: Path, job: TrainJob) -> Path:
+    return job_folder(Path(root) / "loras", job)
+
+
+def steps_of(root: Path, job: TrainJob) -> list[int]:
+    return snapshot_steps(lora_folder(root, job))
+
+
+def load_lora(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """A factory snapshot as module name -> (A (r, in), B (out, r)), float32, in the file's layer order."""
+    tensors = read_safetensors(path).tensors
+    out = {}
+    for key in sorted(k for k in tensors if k.endswith(".lora_A.weight")):
+        name = key.removeprefix("unet.").removesuffix(".lora_A.weight")
+        b = key.replace(".lora_A.", ".lora_B.")
+        out[name] = (
+            torch.from_numpy(np.array(tensors[key], np.float32)),
+            torch.from_numpy(np.array(tensors[b], np.float32)),
+        )
+    return out
+
+
+def load_snapshot(root: Path, job: TrainJob, step: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return load_lora(lora_path(lora_folder(root, job), step))

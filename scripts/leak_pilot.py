@@ -1,0 +1,57 @@
+"""Train the identities' DreamBooth-LoRAs (victims and shadows) of a leak run; resumable.
+
+    python scripts/leak_pilot.py runs/leak-pilot --identities 50 --steps 400 --lr 1e-3
+    python scripts/leak_pilot.py runs/leak-full --identities 250 --steps 1000 --lr 1e-4   # the issue's scale
+
+Writes ``<out>/identities.json``, ``<out>/identities/<key>/`` (the views) and ``<out>/loras/``
+(factory snapshots). Run it again to resume after a kill: finished groups are skipped.
+Then ``lora-wise leak train <out>`` and ``lora-wise leak evaluate <out>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lora_wise.leak.run import create_run
+from lora_wise.leak.victims import Recipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("--identities", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0, help="identity draw/split and training seed")
+    p.add_argument("--backbone", default="tiny-sd")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--snapshot-every", type=int, default=None)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--group-size", type=int, default=25)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)  # docs/factory.md: the tiny UNet is fastest single-threaded
+    recipe = Recipe(
+        backbone=args.backbone,
+        steps=args.steps,
+        snapshot_every=args.snapshot_every or max(1, args.steps // 4),
+        learning_rate=args.lr,
+        seed=args.seed,
+        group_size=args.group_size,
+    )
+    t0 = time.time()
+    run = create_run(
+        args.out,
+        args.identities,
+        recipe,
+        seed=args.seed,
+        progress=lambda s: print(f"{time.time() - t0:7.0f}s {s}", flush=True),
+    )
+    print(f"{len(run.jobs)} LoRAs x {recipe.steps} steps in {time.time() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

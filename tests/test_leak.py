@@ -1,0 +1,210 @@
+"""The attack end to end on the committed emoji fixture: real tiny-sd factory LoRAs, offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from train_helpers import tiny
+
+from lora_wise.cli.app import cli as lora_wise_cli
+from lora_wise.cli.tools import run as cli_run
+from lora_wise.errors import InvalidLoraFile
+from lora_wise.factory import pool_emoji as pe
+from lora_wise.leak import embedding as em
+from lora_wise.leak.apply import bank_applied
+from lora_wise.leak.attack import AttackTraining
+from lora_wise.leak.encoder import load_encoder
+from lora_wise.leak.run import create_run, open_run, train_run
+from lora_wise.leak.victims import Recipe, load_lora
+from scanner.cli import cli as scan_cli
+
+FIXTURES = Path(__file__).parent / "data" / "emoji"
+RECIPE = Recipe(steps=4, snapshot_every=2, learning_rate=1e-2, group_size=8)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LORA_WISE_CACHE", str(cache))
+    pe.source_images.cache_clear()
+    for name, s in pe.SOURCES.items():
+        pe.materialise(name, FIXTURES / f"{s.package}-{s.version}-mini.tgz")
+    tiny()  # one-thread tiny-sd, shared with the trainer tests
+    root = tmp_path_factory.mktemp("leak")
+    create_run(root, 8, RECIPE)
+    yield open_run(root)
+    pe.source_images.cache_clear()
+    mp.undo()
+
+
+def test_run_trains_victims_and_shadows_with_their_own_token(run):
+    assert [i.split for i in run.identities].count("victim") == 2
+    side = json.loads(run.final(run.identities[0]).with_suffix(".json").read_text())
+    assert side["recipe"]["instance_prompt"] == run.identities[0].prompt
+    assert sorted(side["recipe"]["target_modules"]) == ["to_q", "to_v"]
+
+
+def test_bank_rows_match_diffusers_loading_each_lora(run):
+    files = [run.final(i) for i in run.identities[:2]]
+    loras = [load_lora(f) for f in files]
+    bb = tiny()
+    x = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    t, emb = torch.tensor([500] * 3), bb.encode_prompt("a photo of emoji")[0].expand(3, -1, -1)
+    with torch.no_grad(), bank_applied(bb.unet, loras, 1.0) as state:
+        state["index"] = torch.tensor([0, 1, 2])
+        rows = bb.unet(x, t, emb).sample
+    pipe = bb.pipeline()
+    with torch.no_grad():
+        assert torch.allclose(rows[0], pipe.unet(x[:1], t[:1], emb[:1]).sample[0], atol=1e-5)
+    for j, f in enumerate(files):
+        pipe.load_lora_weights(str(f), adapter_name=f"t{j}")
+        try:
+            with torch.no_grad():
+                want = pipe.unet(x[j + 1 : j + 2], t[:1], emb[:1]).sample[0]
+            assert torch.allclose(rows[j + 1], want, atol=1e-4)
+            assert not torch.allclose(rows[j + 1], rows[0], atol=1e-4)
+        finally:
+            pipe.unload_lora_weights()
+
+
+def test_train_and_evaluate_write_attack_tables_and_grid(run, capsys):
+    assert (
+        cli_run(
+            lora_wise_cli, ["leak", "train", str(run.root), "--iterations", "3", "--batch", "4", "--json"]
+        )
+        == 0
+    )
+    trained = json.loads(capsys.readouterr().out)
+    paths = {name: Path(h["path"]) for name, h in trained.items()}
+    model, header = load_encoder(paths["attack"])
+    assert header["backbone"] == "tiny-sd" and header["training"]["shadows"] == 6
+    assert header["config"]["use_step"] and not load_encoder(paths["attack-nostep"])[1]["config"]["use_step"]
+    a, b = (load_lora(run.final(i)) for i in run.identities[:2])
+    with torch.no_grad():
+        ca, cb = model([a, b], torch.tensor([4, 4]))
+        assert ca.shape == (77, 32)
+        assert not torch.allclose(ca, cb)  # the conditioning depends on the weights
+        assert not torch.allclose(model([a], torch.tensor([2])), model([a], torch.tensor([4])))
+    assert (
+        cli_run(
+            lora_wise_cli,
+            [
+                "leak",
+                "evaluate",
+                str(run.root),
+                "--k",
+                "2",
+                "--permutations",
+                "20",
+                "--loss-diagnostic",
+                "--json",
+            ],
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 2 and result["victims"] == 2
+    assert (
+        "oracle (true prompt)" in result["arms"]
+        and "nearest shadow by spectra (its images)" in result["arms"]
+    )
+    for arm in result["arms"].values():
+        assert 0.0 <= arm["top1"] <= 1.0 and arm["chance"] == 0.5
+        assert arm["top1_ci"][0] <= arm["top1"] <= arm["top1_ci"][1]
+        assert 1 / 21 <= arm["p_permutation"] <= 1.0
+    assert Image.open(run.root / "leak-grid.png").size == (64 * (1 + 2 + 2) + 16, 64 * 2)  # k = 2
+    assert json.loads((run.root / "evaluation.json").read_text())["k"] == 2
+    diag = result["loss_identification"]["arms"]
+    for arm in ("true prompt", "empty prompt"):
+        for kind in ("absolute", "relative"):
+            assert 0.0 <= diag[arm][kind]["top1"] <= 1.0 and 1 / 21 <= diag[arm][kind]["p_permutation"] <= 1.0
+
+
+def test_lora_scan_leak_grid_and_candidates(run, capsys, tmp_path):
+    if not (run.root / "attack.safetensors").is_file():
+        train_run(run.root, AttackTraining(iterations=2, batch=4))
+    victim = run.split("victim")[0]
+    args = [
+        "leak",
+        str(run.final(victim)),
+        "--attack",
+        str(run.root / "attack.safetensors"),
+        "--candidates",
+        str(run.root / "identities"),
+        "--out",
+        str(tmp_path / "g.png"),
+        "--k",
+        "3",
+        "--json",
+    ]
+    assert cli_run(scan_cli, args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["step"] == RECIPE.steps  # read from the file's own header
+    assert Image.open(tmp_path / "g.png").size == (64 * 6 + 8, 64)
+    ranked = report["candidates"]
+    assert sorted(r["candidate"] for r in ranked) == sorted(i.key for i in run.identities)
+    assert [r["rank"] for r in ranked] == list(range(1, 9))
+    assert all(a["similarity"] >= b["similarity"] for a, b in zip(ranked, ranked[1:], strict=False))
+    bogus = tmp_path / "not-a-lora.safetensors"
+    bogus.write_bytes(b"\x00" * 64)
+    assert cli_run(scan_cli, ["leak", str(bogus), "--attack", str(run.root / "attack.safetensors")]) == 2
+    assert cli_run(scan_cli, ["leak", str(run.final(victim)), "--attack", str(run.final(victim))]) == 2
+    assert "not a lora-wise leak attack" in " ".join(capsys.readouterr().err.split())
+
+
+def test_attack_loader_refuses_a_lora_file(run):
+    with pytest.raises(InvalidLoraFile, match="not a lora-wise leak attack"):
+        load_encoder(run.final(run.identities[0]))
+
+
+def test_embedding_identifies_real_views_and_intervals_cover():
+    rng = np.random.default_rng(0)
+    views = [
+        np.clip(rng.integers(0, 255, (1, 1, 1, 3)) + rng.normal(0, 5, (5, 64, 64, 3)), 0, 255).astype(
+            np.uint8
+        )
+        for _ in range(10)
+    ]
+    assert em.validate_embedding(views, n=10, trials=3).top(1) == 1.0  # ten distinct colours
+    lo, hi = em.wilson(0.3, 30)
+    assert lo < 0.3 < hi and em.wilson(0.0, 10)[0] == 0.0
+
+
+def test_packaged_attack_fits_tiny_sd_to_q_to_v():
+    from lora_wise.factory.train import target_module_names
+    from lora_wise.leak.scan import packaged_attack
+
+    model, header = load_encoder(packaged_attack("tiny-sd"))
+    assert header["backbone"] == "tiny-sd" and header["config"]["use_step"]
+    assert list(model.cfg.layers) == sorted(target_module_names(tiny().unet, ("to_q", "to_v")))
+    assert packaged_attack("tiny-sd").stat().st_size < 1_000_000
+
+
+def test_report_fills_the_marked_section_only(run, tmp_path):
+    import importlib.util
+
+    if not (run.root / "evaluation.json").is_file():
+        if not (run.root / "attack.safetensors").is_file():
+            train_run(run.root, AttackTraining(iterations=2, batch=4))
+        from lora_wise.leak.run import evaluate_run
+
+        evaluate_run(run.root, k=2, permutations=10)
+    spec = importlib.util.spec_from_file_location(
+        "leak_report", Path(__file__).parents[1] / "scripts/leak_report.py"
+    )
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    doc = tmp_path / "leak.md"
+    doc.write_text(f"# head\n{report.BEGIN}\nold\n{report.END}\ntail\n")
+    assert report.main([str(run.root), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("# head\n") and text.endswith("tail\n") and "old" not in text
+    assert "| oracle (true prompt) |" in text and "Against the issue's targets" in text
+    (tmp_path / "bare.md").write_text("no markers")
+    assert report.main([str(run.root), "--doc", str(tmp_path / "bare.md")]) == 2
