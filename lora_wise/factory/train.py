@@ -172,7 +172,7 @@ def _train(jobs: list[TrainJob], bb: DiffusionBackbone, out_dir: Path, progress:
         layers[n] = StackedLoraLinear(modules[n], a, b, scale=j0.alpha / j0.rank)
     params = [p for layer in layers.values() for p in (layer.lora_A, layer.lora_B)]
     opt = torch.optim.AdamW(params, lr=j0.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=WEIGHT_DECAY)
-    _swap(bb.unet, layers)
+    swap_modules(bb.unet, layers)
     try:
         t0 = time.time()
         for step in range(1, j0.steps + 1):
@@ -186,7 +186,7 @@ def _train(jobs: list[TrainJob], bb: DiffusionBackbone, out_dir: Path, progress:
             mark_done(job_folder(out_dir, d.job), {"model_id": d.job.job_id, "steps": j0.steps, "group_size": k,
                                                    "seconds": round(time.time() - t0, 2)})  # fmt: skip
     finally:
-        _swap(bb.unet, {n: layer.base for n, layer in layers.items()})
+        swap_modules(bb.unet, {n: layer.base for n, layer in layers.items()})
 
 
 def _step(data: list[_JobData], bb: DiffusionBackbone, layers: dict, params: list, opt, m: int) -> None:
@@ -230,7 +230,7 @@ def _clip_per_job(params: list[torch.Tensor], max_norm: float) -> None:
         p.grad.mul_(coef.view(-1, *([1] * (p.grad.dim() - 1))))
 
 
-def _swap(unet: torch.nn.Module, replacement: dict[str, torch.nn.Module]) -> None:
+def swap_modules(unet: torch.nn.Module, replacement: dict[str, torch.nn.Module]) -> None:
     for name, mod in replacement.items():
         parent, _, child = name.rpartition(".")
         setattr(unet.get_submodule(parent) if parent else unet, child, mod)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import torch
 
-from lora_wise.factory.train import _swap
+from lora_wise.factory.train import swap_modules
 
 Lora = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> (A (r, in), B (out, r))
 
@@ -56,8 +56,8 @@ def bank_applied(unet: torch.nn.Module, loras: list[Lora], scale: float) -> Iter
     modules = dict(unet.named_modules())
     state: dict = {"index": torch.zeros(1, dtype=torch.long)}
     wrapped = {n: BankLoraLinear(modules[n], a, b, scale, state) for n, (a, b) in bank.items()}
-    _swap(unet, wrapped)
+    swap_modules(unet, wrapped)
     try:
         yield state
     finally:
-        _swap(unet, {n: w.base for n, w in wrapped.items()})
+        swap_modules(unet, {n: w.base for n, w in wrapped.items()})
