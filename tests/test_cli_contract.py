@@ -390,3 +390,13 @@ def test_any_string_shown_is_one_visible_line_that_markup_leaves_alone(text):
     # doubles so that it cannot escape the markup a caller appends after it.
     trailing = "\\" if plain.endswith("\\") else ""
     assert screen.getvalue() == plain + trailing + "\n"
+
+
+def test_dash_h_is_help_on_every_lora_wise_command_invoked_alone_too(capsys):
+    """Each command carries its own settings: click keeps the help option of a command's first
+    invocation, so a command first run alone (as tests and embedding apps do) must know ``-h`` too."""
+    for name, command in lora_wise_cli.commands.items():
+        assert run(command, ["-h"], prog_name=name) == 0, name
+        assert "Usage:" in capsys.readouterr().out, name
+        assert run(lora_wise_cli, [name, "-h"], prog_name="lora-wise") == 0, name
+        capsys.readouterr()

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lora_wise._text import shown
-from lora_wise.cli.tools import EXIT_CODES_HELP, console, print_json
+from lora_wise.cli.tools import CONTEXT_SETTINGS, EXIT_CODES_HELP, console, print_json
 from lora_wise.spectra.table import SpectraTable
 
 #: ~7.4 MB per step for 600 rank-8 tiny-sd models: a few steps keep a packaged bank small.
@@ -37,7 +37,7 @@ def recipe_from_factory(source: Path) -> dict:
     return {}
 
 
-@click.command("fit-bank", epilog=FIT_EPILOG)
+@click.command("fit-bank", epilog=FIT_EPILOG, context_settings=CONTEXT_SETTINGS)
 @click.argument("source")
 @click.option(
     "--config",
@@ -162,7 +162,7 @@ def _render_fit(summary: dict) -> None:
     console.print(table)
 
 
-@click.command("banks", epilog=EXIT_CODES_HELP)
+@click.command("banks", epilog=EXIT_CODES_HELP, context_settings=CONTEXT_SETTINGS)
 @click.option("--bank-dir", type=click.Path(file_okay=False), default=None, help="Only this folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 def banks_command(bank_dir, as_json) -> None:

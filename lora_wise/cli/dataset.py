@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import click
 from rich.table import Table
 
-from lora_wise.cli.tools import EXIT_CODES_HELP, console, print_json, quiet_option, shown
+from lora_wise.cli.tools import CONTEXT_SETTINGS, EXIT_CODES_HELP, console, print_json, quiet_option, shown
 
 
 def _steps(ctx, param, values: tuple[str, ...]) -> list[int] | None:
@@ -62,7 +62,7 @@ def _progress_bar(disable: bool):
         yield update
 
 
-@click.command(
+@click.command(context_settings=CONTEXT_SETTINGS,
     epilog="\b\nExample:\n  lora-wise build runs/factory runs/dataset --steps 1200\n\n" + EXIT_CODES_HELP
 )
 @click.argument("factory_dir", type=click.Path(file_okay=False))
@@ -119,7 +119,7 @@ IMPORT_EPILOG = (
 )
 
 
-@click.command(name="import-upstream", epilog=IMPORT_EPILOG)
+@click.command(context_settings=CONTEXT_SETTINGS, name="import-upstream", epilog=IMPORT_EPILOG)
 @click.argument("source")
 @click.option(
     "--config",
@@ -153,7 +153,7 @@ def import_upstream(source: str, config: str, out_dir: str, revision: str | None
     console().print(_configs_table({our_config(config): entry}, f"imported {source} {config} into {out_dir}"))
 
 
-@click.command(epilog="\b\nExamples:\n  lora-wise publish runs/dataset --repo-id user/lora-wise --dry-run\n"
+@click.command(context_settings=CONTEXT_SETTINGS, epilog="\b\nExamples:\n  lora-wise publish runs/dataset --repo-id user/lora-wise --dry-run\n"
                       "  HF_TOKEN=hf_... lora-wise publish runs/dataset --repo-id user/lora-wise\n\n"
                       + EXIT_CODES_HELP)  # fmt: skip
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))

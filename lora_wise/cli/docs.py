@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from lora_wise.cli.tools import EXIT_CODES_HELP
+from lora_wise.cli.tools import CONTEXT_SETTINGS, EXIT_CODES_HELP
 from lora_wise.errors import DocNotFound
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -39,7 +39,7 @@ def document(name: str) -> str:
     raise DocNotFound(f"no document {name!r}; there are: {', '.join(available) or 'none'}")
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES_HELP)
 @click.argument("name", required=False)
 def docs(name: str | None) -> None:
     """Print a document installed with the package; without NAME, list them.

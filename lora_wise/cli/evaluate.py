@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from lora_wise.cli.tools import EXIT_CODES_HELP, output_option, print_json
+from lora_wise.cli.tools import CONTEXT_SETTINGS, EXIT_CODES_HELP, output_option, print_json
 
 EPILOG = (
     "\b\nExamples:\n"
@@ -67,7 +67,7 @@ def _render(results, as_markdown: bool, key: str | None) -> None:
     Console().print(table)
 
 
-@click.command(epilog=EPILOG)
+@click.command(context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 @click.argument("source")
 @click.option(
     "--config",
@@ -206,7 +206,7 @@ def evaluate(
         _render(results, as_markdown, key)
 
 
-@click.command(
+@click.command(context_settings=CONTEXT_SETTINGS,
     epilog="\b\nExamples:\n"
     "  lora-wise norms benchmark/mini-lora-wise --config medium-tiny_sd-r8\n"
     "  lora-wise norms benchmark/mini-lora-wise --config low-tiny_sd-r8 --step 300 --json\n\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from lora_wise.cli.tools import console, exit_codes_help, print_json, quiet_option, shown
+from lora_wise.cli.tools import CONTEXT_SETTINGS, console, exit_codes_help, print_json, quiet_option, shown
 
 EPILOG = (
     "\b\nExamples:\n"
@@ -30,7 +30,7 @@ EPILOG = (
 )
 
 
-@click.command(epilog=EPILOG)
+@click.command(context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 @click.argument("grid")
 @click.option(
     "--out",

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from lora_wise.cli.tools import EXIT_CODES_HELP, print_json
+from lora_wise.cli.tools import CONTEXT_SETTINGS, EXIT_CODES_HELP, print_json
 
 EPILOG = (
     "\b\nA run folder is made by scripts/leak_pilot.py (identities, their views, victim and shadow LoRAs):\n"
@@ -17,7 +17,7 @@ EPILOG = (
 )
 
 
-@click.group(epilog=EPILOG)
+@click.group(context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 def leak() -> None:
     """The second leak: reconstructing a DreamBooth-LoRA's subject from its weights (arXiv 2409.08482)."""
 

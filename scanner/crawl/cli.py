@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from lora_wise.cli.tools import (
+    CONTEXT_SETTINGS,
     EXIT_CODES_HELP,
     EXIT_INPUT,
     EXIT_NO_LORA,
@@ -78,7 +79,7 @@ def crawl_options(command: Callable) -> Callable:
     return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
 
 
-@click.group(epilog=CRAWL_EXIT_HELP)
+@click.group(context_settings=CONTEXT_SETTINGS, epilog=CRAWL_EXIT_HELP)
 def crawl() -> None:
     """Audit many LoRAs: a Hub search, a CivitAI search or a list of targets.
 
@@ -267,7 +268,7 @@ def _print_summary(data: dict[str, Any]) -> None:
         err.print(f"report: {shown(data['report']['report.html'])}")
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES_HELP)
 @click.argument("states", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: <state name>-report).")
 @click.option(
