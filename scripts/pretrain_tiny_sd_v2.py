@@ -7,11 +7,12 @@ UNet trains on the VAE posterior means of every image and of its mirror image, c
 
 1. VAE (``--vae-steps``): MSE + 1e-6 KL, as v1's; then the latent scaling factor = 1 / std of the means.
 2. UNet (``--unet-steps``): epsilon prediction under SD1.5's DDPM schedule, AdamW lr ``--lr`` after a
-   500-step warm-up, cosine decay to 10 % over the planned steps; the shipped weights are an EMA.
+   500-step warm-up, cosine decay to 10 % over the planned steps; the shipped weights are an EMA
+   (the raw weights while the EMA still holds over 1 % of the random init, i.e. before step 4,603).
 
 Resumable: every ``--checkpoint-minutes`` the models, the EMA, the optimiser state, the step and the
 generator state go to ``<work>/checkpoint.safetensors`` (safetensors only); rerunning the same
-command continues from there. ``--export`` writes the current EMA weights to ``--out`` (fp16) at any
+command continues from there. ``--export`` writes the current weights to ``--out`` (fp16) at any
 time, also while a run is going on, from the last checkpoint. The loss is logged every ``--log-every``
 steps to ``<work>/pretrain.log``.
 
@@ -210,14 +211,21 @@ def run(args) -> None:
 def export(args) -> None:
     s = State(args)
     s.load(args.work / "checkpoint.safetensors")
+    # the EMA starts at the random init and has no bias correction: after n steps that init still
+    # weighs EMA_DECAY**n (0.45 at 800 steps), so a short run ships the raw weights instead
+    use_ema = EMA_DECAY**s.unet_step < 0.01
+    unet = s.ema if use_ema else s.unet
     provenance = (
-        f"scripts/pretrain_tiny_sd_v2.py --vae-steps {s.vae_step} --unet-steps {s.unet_step} "
-        f"(EMA {EMA_DECAY}) --batch {args.batch} --vae-batch {args.vae_batch} --lr {args.lr}; "
-        f"torch {torch.__version__}"
+        f"scripts/pretrain_tiny_sd_v2.py, checkpoint at vae step {s.vae_step}, unet step {s.unet_step} "
+        f"({f'EMA {EMA_DECAY}' if use_ema else 'raw weights'}); the run's arguments are the log's "
+        f"'start' lines; torch {torch.__version__}"
     )
-    tiny_sd.save_weights(s.ema, s.vae, s.text_encoder, args.out, s.scaling, provenance)
+    tiny_sd.save_weights(unet, s.vae, s.text_encoder, args.out, s.scaling, provenance)
     (args.out / "text_encoder.safetensors").unlink()  # v1's, unchanged: tiny-sd-v2 loads v1's file
-    print(f"exported vae step {s.vae_step}, unet step {s.unet_step} (EMA) to {args.out}")
+    print(
+        f"exported vae step {s.vae_step}, unet step {s.unet_step} "
+        f"({'EMA' if use_ema else 'raw'}) to {args.out}"
+    )
 
 
 def main() -> None:
@@ -232,9 +240,7 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--checkpoint-minutes", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument(
-        "--export", action="store_true", help="write the checkpoint's EMA weights to --out and exit"
-    )
+    ap.add_argument("--export", action="store_true", help="write the checkpoint's weights to --out and exit")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
