@@ -1,12 +1,13 @@
-"""``tiny-sd-v2``: tiny-sd's architecture, pre-trained far longer on a pool disjoint from the benchmark.
+"""``tiny-sd-v2``: tiny-sd's architecture, pre-trained longer on a pool disjoint from the benchmark.
 
-v1 (``lora_wise.backbones.tiny_sd``) was pre-trained for 170 s on the very pool its benchmark fine-tunes
-on. v2 keeps v1's UNet, VAE and text-encoder configs (so a LoRA still has SD1.5's 128 layer names and the
-cost per step is v1's) and changes only the base: a VAE and a UNet trained for as long as the pilot allowed
-on :func:`lora_wise.pool_emoji.pretrain_images` (Twemoji plus Noto subcategories no benchmark concept uses),
-UNet weights an exponential moving average. The text encoder is v1's (frozen, seeded; read from v1's file), so
-prompts embed as in v1. ``scripts/pretrain_tiny_sd_v2.py`` reproduces the weights; its log is
-``docs/pretrain/tiny-sd-v2.log``.
+v1 (``lora_wise.backbones.tiny_sd``) was pre-trained briefly (VAE 200, UNet 400 steps at batch 16) on
+the very pool its benchmark fine-tunes on. v2 keeps v1's UNet, VAE and text-encoder configs (so a LoRA
+still has SD1.5's 128 layer names and the cost per step is v1's) and changes only the base: a VAE and
+a UNet trained on :func:`lora_wise.pool_emoji.pretrain_images` (Twemoji plus the Noto subcategories no
+benchmark concept uses). The shipped first candidate: VAE 800 steps at batch 16, UNet 583 at batch 32
+(raw weights; the EMA needs a longer run). The text encoder is v1's (frozen, seeded; read from v1's
+file), so prompts embed as in v1. ``scripts/pretrain_tiny_sd_v2.py`` reproduces the weights; its log
+is ``docs/pretrain/tiny-sd-v2.log``.
 
 Other candidates (:data:`CANDIDATES`) differ in width or latent size; they are measured for cost
 (``scripts/bench_train.py --candidate``), with random weights; none is trained yet.
