@@ -1,6 +1,6 @@
 """Measure the batched trainer: group steps/s and model-steps/s per process for several K.
 
-    python scripts/bench_train.py --ks 1 4 8 16 32 --steps 30 [--procs 2]
+    python scripts/bench_train.py --ks 1 4 8 16 32 --steps 30 [--procs 2] [--candidate v2-wide]
 
 One torch thread per process. With --procs P, P processes run the same measurement side by side
 (as the factory's process pool would) and each prints its own line. The ratio against K = 1 is
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 
-def measure(k: int, steps: int, warmup: int) -> tuple[float, float]:
+def measure(k: int, steps: int, warmup: int, candidate: str | None = None) -> tuple[float, float]:
     import torch
 
     torch.set_num_threads(1)
@@ -35,8 +35,13 @@ def measure(k: int, steps: int, warmup: int) -> tuple[float, float]:
         for i in range(k)
     ]
     ticks: list[float] = []
+    backbone = None
+    if candidate:  # a tiny-sd v2 candidate with random weights: the same cost per step as trained ones
+        from lora_wise.factory.backbones.tiny_sd_v2 import build_candidate
+
+        backbone = build_candidate(candidate)
     with tempfile.TemporaryDirectory() as out:
-        train_group(jobs, Path(out), progress=lambda s, n: ticks.append(time.perf_counter()))
+        train_group(jobs, Path(out), progress=lambda s, n: ticks.append(time.perf_counter()), backbone=backbone)
     dt = ticks[-1] - ticks[warmup - 1]
     rate = (steps - warmup) / dt
     return rate, rate * k
@@ -44,7 +49,7 @@ def measure(k: int, steps: int, warmup: int) -> tuple[float, float]:
 
 def worker(args: argparse.Namespace, rank: int, queue) -> None:
     for k in args.ks:
-        rate, model_rate = measure(k, args.steps, args.warmup)
+        rate, model_rate = measure(k, args.steps, args.warmup, args.candidate)
         queue.put((rank, k, rate, model_rate))
 
 
@@ -54,6 +59,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--procs", type=int, default=1)
+    ap.add_argument("--candidate", default=None, help="a tiny-sd v2 candidate (lora_wise.factory.backbones.tiny_sd_v2)")
     args = ap.parse_args()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()

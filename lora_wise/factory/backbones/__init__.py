@@ -24,6 +24,7 @@ PRESETS: dict[str, str] = {
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
 }
 TINY_SD = "tiny-sd"
+TINY_SD_V2 = "tiny-sd-v2"
 
 
 @dataclass
@@ -94,6 +95,12 @@ def load_backbone(name_or_path: str) -> DiffusionBackbone:
 
         unet, vae, text_encoder, tokenizer, scheduler = load_tiny_sd()
         return DiffusionBackbone(TINY_SD, unet, vae, (text_encoder,), (tokenizer,), scheduler, RESOLUTION)
+    if name_or_path == TINY_SD_V2:  # v1's architecture, a longer pre-training on a disjoint pool
+        from lora_wise.factory.backbones.tiny_sd_v2 import RESOLUTION as RES_V2
+        from lora_wise.factory.backbones.tiny_sd_v2 import load_tiny_sd_v2
+
+        unet, vae, text_encoder, tokenizer, scheduler = load_tiny_sd_v2()
+        return DiffusionBackbone(TINY_SD_V2, unet, vae, (text_encoder,), (tokenizer,), scheduler, RES_V2)
     return _load_pipeline_folder(name_or_path, PRESETS.get(name_or_path, name_or_path))
 
 
@@ -102,7 +109,7 @@ def _load_pipeline_folder(name: str, source: str) -> DiffusionBackbone:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     if "/" not in source and not Path(source).exists():
-        raise BackboneError(f"unknown backbone {name!r}: use tiny-sd, {', '.join(PRESETS)}, a Hub id or a folder")
+        raise BackboneError(f"unknown backbone {name!r}: use tiny-sd(-v2), {', '.join(PRESETS)}, a Hub id or a folder")
     try:
         index = DiffusionPipeline.load_config(source)
     except Exception as e:  # diffusers raises OSError/EnvironmentError/HTTP errors: one line for the user
