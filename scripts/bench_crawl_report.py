@@ -70,14 +70,18 @@ def build_state(path: Path, rows: int) -> None:
 
 
 def measure(state: Path, out: Path, mode: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(state), str(out), mode], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(state), str(out), mode], capture_output=True, text=True
+    )
     if done.returncode != 0:
         sys.exit(f"{mode} run failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/lora-wise-bench"))
     args = parser.parse_args()

@@ -43,7 +43,9 @@ def inner(x: LoraWeights, y: LoraWeights) -> float:
 def similarity(files: dict[tuple[str, int], Path]) -> dict:
     keys = sorted(files)
     weights = {k: read_lora(files[k]) for k in keys}
-    gram = {(a, b): inner(weights[a], weights[b]) for a, b in itertools.combinations_with_replacement(keys, 2)}
+    gram = {
+        (a, b): inner(weights[a], weights[b]) for a, b in itertools.combinations_with_replacement(keys, 2)
+    }
 
     def cos(a, b):
         ab = gram.get((a, b), gram.get((b, a)))
@@ -65,7 +67,9 @@ def similarity(files: dict[tuple[str, int], Path]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("folder", type=Path, help="a `lora-wise generate` output folder")
     parser.add_argument("--config", default=None, help="e.g. medium-tiny_sd-r8 (default: every config)")
     parser.add_argument("--step", type=int, default=1200)
@@ -80,9 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
-    print(f"{result['models']} LoRAs at step {args.step}; per size: cos(ΔW, the largest size's ΔW) / ‖ΔW‖ ÷ smallest size's")
+    print(
+        f"{result['models']} LoRAs at step {args.step}; per size: cos(ΔW, the largest size's ΔW) / ‖ΔW‖ ÷ smallest size's"
+    )
     for r in result["concepts"]:
-        cells = "  ".join(f"{n}: {c:.2f}/{m:.2f}" for n, c, m in zip(r["sizes"], r["cosine_to_largest"], r["norm_to_smallest"], strict=True))
+        cells = "  ".join(
+            f"{n}: {c:.2f}/{m:.2f}"
+            for n, c, m in zip(r["sizes"], r["cosine_to_largest"], r["norm_to_smallest"], strict=True)
+        )
         print(f"{r['micro_dataset']:<22} {cells}")
     for key in ("same_concept_other_size", "same_size_other_concept"):
         if result[key] is not None:

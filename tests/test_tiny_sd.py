@@ -25,7 +25,9 @@ def test_lora_layers_are_exactly_sd15s():
     assert len(names) == 128
     assert names == target_module_names(big, TARGETS)
     assert "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k" in names
-    assert tiny().unet.get_submodule("mid_block.attentions.0.transformer_blocks.0.attn2.to_k").in_features == 32
+    assert (
+        tiny().unet.get_submodule("mid_block.attentions.0.transformer_blocks.0.attn2.to_k").in_features == 32
+    )
 
 
 def test_tokenizer_is_clips_bpe():

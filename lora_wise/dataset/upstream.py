@@ -69,7 +69,11 @@ def find_upstream_files(folder: str | Path, config: str) -> list[Path]:
     every = sorted(root.rglob("*.parquet"), key=lambda p: natural_key(str(p)))
     named = re.compile(rf"^{re.escape(config)}(-|\.|$)")
     mine = [p for p in every if config in p.relative_to(root).parts[:-1] or named.match(p.stem)]
-    if not mine and every and not any(c in p.relative_to(root).as_posix() for p in every for c in UPSTREAM_CONFIGS):
+    if (
+        not mine
+        and every
+        and not any(c in p.relative_to(root).as_posix() for p in every for c in UPSTREAM_CONFIGS)
+    ):
         mine = every  # a plain folder of one config's files
     if not mine:
         raise DatasetBuildError(f"{root}: no parquet file of upstream config {config!r}")
@@ -80,11 +84,15 @@ def _fetch(repo_or_folder: str | Path, config: str, revision: str | None) -> lis
     if Path(repo_or_folder).is_dir():
         return find_upstream_files(repo_or_folder, config)
     if Path(repo_or_folder).exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", str(repo_or_folder)):
-        raise DatasetBuildError(f"{repo_or_folder}: neither a folder of parquet files nor a Hub repo id (user/name)")
+        raise DatasetBuildError(
+            f"{repo_or_folder}: neither a folder of parquet files nor a Hub repo id (user/name)"
+        )
     from lora_wise.dataset.hub import download
 
     patterns = [f"{config}/*", f"*/{config}/*", f"{config}-*", f"*/{config}-*", f"{config}.parquet"]
-    return find_upstream_files(download(str(repo_or_folder), revision=revision, allow_patterns=patterns), config)
+    return find_upstream_files(
+        download(str(repo_or_folder), revision=revision, allow_patterns=patterns), config
+    )
 
 
 def upstream_layers(files: list[Path]) -> list[str]:
@@ -96,7 +104,9 @@ def upstream_layers(files: list[Path]) -> list[str]:
         names = pq.read_schema(path).names
         missing = {"label", "name"} - set(names)
         if missing:
-            raise InvalidLoraFile(f"{path}: not an upstream LoRA-WiSE file (no column {sorted(missing)[0]!r})")
+            raise InvalidLoraFile(
+                f"{path}: not an upstream LoRA-WiSE file (no column {sorted(missing)[0]!r})"
+            )
         downs = {n[: -len(DOWN)] for n in names if n.endswith(DOWN)}
         ups = {n[: -len(UP)] for n in names if n.endswith(UP)}
         if downs != ups or not downs:
@@ -108,7 +118,9 @@ def upstream_layers(files: list[Path]) -> list[str]:
     return layers or []
 
 
-def iter_upstream_spectra(path: Path, layers: list[str], rank: int, batch_size: int = 2) -> Iterator[tuple[int, str, Spectra]]:
+def iter_upstream_spectra(
+    path: Path, layers: list[str], rank: int, batch_size: int = 2
+) -> Iterator[tuple[int, str, Spectra]]:
     """(label, name, Spectra) per row of one upstream file, in file order.
 
     Memory is bounded by ONE layer's two column chunks of one row group, whatever the row-group

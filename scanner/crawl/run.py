@@ -205,7 +205,10 @@ class Display:
         self.downloaded = 0  # bytes, this run: summing the table each refresh would read every row
         if enabled:
             self.progress = _TwoLineProgress(
-                TextColumn("[bold]crawl"), BarColumn(bar_width=50), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("[bold]crawl"),
+                BarColumn(bar_width=50),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
                 console=Console(stderr=True),
             )
             self.task = self.progress.add_task("", total=None)
