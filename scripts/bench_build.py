@@ -65,10 +65,12 @@ for path in paths:
     spectra = compute_spectra(read_lora(path), width=32)
     rows.append(spectra_row(spectra, spectra.layers, 32, side, "float32"))
     blobs.append({"model_id": side["model_id"], "micro_dataset": side["micro_dataset"],
-                  "dataset_size": side["dataset_size"], "step": side["step"], "safetensors": path.read_bytes()})
+                  "dataset_size": side["dataset_size"], "step": side["step"],
+                  "safetensors": path.read_bytes()})
 layers = len(rows[0]["fro"])
 cols = {k: [r[k] for r in rows] for k in rows[0]}
-datasets.Dataset.from_dict(cols, features=spectra_features(layers, 32)).to_parquet(sys.argv[2] + "-spectra.parquet")
+datasets.Dataset.from_dict(cols, features=spectra_features(layers, 32)).to_parquet(
+    sys.argv[2] + "-spectra.parquet")
 wcols = {k: [r[k] for r in blobs] for k in blobs[0]}
 datasets.Dataset.from_dict(wcols, features=weights_features()).to_parquet(sys.argv[2] + "-weights.parquet")
 print(json.dumps({"rows": len(rows), "seconds": time.perf_counter() - t, "peak_rss_mb": peak_rss_mb()}))
@@ -122,13 +124,16 @@ def main() -> None:
     ours = child(CHILD_STREAM, str(factory), str(args.work / "dataset"))
     naive = child(CHILD_NAIVE, str(factory), str(args.work / "naive"))
     print(
-        f"build_dataset --weights (stream): peak RSS {ours['peak_rss_mb']:6.0f} MB  {ours['seconds']:6.1f} s  {ours['rows']} rows"
+        f"build_dataset --weights (stream): peak RSS {ours['peak_rss_mb']:6.0f} MB  "
+        f"{ours['seconds']:6.1f} s  {ours['rows']} rows"
     )
     print(
-        f"one in-memory table (naive):      peak RSS {naive['peak_rss_mb']:6.0f} MB  {naive['seconds']:6.1f} s  {naive['rows']} rows"
+        f"one in-memory table (naive):      peak RSS {naive['peak_rss_mb']:6.0f} MB  "
+        f"{naive['seconds']:6.1f} s  {naive['rows']} rows"
     )
     print(f"naive / streaming peak RSS: {naive['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x "
-          "(the streaming peak stays flat as snapshots are added; the naive one grows with them)")  # fmt: skip
+          "(the streaming peak stays flat as snapshots are added; "
+          "the naive one grows with them)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -82,13 +82,15 @@ def main() -> None:
     print(f"file: {args.mb} MB over loopback")
     for way, r in results.items():
         print(
-            f"  {way:12s} {r['seconds']:6.2f} s  {args.mb / r['seconds']:7.0f} MB/s  peak RSS +{r['rss_mb']:6.0f} MB"
+            f"  {way:12s} {r['seconds']:6.2f} s  {args.mb / r['seconds']:7.0f} MB/s  "
+            f"peak RSS +{r['rss_mb']:6.0f} MB"
         )
     ours = results["scanner"]
     for other in ("httpx-get", "hf-http_get"):
         r = results[other]
         print(
-            f"  scanner vs {other}: time ×{ours['seconds'] / r['seconds']:.2f}, memory ×{ours['rss_mb'] / max(r['rss_mb'], 1):.2f}"
+            f"  scanner vs {other}: time ×{ours['seconds'] / r['seconds']:.2f}, "
+            f"memory ×{ours['rss_mb'] / max(r['rss_mb'], 1):.2f}"
         )
 
 

@@ -133,10 +133,12 @@ def main() -> None:
     naive = child(CHILD_NAIVE, str(path))
     print(f"imports alone:              peak RSS {base['peak_rss_mb']:7.0f} MB")
     print(
-        f"import_upstream (stream):   peak RSS {ours['peak_rss_mb']:7.0f} MB  {ours['seconds']:6.1f} s  {ours['rows']} rows"
+        f"import_upstream (stream):   peak RSS {ours['peak_rss_mb']:7.0f} MB  "
+        f"{ours['seconds']:6.1f} s  {ours['rows']} rows"
     )
     print(
-        f"pd.read_parquet (naive):    peak RSS {naive['peak_rss_mb']:7.0f} MB  {naive['seconds']:6.1f} s  (load only)"
+        f"pd.read_parquet (naive):    peak RSS {naive['peak_rss_mb']:7.0f} MB  "
+        f"{naive['seconds']:6.1f} s  (load only)"
     )
     print(
         f"naive / streaming peak RSS: {naive['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x; "

@@ -1,7 +1,8 @@
 """How alike are the LoRAs of a factory run? Cosines between whole weight updates ΔW.
 
 For each micro-dataset and size: the cosine between that LoRA and the largest-size one, and its norm
-relative to the smallest-size one; overall: the mean cosine of LoRAs of one concept at different sizes, and of LoRAs of
+relative to the smallest-size one; overall: the mean cosine of LoRAs of one concept at different \
+sizes, and of LoRAs of
 different concepts at one size. If a concept's LoRA barely turns as its dataset grows while every
 LoRA shares a large common part, the weights hold little that a size estimator could use.
 
@@ -58,7 +59,8 @@ def similarity(files: dict[tuple[str, int], Path]) -> dict:
         small, large = (c, sizes[0]), (c, sizes[-1])
         rows.append({"micro_dataset": c, "sizes": sizes,
                      "cosine_to_largest": [cos((c, n), large) for n in sizes],
-                     "norm_to_smallest": [float(np.sqrt(gram[((c, n), (c, n))] / gram[(small, small)])) for n in sizes]})  # fmt: skip
+                     "norm_to_smallest": [float(np.sqrt(gram[((c, n), (c, n))] / gram[(small, small)]))
+                                          for n in sizes]})  # fmt: skip
     same_concept = [cos(a, b) for a, b in itertools.combinations(keys, 2) if a[0] == b[0]]
     same_size = [cos(a, b) for a, b in itertools.combinations(keys, 2) if a[1] == b[1]]
     return {"models": len(keys), "concepts": rows,
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=1))
         return 0
     print(
-        f"{result['models']} LoRAs at step {args.step}; per size: cos(ΔW, the largest size's ΔW) / ‖ΔW‖ ÷ smallest size's"
+        f"{result['models']} LoRAs at step {args.step}; "
+        "per size: cos(ΔW, the largest size's ΔW) / ‖ΔW‖ ÷ smallest size's"
     )
     for r in result["concepts"]:
         cells = "  ".join(

@@ -74,7 +74,8 @@ def gap(bb: DiffusionBackbone, lora: Path, images: int, draws: int) -> dict:
         tuned = {name: denoising_loss(bb, p, md.instance_prompt, draws) for name, p in pixels.items()}
     gain = {name: (base[name] - tuned[name]) / base[name] for name in sets}
     return {"micro_dataset": meta["micro_dataset"], "size": meta["dataset_size"], "images": k,
-            "gain_train": gain["train"], "gain_unseen": gain["unseen"], "gap": gain["train"] - gain["unseen"]}  # fmt: skip
+            "gain_train": gain["train"], "gain_unseen": gain["unseen"],
+            "gap": gain["train"] - gain["unseen"]}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,10 +95,12 @@ def diagnostics(table: SpectraTable) -> list[str]:
     )
     lines = [
         f"- chance accuracy: {100 / len(t['sizes']):.1f} % ({len(t['sizes'])} sizes)",
-        f"- Spearman(size, ‖ΔW‖) inside each concept: median {t['spearman_median']:.2f} over {t['concepts']} concepts "
+        f"- Spearman(size, ‖ΔW‖) inside each concept: median {t['spearman_median']:.2f} "
+        f"over {t['concepts']} concepts "
         f"({t['concepts_falling'] / max(t['concepts'], 1) * 100:.0f} % negative)",
         f"- ‖ΔW‖ relative to the same concept at the smallest size (median): {rel}",
-        f"- spread of log‖ΔW‖ between concepts (sd of concept means): {t['log_norm_sd_between_concepts']:.3f}; "
+        f"- spread of log‖ΔW‖ between concepts (sd of concept means): "
+        f"{t['log_norm_sd_between_concepts']:.3f}; "
         f"between sizes (range of size means): {t['log_norm_range_between_sizes']:.3f}",
     ]
     if t["concept_known_accuracy"] is not None:
@@ -210,7 +212,8 @@ def beyond(table: SpectraTable, repeats: int) -> list[str]:
         "Continuous estimate with `base=ridge` (the default) and `base=votes` (choose the bank's with "
         "`lora-wise fit-bank --base`).",
         "",
-        "| held-out size | base | DSiRe MAE | continuous MAE | median estimate | coverage (80 %) | median width |",
+        "| held-out size | base | DSiRe MAE | continuous MAE | median estimate | coverage (80 %) "
+        "| median width |",
         "|---|---|---|---|---|---|---|",
     ]
     sizes = np.unique(ev.select_step(table, None)[0].size)
@@ -219,7 +222,8 @@ def beyond(table: SpectraTable, repeats: int) -> list[str]:
             r = ev.held_out_size(table, int(size), repeats=repeats, base=base)
             lines.append(
                 f"| {size} | {base} | {r['dsire_mae']['mean']:.2f} | {r['interval_mae']['mean']:.2f} | "
-                f"{r['interval_median']['mean']:.1f} | {r['coverage']['mean']:.0f} % | {r['width']['mean']:.1f} |"
+                f"{r['interval_median']['mean']:.1f} | {r['coverage']['mean']:.0f} % | "
+                f"{r['width']['mean']:.1f} |"
             )
     steps = np.unique(table.step)
     if len(steps) > 1:
@@ -233,7 +237,8 @@ def beyond(table: SpectraTable, repeats: int) -> list[str]:
             "|---|---|---|",
             f"| step {fit} (in) | {_pm((r['in']['accuracy']['mean'], r['in']['accuracy']['std']))} | "
             f"{r['in']['applicability']['mean']:.3f} |",
-            f"| step {test} (cross) | {_pm((r['cross']['accuracy']['mean'], r['cross']['accuracy']['std']))} | "
+            f"| step {test} (cross) | "
+            f"{_pm((r['cross']['accuracy']['mean'], r['cross']['accuracy']['std']))} | "
             f"{r['cross']['applicability']['mean']:.3f} |",
         ]
     return lines + [""]

@@ -94,7 +94,8 @@ def make_factory(out: Path, n_micro: int = 4, sizes=(1, 10, 20), steps=(100, 200
     for m in range(n_micro):
         for size in sizes:
             job = TrainJob(backbone=backbone, range_name=range_name, dataset_size=size,
-                           micro_dataset=f"pool:concept-{m}", rank=rank, steps=max(steps), snapshot_every=100)  # fmt: skip
+                           micro_dataset=f"pool:concept-{m}", rank=rank, steps=max(steps),
+                           snapshot_every=100)  # fmt: skip
             for step, matrices in write_job(out, job, list(steps), seed=seed).items():
                 truth[(job.job_id, step)] = (job, matrices)
             seed += 1

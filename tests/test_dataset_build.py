@@ -260,7 +260,8 @@ def test_a_benchmark_built_in_pieces_with_merge_equals_one_build(tmp_path):
     order = [np.lexsort((t.step, t.model_id)) for t in (whole, pieces)]
     for kind in ("a", "b", "ba", "fro", "size", "step", "model_id"):
         np.testing.assert_array_equal(getattr(whole, kind)[order[0]], getattr(pieces, kind)[order[1]])
-    splits = [{s: e["micro_datasets"] for s, e in read_manifest(tmp_path / d)["configs"][CONFIG]["splits"].items()}
+    splits = [{s: e["micro_datasets"]
+               for s, e in read_manifest(tmp_path / d)["configs"][CONFIG]["splits"].items()}
               for d in ("whole", "pieces")]  # fmt: skip
     assert splits[0] == splits[1]
     with pytest.raises(DatasetBuildError, match="merge"):

@@ -4,8 +4,8 @@
 for ``list_repo_tree``, ``create_repo``, ``create_commit`` (README validation, preupload, the
 git-LFS batch API with basic single-part PUTs, the ndjson commit), plus ``repo_info`` and
 ``resolve`` so that a published folder downloads back through ``snapshot_download``. It stores
-what it receives, so the tests compare the "remote" repo with the local folder byte for byte. hf_xet is disabled
-for these tests (the stand-in does not speak the Xet CAS protocol): the real Hub takes Xet
+what it receives, so the tests compare the "remote" repo with the local folder byte for byte.
+hf_xet is disabled for these tests (the stand-in does not speak the Xet CAS protocol): the real Hub takes Xet
 uploads for the same commit, and that path was not exercised here.
 """
 
@@ -66,7 +66,9 @@ class HubStandIn(ThreadingHTTPServer):
             entry = {"type": "file", "path": path, "size": len(data), "oid": git_blob_id(data)}
             if path in self.lfs_paths[repo_id]:
                 sha = hashlib.sha256(data).hexdigest()
-                pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n".encode()
+                pointer = (
+                    f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n"
+                ).encode()
                 entry.update(
                     oid=git_blob_id(pointer), lfs={"oid": sha, "size": len(data), "pointerSize": len(pointer)}
                 )
@@ -371,13 +373,15 @@ def offline_cache(tmp_path: Path, folder: Path, revision: str = "a" * 40) -> Pat
 def test_load_benchmark_through_the_hub_path_offline(folder, tmp_path):
     cache = offline_cache(tmp_path, folder)
     script = (
-        "import json; from lora_wise.dataset.load import load_benchmark; from lora_wise.dataset.hub import download\n"
+        "import json; from lora_wise.dataset.load import load_benchmark; "
+        "from lora_wise.dataset.hub import download\n"
         f"t = load_benchmark('{REPO}', '{CONFIG}', split='test', step=200)\n"
         f"print(json.dumps({{'folder': str(download('{REPO}')), 'ids': t.model_id.tolist(), "
         "'ba': t.ba.tolist(), 'layers': t.layers}))"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home"),
-           "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"), "HF_ENDPOINT": "http://127.0.0.1:9"}  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
+           "HF_HOME": str(tmp_path / "home"), "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"),
+           "HF_ENDPOINT": "http://127.0.0.1:9"}  # fmt: skip
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])

@@ -152,7 +152,10 @@ def test_cli_usage_errors(tmp_path):
     assert run(generate, [str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")]) == 2
 
 
-GENERATE = "import sys; from lora_wise.cli.generate import generate; from lora_wise.cli.tools import main_for; main_for(generate, 'generate')"
+GENERATE = (
+    "import sys; from lora_wise.cli.generate import generate; "
+    "from lora_wise.cli.tools import main_for; main_for(generate, 'generate')"
+)
 
 
 def test_a_killed_run_resumes_with_nothing_lost_duplicated_or_half_written(tmp_path):

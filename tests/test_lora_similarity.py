@@ -23,7 +23,8 @@ def factory(tmp_path_factory):
 
 
 def dense_inner(x, y) -> float:
-    return sum(float(np.sum((lx.scale * lx.up @ lx.down).astype(np.float64) * (y.layers[n].scale * y.layers[n].up @ y.layers[n].down)))
+    return sum(float(np.sum((lx.scale * lx.up @ lx.down).astype(np.float64)
+                            * (y.layers[n].scale * y.layers[n].up @ y.layers[n].down)))
                for n, lx in x.layers.items())  # fmt: skip
 
 

@@ -60,7 +60,8 @@ def test_factory_format_and_resume(tmp_path):
     (folder,) = train_group([j], tmp_path, progress=lambda s, n: calls.append((s, n)), backbone=tiny())
     assert calls[0] == (1, 20) and calls[-1] == (20, 20)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "done.json", "step-00010.json", "step-00010.safetensors", "step-00020.json", "step-00020.safetensors"]  # fmt: skip
+        "done.json", "step-00010.json", "step-00010.safetensors",
+        "step-00020.json", "step-00020.safetensors"]  # fmt: skip
     side = json.loads((folder / "step-00020.json").read_text())
     assert side["model_id"] == j.job_id and side["step"] == 20 and side["dataset_size"] == 3
     assert side["alpha"] == side["rank"] == 4 and len(side["image_ids"]) == 3

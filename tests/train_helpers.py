@@ -90,9 +90,12 @@ def save_tiny_sdxl(folder) -> None:
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64, attention_head_dim=(1, 2), norm_num_groups=32, transformer_layers_per_block=(1, 2),
-        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=(1, 2), norm_num_groups=32,
+        transformer_layers_per_block=(1, 2),
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,
     )  # fmt: skip
     text = CLIPTextConfig(**tiny_sd.TEXT_CONFIG)
     pipe = StableDiffusionXLPipeline(

@@ -219,8 +219,8 @@ class ConfigWriter:
     Old shards of the config are removed first, so a rebuild never mixes with a previous one.
     """
 
-    def __init__(self, out_dir: Path, config: str, layers: list[str], width: int, *, precision: str = "float32",
-                 with_weights: bool = False, info: dict[str, Any] | None = None,
+    def __init__(self, out_dir: Path, config: str, layers: list[str], width: int, *,
+                 precision: str = "float32", with_weights: bool = False, info: dict[str, Any] | None = None,
                  max_shard_bytes: int = MAX_SHARD_BYTES) -> None:  # fmt: skip
         _check_precision(precision)
         self.out_dir, self.config, self.layers, self.width = Path(out_dir), config, list(layers), width
@@ -434,7 +434,8 @@ def _build_config(out: Path, config: str, members: list[FactoryJob], wanted: set
     width = max(m.job.rank for m in members)
     job = members[0].job
     info = {"source": "factory", "range": job.range_name, "backbone": job.backbone, "rank": job.rank,
-            "split_seed": PAPER_SEED, "evaluated_step": SCHEDULES.get(job.range_name, (0, 0, None))[2]}  # fmt: skip
+            "split_seed": PAPER_SEED,
+            "evaluated_step": SCHEDULES.get(job.range_name, (0, 0, None))[2]}  # fmt: skip
     _check_kept(out, config, kept, layers, width)
     writer = ConfigWriter(out, config, layers, width, precision=precision, with_weights=weights, info=info)
     for row in kept:

@@ -149,8 +149,9 @@ def download(repo_id: str, revision: str | None = None, allow_patterns: list[str
     """The dataset repo's snapshot folder in the Hub cache (offline: from the cache alone)."""
     from huggingface_hub import snapshot_download
 
-    folder = _call(snapshot_download, repo_id, repo_type=REPO_TYPE, revision=revision, allow_patterns=allow_patterns,
-                   token=token, endpoint=os.environ.get("HF_ENDPOINT") or None)  # fmt: skip
+    folder = _call(snapshot_download, repo_id, repo_type=REPO_TYPE, revision=revision,
+                   allow_patterns=allow_patterns, token=token,
+                   endpoint=os.environ.get("HF_ENDPOINT") or None)  # fmt: skip
     return Path(folder)
 
 

@@ -142,8 +142,8 @@ def iter_upstream_spectra(
         spectra_of = {k: np.zeros((n, len(layers), rank)[: 2 if k == "fro" else 3]) for k in KINDS}
         for li, layer in enumerate(layers):
             first = 0
-            batches = parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=[layer + DOWN, layer + UP],
-                                           use_threads=False)  # fmt: skip
+            batches = parquet.iter_batches(batch_size=batch_size, row_groups=[group],
+                                           columns=[layer + DOWN, layer + UP], use_threads=False)  # fmt: skip
             for batch in batches:
                 # The rows of this batch as the "layers" of one LoraWeights: one batched QR/SVD call.
                 keys = [f"{first + j:08d}" for j in range(batch.num_rows)]
@@ -170,8 +170,8 @@ def _layer(batch, layer: str, j: int, rank: int, path: Path, key: str) -> LoraLa
     return LoraLayer(key, "lora", a, b, float(rank), 1.0)
 
 
-def import_upstream(repo_or_folder: str | Path, config: str, out_dir: str | Path, *, precision: str = "float32",
-                    batch_size: int = 2, revision: str | None = None,
+def import_upstream(repo_or_folder: str | Path, config: str, out_dir: str | Path, *,
+                    precision: str = "float32", batch_size: int = 2, revision: str | None = None,
                     progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:  # fmt: skip
     """Convert upstream ``config`` (a Hub repo id or a local folder) into ``out_dir``; returns the manifest
     entry. ``progress(config, done, total)`` is called after each model."""
@@ -187,7 +187,8 @@ def import_upstream(repo_or_folder: str | Path, config: str, out_dir: str | Path
     source = str(repo_or_folder) if not Path(repo_or_folder).is_dir() else UPSTREAM_REPO
     recipe = json.dumps({"source": source, "upstream_config": config, "method": "DreamBooth-LoRA",
                          "target_modules": list(TARGET_MODULES), "learning_rate": 1e-4,
-                         "batch_size": SCHEDULES[range_name][0], "step": step, "seed": 0}, sort_keys=True)  # fmt: skip
+                         "batch_size": SCHEDULES[range_name][0], "step": step, "seed": 0},
+                        sort_keys=True)  # fmt: skip
     info = {"source": "upstream", "upstream_repo": source, "upstream_config": config, "range": range_name,
             "backbone": backbone, "rank": rank, "split_seed": 42, "evaluated_step": step}  # fmt: skip
     writer = ConfigWriter(Path(out_dir), name, layers, rank, precision=precision, info=info)

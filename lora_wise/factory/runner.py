@@ -234,7 +234,8 @@ def _one_torch_thread(active: bool) -> Iterator[None]:
 
 
 class _Display:
-    """A rich progress bar over model-steps, read from the snapshots on disk so it works for every executor."""
+    """A rich progress bar over model-steps, read from the snapshots on disk so it works for every
+    executor."""
 
     def __init__(self, plan: Plan, console: Console) -> None:
         self.plan, self.console = plan, console

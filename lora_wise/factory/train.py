@@ -187,7 +187,8 @@ def _train(jobs: list[TrainJob], bb: DiffusionBackbone, out_dir: Path, progress:
             if progress:
                 progress(step, j0.steps)
         for d in data:
-            mark_done(job_folder(out_dir, d.job), {"model_id": d.job.job_id, "steps": j0.steps, "group_size": k,
+            mark_done(job_folder(out_dir, d.job), {"model_id": d.job.job_id, "steps": j0.steps,
+                                                   "group_size": k,
                                                    "seconds": round(time.time() - t0, 2)})  # fmt: skip
     finally:
         swap_modules(bb.unet, {n: layer.base for n, layer in layers.items()})
