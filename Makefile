@@ -26,7 +26,7 @@ test: setup
 	$(BIN)/python -m pytest -n 2 -q
 
 lint: setup
-	$(BIN)/ruff check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: setup
 	$(BIN)/python scripts/bench_spectra.py

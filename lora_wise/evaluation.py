@@ -542,8 +542,9 @@ def table_from_factory(folder: str | Path, config: str | None = None) -> Spectra
         if config is not None and sc.config != config:
             continue
         spectra = compute_spectra(read_lora(snap.lora))
-        labels = {"size": sc.dataset_size, "micro_dataset": sc.micro_dataset, "step": sc.step, "rank": sc.rank,
-                  "backbone": sc.backbone, "model_id": f"{sc.model_id}@{sc.step}", "config": sc.config}  # fmt: skip
+        labels = {"size": sc.dataset_size, "micro_dataset": sc.micro_dataset, "step": sc.step,
+                  "rank": sc.rank, "backbone": sc.backbone, "model_id": f"{sc.model_id}@{sc.step}",
+                  "config": sc.config}  # fmt: skip
         items.append((spectra, labels))
     if not items:
         found = ", ".join(sorted(configs)) or "none"

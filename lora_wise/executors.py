@@ -159,7 +159,9 @@ def _run_pool(fn: Callable, tasks: list, workers: int, report: Callable) -> list
         suspects = _run_window(fn, queue, workers, results, report)
         for index, task in suspects:
             if _run_window(fn, deque([(index, task)]), 1, results, report):
-                results.append(TaskResult(index, task, False, error="the worker process died (killed or crashed)"))
+                results.append(
+                    TaskResult(index, task, False, error="the worker process died (killed or crashed)")
+                )
                 report(results[-1])
     return results
 
@@ -207,7 +209,9 @@ def _run_ray(fn: Callable, tasks: list, address: str, workers: int, report: Call
             try:
                 result = ray.get(done[0])
             except Exception as exc:  # the task's worker died, or Ray lost it
-                result = TaskResult(index, tasks[index], False, error=f"Ray: {type(exc).__name__}: {exc}"[:300])
+                result = TaskResult(
+                    index, tasks[index], False, error=f"Ray: {type(exc).__name__}: {exc}"[:300]
+                )
             results.append(result)
             report(result)
         return results

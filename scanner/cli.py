@@ -248,19 +248,35 @@ def _option_value(args: list[str], names: tuple[str, ...]) -> str | None:
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("target", type=click.Path(exists=True, dir_okay=False))
-@click.option("--attack", type=click.Path(exists=True, dir_okay=False),
-              help="An attack from lora-wise leak train (default: the packaged tiny-sd attack).")
-@click.option("--candidates", type=click.Path(exists=True, file_okay=False),
-              help="A folder with one sub-folder of images per candidate identity: rank them.")
-@click.option("--out", type=click.Path(dir_okay=False),
-              help="The PNG grid (default: TARGET-leak.png beside it).")
+@click.option(
+    "--attack",
+    type=click.Path(exists=True, dir_okay=False),
+    help="An attack from lora-wise leak train (default: the packaged tiny-sd attack).",
+)
+@click.option(
+    "--candidates",
+    type=click.Path(exists=True, file_okay=False),
+    help="A folder with one sub-folder of images per candidate identity: rank them.",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False), help="The PNG grid (default: TARGET-leak.png beside it)."
+)
 @click.option("--k", "k", type=click.IntRange(min=1, max=16), default=4, show_default=True)
-@click.option("--step", type=click.IntRange(min=0), default=None,
-              help="Fine-tuning step (default: the file's).")
+@click.option(
+    "--step", type=click.IntRange(min=0), default=None, help="Fine-tuning step (default: the file's)."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def leak(target: str, attack: str | None, candidates: str | None, out: str | None, k: int, step: int | None,
-         seed: int, as_json: bool) -> None:
+def leak(
+    target: str,
+    attack: str | None,
+    candidates: str | None,
+    out: str | None,
+    k: int,
+    step: int | None,
+    seed: int,
+    as_json: bool,
+) -> None:
     """What a LoRA's weights give away about its subject: recovered images beside the base model's.
 
     \b

@@ -37,7 +37,9 @@ def peak_rss_mb():
             return int(line.split()[1]) / 1024
 """
 
-CHILD_STREAM = PEAK + """
+CHILD_STREAM = (
+    PEAK
+    + """
 import json, sys, time
 from lora_wise.dataset.build import build_dataset
 t = time.perf_counter()
@@ -45,8 +47,11 @@ s = build_dataset(sys.argv[1], sys.argv[2], weights=True)
 rows = sum(v["rows"] for e in s.configs.values() if e["kind"] == "spectra" for v in e["splits"].values())
 print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t, "peak_rss_mb": peak_rss_mb()}))
 """
+)
 
-CHILD_NAIVE = PEAK + """
+CHILD_NAIVE = (
+    PEAK
+    + """
 import json, sys, time
 from pathlib import Path
 import datasets
@@ -60,14 +65,17 @@ for path in paths:
     spectra = compute_spectra(read_lora(path), width=32)
     rows.append(spectra_row(spectra, spectra.layers, 32, side, "float32"))
     blobs.append({"model_id": side["model_id"], "micro_dataset": side["micro_dataset"],
-                  "dataset_size": side["dataset_size"], "step": side["step"], "safetensors": path.read_bytes()})
+                  "dataset_size": side["dataset_size"], "step": side["step"],
+                  "safetensors": path.read_bytes()})
 layers = len(rows[0]["fro"])
 cols = {k: [r[k] for r in rows] for k in rows[0]}
-datasets.Dataset.from_dict(cols, features=spectra_features(layers, 32)).to_parquet(sys.argv[2] + "-spectra.parquet")
+datasets.Dataset.from_dict(cols, features=spectra_features(layers, 32)).to_parquet(
+    sys.argv[2] + "-spectra.parquet")
 wcols = {k: [r[k] for r in blobs] for k in blobs[0]}
 datasets.Dataset.from_dict(wcols, features=weights_features()).to_parquet(sys.argv[2] + "-weights.parquet")
 print(json.dumps({"rows": len(rows), "seconds": time.perf_counter() - t, "peak_rss_mb": peak_rss_mb()}))
 """
+)
 
 
 def write_factory(out: Path, n_micro: int) -> int:
@@ -81,9 +89,15 @@ def write_factory(out: Path, n_micro: int) -> int:
                 side = Sidecar(job.job_id, job, step, size, job.micro_dataset, "sd15", RANK, float(RANK))
                 tensors = {}
                 for name, (d, k) in layers.items():
-                    tensors[f"{name}.lora_A.weight"] = (rng.standard_normal((RANK, k)) / np.sqrt(k)).astype(np.float32)
-                    tensors[f"{name}.lora_B.weight"] = (rng.standard_normal((d, RANK)) * 1e-3).astype(np.float32)
-                write_snapshot(folder, side, lambda path, meta, t=tensors: save_file(t, str(path), metadata=meta))
+                    tensors[f"{name}.lora_A.weight"] = (rng.standard_normal((RANK, k)) / np.sqrt(k)).astype(
+                        np.float32
+                    )
+                    tensors[f"{name}.lora_B.weight"] = (rng.standard_normal((d, RANK)) * 1e-3).astype(
+                        np.float32
+                    )
+                write_snapshot(
+                    folder, side, lambda path, meta, t=tensors: save_file(t, str(path), metadata=meta)
+                )
                 count += 1
             mark_done(folder, {})
     return count
@@ -109,10 +123,17 @@ def main() -> None:
     print(f"factory: {n} snapshots, {size_mb:.0f} MB of safetensors (SD1.5 shapes, rank {RANK})")
     ours = child(CHILD_STREAM, str(factory), str(args.work / "dataset"))
     naive = child(CHILD_NAIVE, str(factory), str(args.work / "naive"))
-    print(f"build_dataset --weights (stream): peak RSS {ours['peak_rss_mb']:6.0f} MB  {ours['seconds']:6.1f} s  {ours['rows']} rows")
-    print(f"one in-memory table (naive):      peak RSS {naive['peak_rss_mb']:6.0f} MB  {naive['seconds']:6.1f} s  {naive['rows']} rows")
+    print(
+        f"build_dataset --weights (stream): peak RSS {ours['peak_rss_mb']:6.0f} MB  "
+        f"{ours['seconds']:6.1f} s  {ours['rows']} rows"
+    )
+    print(
+        f"one in-memory table (naive):      peak RSS {naive['peak_rss_mb']:6.0f} MB  "
+        f"{naive['seconds']:6.1f} s  {naive['rows']} rows"
+    )
     print(f"naive / streaming peak RSS: {naive['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x "
-          "(the streaming peak stays flat as snapshots are added; the naive one grows with them)")  # fmt: skip
+          "(the streaming peak stays flat as snapshots are added; "
+          "the naive one grows with them)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ else:
     for r in rows:
         stats.add(r)
     out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(list(COLUMNS.items()))), out / "reports.parquet")
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(list(COLUMNS.items()))),
+                   out / "reports.parquet")
     rp._write_csv(out / "reports.parquet", out / "reports.csv")
     (out / "report.html").write_text(rp.render_html(rows[: rp.DEFAULT_HTML_ROWS], stats.summary(), stats))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -58,11 +59,13 @@ def build_state(path: Path, rows: int) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)
     with CrawlState(tmp) as st:
-        st.add(Candidate(f"civitai:{i}@{i + 10**6}", "civitai", {"modelName": f"lora {i}", "baseModel": bases[i % 5]})
+        st.add(Candidate(f"civitai:{i}@{i + 10**6}", "civitai",
+                         {"modelName": f"lora {i}", "baseModel": bases[i % 5]})
                for i in range(rows))  # fmt: skip
         with st.transaction() as db:  # one transaction: finish() per row would take minutes at 10^5 rows
             db.executemany(
-                "UPDATE targets SET status = 'ok', attempts = 1, result = ?, bytes = 150000000 WHERE target = ?",
+                "UPDATE targets SET status = 'ok', attempts = 1, result = ?, bytes = 150000000 "
+                "WHERE target = ?",
                 ((json.dumps([{**result, "target": f"civitai:{i}@{i + 10**6}"}]), f"civitai:{i}@{i + 10**6}")
                  for i in range(rows)),
             )  # fmt: skip
@@ -70,14 +73,18 @@ def build_state(path: Path, rows: int) -> None:
 
 
 def measure(state: Path, out: Path, mode: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(state), str(out), mode], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(state), str(out), mode], capture_output=True, text=True
+    )
     if done.returncode != 0:
         sys.exit(f"{mode} run failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/lora-wise-bench"))
     args = parser.parse_args()

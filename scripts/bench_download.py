@@ -52,7 +52,9 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 def measure(way: str, url: str, out: Path) -> dict[str, float]:
     env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_OFFLINE="0")
-    done = subprocess.run([sys.executable, "-c", CHILD, way, url, str(out)], capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, way, url, str(out)], capture_output=True, text=True, env=env
+    )
     if done.returncode != 0:
         raise SystemExit(done.stderr)
     out.unlink()
@@ -72,15 +74,24 @@ def main() -> None:
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{server.server_address[1]}/lora.safetensors"
-        results = {way: measure(way, url, root / f"{way}.safetensors") for way in ("scanner", "httpx-get", "hf-http_get")}
+        results = {
+            way: measure(way, url, root / f"{way}.safetensors")
+            for way in ("scanner", "httpx-get", "hf-http_get")
+        }
         server.shutdown()
     print(f"file: {args.mb} MB over loopback")
     for way, r in results.items():
-        print(f"  {way:12s} {r['seconds']:6.2f} s  {args.mb / r['seconds']:7.0f} MB/s  peak RSS +{r['rss_mb']:6.0f} MB")
+        print(
+            f"  {way:12s} {r['seconds']:6.2f} s  {args.mb / r['seconds']:7.0f} MB/s  "
+            f"peak RSS +{r['rss_mb']:6.0f} MB"
+        )
     ours = results["scanner"]
     for other in ("httpx-get", "hf-http_get"):
         r = results[other]
-        print(f"  scanner vs {other}: time ×{ours['seconds'] / r['seconds']:.2f}, memory ×{ours['rss_mb'] / max(r['rss_mb'], 1):.2f}")
+        print(
+            f"  scanner vs {other}: time ×{ours['seconds'] / r['seconds']:.2f}, "
+            f"memory ×{ours['rss_mb'] / max(r['rss_mb'], 1):.2f}"
+        )
 
 
 if __name__ == "__main__":

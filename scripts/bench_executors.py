@@ -41,7 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     concepts = list(pool.concepts())[: args.jobs]
     spec = {"backbones": ["tiny-sd"], "ranks": [8], "ranges": ["low"], "sizes": [3],
-            "micro_datasets": [f"pool:{c}" for c in concepts], "steps": args.steps, "snapshot_every": args.steps}  # fmt: skip
+            "micro_datasets": [f"pool:{c}" for c in concepts], "steps": args.steps,
+            "snapshot_every": args.steps}  # fmt: skip
     jobs = expand_grid(spec)
     print(f"{len(jobs)} jobs x {args.steps} steps, tiny-sd rank 8, {os.cpu_count()} cores")
     base = None

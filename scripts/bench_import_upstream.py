@@ -46,7 +46,10 @@ def write_synthetic(path: Path, rows: int, group: int = 10) -> None:
     layers = sd15_layers()
     fields = [("label", pa.int64()), ("name", pa.string())]
     for name in layers:
-        fields += [(f"{name}.lora.down.weight", pa.list_(pa.float64())), (f"{name}.lora.up.weight", pa.list_(pa.float64()))]
+        fields += [
+            (f"{name}.lora.down.weight", pa.list_(pa.float64())),
+            (f"{name}.lora.up.weight", pa.list_(pa.float64())),
+        ]
     schema = pa.schema(fields)
     rng = np.random.default_rng(0)
     sizes = (1, 10, 20, 30, 40, 50)
@@ -129,10 +132,18 @@ def main() -> None:
     ours = child(CHILD_IMPORT, str(args.work / "release"), str(args.work / "dataset"))
     naive = child(CHILD_NAIVE, str(path))
     print(f"imports alone:              peak RSS {base['peak_rss_mb']:7.0f} MB")
-    print(f"import_upstream (stream):   peak RSS {ours['peak_rss_mb']:7.0f} MB  {ours['seconds']:6.1f} s  {ours['rows']} rows")
-    print(f"pd.read_parquet (naive):    peak RSS {naive['peak_rss_mb']:7.0f} MB  {naive['seconds']:6.1f} s  (load only)")
-    print(f"naive / streaming peak RSS: {naive['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x; "
-          f"target < 1536 MB: {'met' if ours['peak_rss_mb'] < 1536 else 'MISSED'}")
+    print(
+        f"import_upstream (stream):   peak RSS {ours['peak_rss_mb']:7.0f} MB  "
+        f"{ours['seconds']:6.1f} s  {ours['rows']} rows"
+    )
+    print(
+        f"pd.read_parquet (naive):    peak RSS {naive['peak_rss_mb']:7.0f} MB  "
+        f"{naive['seconds']:6.1f} s  (load only)"
+    )
+    print(
+        f"naive / streaming peak RSS: {naive['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x; "
+        f"target < 1536 MB: {'met' if ours['peak_rss_mb'] < 1536 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,15 @@ def measure(k: int, steps: int, warmup: int, candidate: str | None = None) -> tu
 
     names = list(pool.concepts())
     jobs = [
-        TrainJob("tiny-sd", "medium", 1 + (i % 6), f"pool:{names[i % len(names)]}", rank=8, steps=steps,
-                 snapshot_every=steps)  # fmt: skip
+        TrainJob(
+            "tiny-sd",
+            "medium",
+            1 + (i % 6),
+            f"pool:{names[i % len(names)]}",
+            rank=8,
+            steps=steps,
+            snapshot_every=steps,
+        )  # fmt: skip
         for i in range(k)
     ]
     ticks: list[float] = []

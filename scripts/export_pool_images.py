@@ -30,7 +30,9 @@ def export(concept: str, start: int, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("concepts", nargs="+", help="pool concept names, e.g. digit-3-ink face")
     parser.add_argument("--start", type=int, default=0, help="first image index to export")
     parser.add_argument("--out", type=Path, required=True)

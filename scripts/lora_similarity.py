@@ -1,7 +1,8 @@
 """How alike are the LoRAs of a factory run? Cosines between whole weight updates ΔW.
 
 For each micro-dataset and size: the cosine between that LoRA and the largest-size one, and its norm
-relative to the smallest-size one; overall: the mean cosine of LoRAs of one concept at different sizes, and of LoRAs of
+relative to the smallest-size one; overall: the mean cosine of LoRAs of one concept at different \
+sizes, and of LoRAs of
 different concepts at one size. If a concept's LoRA barely turns as its dataset grows while every
 LoRA shares a large common part, the weights hold little that a size estimator could use.
 
@@ -43,7 +44,9 @@ def inner(x: LoraWeights, y: LoraWeights) -> float:
 def similarity(files: dict[tuple[str, int], Path]) -> dict:
     keys = sorted(files)
     weights = {k: read_lora(files[k]) for k in keys}
-    gram = {(a, b): inner(weights[a], weights[b]) for a, b in itertools.combinations_with_replacement(keys, 2)}
+    gram = {
+        (a, b): inner(weights[a], weights[b]) for a, b in itertools.combinations_with_replacement(keys, 2)
+    }
 
     def cos(a, b):
         ab = gram.get((a, b), gram.get((b, a)))
@@ -56,7 +59,8 @@ def similarity(files: dict[tuple[str, int], Path]) -> dict:
         small, large = (c, sizes[0]), (c, sizes[-1])
         rows.append({"micro_dataset": c, "sizes": sizes,
                      "cosine_to_largest": [cos((c, n), large) for n in sizes],
-                     "norm_to_smallest": [float(np.sqrt(gram[((c, n), (c, n))] / gram[(small, small)])) for n in sizes]})  # fmt: skip
+                     "norm_to_smallest": [float(np.sqrt(gram[((c, n), (c, n))] / gram[(small, small)]))
+                                          for n in sizes]})  # fmt: skip
     same_concept = [cos(a, b) for a, b in itertools.combinations(keys, 2) if a[0] == b[0]]
     same_size = [cos(a, b) for a, b in itertools.combinations(keys, 2) if a[1] == b[1]]
     return {"models": len(keys), "concepts": rows,
@@ -65,7 +69,9 @@ def similarity(files: dict[tuple[str, int], Path]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("folder", type=Path, help="a `lora-wise generate` output folder")
     parser.add_argument("--config", default=None, help="e.g. medium-tiny_sd-r8 (default: every config)")
     parser.add_argument("--step", type=int, default=1200)
@@ -80,9 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
-    print(f"{result['models']} LoRAs at step {args.step}; per size: cos(ΔW, the largest size's ΔW) / ‖ΔW‖ ÷ smallest size's")
+    print(
+        f"{result['models']} LoRAs at step {args.step}; "
+        "per size: cos(ΔW, the largest size's ΔW) / ‖ΔW‖ ÷ smallest size's"
+    )
     for r in result["concepts"]:
-        cells = "  ".join(f"{n}: {c:.2f}/{m:.2f}" for n, c, m in zip(r["sizes"], r["cosine_to_largest"], r["norm_to_smallest"], strict=True))
+        cells = "  ".join(
+            f"{n}: {c:.2f}/{m:.2f}"
+            for n, c, m in zip(r["sizes"], r["cosine_to_largest"], r["norm_to_smallest"], strict=True)
+        )
         print(f"{r['micro_dataset']:<22} {cells}")
     for key in ("same_concept_other_size", "same_size_other_concept"):
         if result[key] is not None:

@@ -74,11 +74,14 @@ def gap(bb: DiffusionBackbone, lora: Path, images: int, draws: int) -> dict:
         tuned = {name: denoising_loss(bb, p, md.instance_prompt, draws) for name, p in pixels.items()}
     gain = {name: (base[name] - tuned[name]) / base[name] for name in sets}
     return {"micro_dataset": meta["micro_dataset"], "size": meta["dataset_size"], "images": k,
-            "gain_train": gain["train"], "gain_unseen": gain["unseen"], "gap": gain["train"] - gain["unseen"]}  # fmt: skip
+            "gain_train": gain["train"], "gain_unseen": gain["unseen"],
+            "gap": gain["train"] - gain["unseen"]}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("folder", type=Path, help="a `lora-wise generate` output folder")
     parser.add_argument("--config", default=None)
     parser.add_argument("--step", type=int, default=1200)
@@ -102,13 +105,19 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows, indent=1))
         return 0
     print(f"loss gained by the LoRA (share of the base model's loss), step {args.step}")
-    print(f"{'micro-dataset':<22} {'size':>4} {'images':>6} {'on its images':>14} {'on unseen':>10} {'gap':>7}")
+    print(
+        f"{'micro-dataset':<22} {'size':>4} {'images':>6} {'on its images':>14} {'on unseen':>10} {'gap':>7}"
+    )
     for r in rows:
-        print(f"{r['micro_dataset']:<22} {r['size']:>4} {r['images']:>6} {r['gain_train']:>14.3f} "
-              f"{r['gain_unseen']:>10.3f} {r['gap']:>7.3f}")
+        print(
+            f"{r['micro_dataset']:<22} {r['size']:>4} {r['images']:>6} {r['gain_train']:>14.3f} "
+            f"{r['gain_unseen']:>10.3f} {r['gap']:>7.3f}"
+        )
     sizes = sorted({r["size"] for r in rows})
-    print("median gap by size: " + ", ".join(
-        f"{n}: {np.median([r['gap'] for r in rows if r['size'] == n]):.3f}" for n in sizes))
+    print(
+        "median gap by size: "
+        + ", ".join(f"{n}: {np.median([r['gap'] for r in rows if r['size'] == n]):.3f}" for n in sizes)
+    )
     return 0
 
 

@@ -107,7 +107,8 @@ def main() -> None:
     train_unet(unet, latents, cond, args.unet_steps, args.batch, gen, log)
     provenance = (
         f"scripts/pretrain_tiny_sd.py --vae-steps {args.vae_steps} --unet-steps {args.unet_steps} "
-        f"--batch {args.batch} --per-concept {args.per_concept} --threads {args.threads}; torch {torch.__version__}"
+        f"--batch {args.batch} --per-concept {args.per_concept} --threads {args.threads}; "
+        f"torch {torch.__version__}"
     )
     tiny_sd.save_weights(unet, vae, text_encoder, args.out, scaling, provenance)
     log(f"saved to {args.out}")

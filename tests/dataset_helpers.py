@@ -32,7 +32,9 @@ TINY_LAYERS: dict[str, tuple[int, int]] = {
 }
 
 
-def random_lora(rng: np.random.Generator, rank: int, size: int, layers=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def random_lora(
+    rng: np.random.Generator, rank: int, size: int, layers=None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """name -> (A (r, k), B (d, r)), float32, with a norm that falls with the dataset size."""
     out = {}
     for name, (d, k) in (layers or TINY_LAYERS).items():
@@ -74,7 +76,9 @@ def write_job(out: Path, job: TrainJob, steps: list[int], seed: int = 0, done: b
         for name, (a, b) in matrices.items():
             tensors[f"{name}.lora_A.weight"] = a
             tensors[f"{name}.lora_B.weight"] = b
-        save_file(tensors, str(folder / f"step-{step:05d}.safetensors"), metadata={"lora_wise": json.dumps(sidecar)})
+        save_file(
+            tensors, str(folder / f"step-{step:05d}.safetensors"), metadata={"lora_wise": json.dumps(sidecar)}
+        )
         (folder / f"step-{step:05d}.json").write_text(json.dumps(sidecar))
         written[step] = matrices
     if done:
@@ -90,7 +94,8 @@ def make_factory(out: Path, n_micro: int = 4, sizes=(1, 10, 20), steps=(100, 200
     for m in range(n_micro):
         for size in sizes:
             job = TrainJob(backbone=backbone, range_name=range_name, dataset_size=size,
-                           micro_dataset=f"pool:concept-{m}", rank=rank, steps=max(steps), snapshot_every=100)  # fmt: skip
+                           micro_dataset=f"pool:concept-{m}", rank=rank, steps=max(steps),
+                           snapshot_every=100)  # fmt: skip
             for step, matrices in write_job(out, job, list(steps), seed=seed).items():
                 truth[(job.job_id, step)] = (job, matrices)
             seed += 1

@@ -48,7 +48,9 @@ def test_spectra_equal_those_recomputed_from_the_original_matrices(built):
     folder, truth, _ = built
     layers = read_manifest(folder)["configs"][CONFIG]["layers"]
     assert layers == sorted(layers, key=natural_key)
-    ds = datasets.load_dataset(str(folder), CONFIG, cache_dir=str(folder.parent / "cache")).with_format("numpy")
+    ds = datasets.load_dataset(str(folder), CONFIG, cache_dir=str(folder.parent / "cache")).with_format(
+        "numpy"
+    )
     checked = 0
     for split in ds:
         for row in ds[split]:
@@ -111,8 +113,12 @@ def test_card_declares_configs_and_real_counts(built):
 def test_weights_config_holds_the_files_and_steps_select_snapshots(tmp_path):
     truth = make_factory(tmp_path / "factory", n_micro=2, sizes=(1, 10), steps=(100, 200, 300), rank=4)
     build_dataset(tmp_path / "factory", tmp_path / "ds", weights=True, steps=[200])
-    spectra = datasets.load_dataset(str(tmp_path / "ds"), "medium-tiny_sd-r4", cache_dir=str(tmp_path / "cache"))
-    weights = datasets.load_dataset(str(tmp_path / "ds"), "medium-tiny_sd-r4-weights", cache_dir=str(tmp_path / "cache"))
+    spectra = datasets.load_dataset(
+        str(tmp_path / "ds"), "medium-tiny_sd-r4", cache_dir=str(tmp_path / "cache")
+    )
+    weights = datasets.load_dataset(
+        str(tmp_path / "ds"), "medium-tiny_sd-r4-weights", cache_dir=str(tmp_path / "cache")
+    )
     assert {int(s) for split in spectra for s in spectra[split]["step"]} == {200}
     rows = [row for split in weights for row in weights[split]]
     assert len(rows) == 4
@@ -121,20 +127,30 @@ def test_weights_config_holds_the_files_and_steps_select_snapshots(tmp_path):
         assert row["safetensors"] == path.read_bytes()
         _, matrices = truth[(row["model_id"], 200)]
         name = next(iter(matrices))
-        np.testing.assert_array_equal(load_safetensors(row["safetensors"])[f"{name}.lora_B.weight"], matrices[name][1])
+        np.testing.assert_array_equal(
+            load_safetensors(row["safetensors"])[f"{name}.lora_B.weight"], matrices[name][1]
+        )
     manifest = read_manifest(tmp_path / "ds")
     assert manifest["configs"]["medium-tiny_sd-r4"]["weights_config"] == "medium-tiny_sd-r4-weights"
 
 
 def test_unfinished_jobs_are_skipped_and_reported(tmp_path):
     make_factory(tmp_path / "factory", n_micro=2, sizes=(1,), steps=(100,))
-    job = TrainJob(backbone="tiny-sd", range_name="medium", dataset_size=10, micro_dataset="pool:half", rank=8)
+    job = TrainJob(
+        backbone="tiny-sd", range_name="medium", dataset_size=10, micro_dataset="pool:half", rank=8
+    )
     write_job(tmp_path / "factory", job, [100], done=False)
     calls = []
     summary = build_dataset(tmp_path / "factory", tmp_path / "ds", progress=lambda *a: calls.append(a))
     assert calls == [(CONFIG, 1, 2), (CONFIG, 2, 2)]
     assert any("unfinished" in note for note in summary.notes)
-    ids = {r for split in datasets.load_dataset(str(tmp_path / "ds"), CONFIG, cache_dir=str(tmp_path / "cache")).values() for r in split["model_id"]}
+    ids = {
+        r
+        for split in datasets.load_dataset(
+            str(tmp_path / "ds"), CONFIG, cache_dir=str(tmp_path / "cache")
+        ).values()
+        for r in split["model_id"]
+    }
     assert job.job_id not in ids and len(ids) == 2
 
 
@@ -223,7 +239,10 @@ def test_a_benchmark_built_in_pieces_with_merge_equals_one_build(tmp_path):
 
     truth = make_factory(tmp_path / "all", n_micro=4, sizes=(1, 10), steps=(100, 200))
     for m in (2, 3):  # a second session's factory folder holds the last two micro-datasets
-        shutil.copytree(tmp_path / "all" / CONFIG / f"pool-concept-{m}", tmp_path / "second" / CONFIG / f"pool-concept-{m}")
+        shutil.copytree(
+            tmp_path / "all" / CONFIG / f"pool-concept-{m}",
+            tmp_path / "second" / CONFIG / f"pool-concept-{m}",
+        )
     shutil.copytree(tmp_path / "all", tmp_path / "first")
     for m in (2, 3):
         shutil.rmtree(tmp_path / "first" / CONFIG / f"pool-concept-{m}")
@@ -231,7 +250,9 @@ def test_a_benchmark_built_in_pieces_with_merge_equals_one_build(tmp_path):
     build_dataset(tmp_path / "all", tmp_path / "whole")
     build_dataset(tmp_path / "first", tmp_path / "pieces", steps=[100, 200])
     jobs = [job for job, _ in truth.values()]
-    assert len(make_plan(jobs, tmp_path / "second", skip=built_model_ids(tmp_path / "pieces")).done) == len(jobs)
+    assert len(make_plan(jobs, tmp_path / "second", skip=built_model_ids(tmp_path / "pieces")).done) == len(
+        jobs
+    )
     build_dataset(tmp_path / "second", tmp_path / "pieces", merge=True)
 
     whole, pieces = (load_benchmark(tmp_path / d, CONFIG) for d in ("whole", "pieces"))
@@ -239,7 +260,8 @@ def test_a_benchmark_built_in_pieces_with_merge_equals_one_build(tmp_path):
     order = [np.lexsort((t.step, t.model_id)) for t in (whole, pieces)]
     for kind in ("a", "b", "ba", "fro", "size", "step", "model_id"):
         np.testing.assert_array_equal(getattr(whole, kind)[order[0]], getattr(pieces, kind)[order[1]])
-    splits = [{s: e["micro_datasets"] for s, e in read_manifest(tmp_path / d)["configs"][CONFIG]["splits"].items()}
+    splits = [{s: e["micro_datasets"]
+               for s, e in read_manifest(tmp_path / d)["configs"][CONFIG]["splits"].items()}
               for d in ("whole", "pieces")]  # fmt: skip
     assert splits[0] == splits[1]
     with pytest.raises(DatasetBuildError, match="merge"):

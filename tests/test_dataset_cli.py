@@ -23,7 +23,9 @@ def group() -> click.Group:
 def test_build_from_the_command_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # rich would wrap the table at 80
     make_factory(tmp_path / "factory", n_micro=2, sizes=(1, 10), steps=(100, 200))
-    code = run(group(), ["build", str(tmp_path / "factory"), str(tmp_path / "ds"), "--steps", "200", "--json"])
+    code = run(
+        group(), ["build", str(tmp_path / "factory"), str(tmp_path / "ds"), "--steps", "200", "--json"]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out["configs"]) == {"medium-tiny_sd-r8"}
@@ -37,7 +39,18 @@ def test_import_upstream_from_a_local_folder(tmp_path, capsys):
     rows = [(size, f"n{k}", random_lora(rng, 8, size)) for k in range(3) for size in (1, 2)]
     (tmp_path / "release").mkdir()
     write_upstream_parquet(tmp_path / "release" / "low_8-00000.parquet", rows)
-    code = run(group(), ["import-upstream", str(tmp_path / "release"), "--config", "low_8", "--out", str(tmp_path / "ds"), "--json"])
+    code = run(
+        group(),
+        [
+            "import-upstream",
+            str(tmp_path / "release"),
+            "--config",
+            "low_8",
+            "--out",
+            str(tmp_path / "ds"),
+            "--json",
+        ],
+    )
     assert code == 0
     entry = json.loads(capsys.readouterr().out)["low-sd15-r8"]
     assert sum(s["rows"] for s in entry["splits"].values()) == 6
@@ -46,6 +59,9 @@ def test_import_upstream_from_a_local_folder(tmp_path, capsys):
 def test_bad_input_exits_2_and_usage_errors_exit_4(tmp_path, capsys):
     assert run(group(), ["build", str(tmp_path / "nothing"), str(tmp_path / "ds")]) == 2
     assert "not a folder" in capsys.readouterr().err
-    assert run(group(), ["import-upstream", str(tmp_path), "--config", "mid_7", "--out", str(tmp_path / "ds")]) == 2
+    assert (
+        run(group(), ["import-upstream", str(tmp_path), "--config", "mid_7", "--out", str(tmp_path / "ds")])
+        == 2
+    )
     assert run(group(), ["publish", str(tmp_path)]) == 4  # --repo-id missing
     assert run(group(), ["build", str(tmp_path), str(tmp_path / "ds"), "--steps", "x"]) == 4

@@ -4,8 +4,8 @@
 for ``list_repo_tree``, ``create_repo``, ``create_commit`` (README validation, preupload, the
 git-LFS batch API with basic single-part PUTs, the ndjson commit), plus ``repo_info`` and
 ``resolve`` so that a published folder downloads back through ``snapshot_download``. It stores
-what it receives, so the tests compare the "remote" repo with the local folder byte for byte. hf_xet is disabled
-for these tests (the stand-in does not speak the Xet CAS protocol): the real Hub takes Xet
+what it receives, so the tests compare the "remote" repo with the local folder byte for byte.
+hf_xet is disabled for these tests (the stand-in does not speak the Xet CAS protocol): the real Hub takes Xet
 uploads for the same commit, and that path was not exercised here.
 """
 
@@ -66,8 +66,12 @@ class HubStandIn(ThreadingHTTPServer):
             entry = {"type": "file", "path": path, "size": len(data), "oid": git_blob_id(data)}
             if path in self.lfs_paths[repo_id]:
                 sha = hashlib.sha256(data).hexdigest()
-                pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n".encode()
-                entry.update(oid=git_blob_id(pointer), lfs={"oid": sha, "size": len(data), "pointerSize": len(pointer)})
+                pointer = (
+                    f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n"
+                ).encode()
+                entry.update(
+                    oid=git_blob_id(pointer), lfs={"oid": sha, "size": len(data), "pointerSize": len(pointer)}
+                )
             entries.append(entry)
             parts = path.split("/")[:-1]
             folders.update("/".join(parts[: i + 1]) for i in range(len(parts)))
@@ -122,7 +126,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
         if match.group(3) is None:  # repo_info
             files = [{"rfilename": p} for p in sorted(self.server.repos[repo_id])]
-            return self._send(200, {"id": repo_id, "sha": self.server.head(repo_id), "siblings": files, "private": False})
+            return self._send(
+                200, {"id": repo_id, "sha": self.server.head(repo_id), "siblings": files, "private": False}
+            )
         self._send(200, self.server.tree(repo_id))
 
     def do_HEAD(self):
@@ -179,7 +185,9 @@ class _Handler(BaseHTTPRequestHandler):
         if match := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/preupload/([^/]+)", path):
             return self._preupload(match.group(1), json.loads(body))
         if match := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/commit/([^/]+)", path):
-            return self._commit(match.group(1), [json.loads(line) for line in body.splitlines() if line.strip()])
+            return self._commit(
+                match.group(1), [json.loads(line) for line in body.splitlines() if line.strip()]
+            )
         self._send(404, {"error": f"no route {path}"})
 
     def _create(self, payload: dict):
@@ -187,7 +195,11 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id = f"{payload['organization']}/{payload['name']}"
         if repo_id in self.server.repos:
             return self._send(409, {"error": "You already created this dataset repo", "url": repo_id})
-        self.server.repos[repo_id], self.server.lfs_paths[repo_id], self.server.commits[repo_id] = {}, set(), []
+        self.server.repos[repo_id], self.server.lfs_paths[repo_id], self.server.commits[repo_id] = (
+            {},
+            set(),
+            [],
+        )
         self.server.repos[repo_id][".gitattributes"] = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"
         self._send(200, {"url": f"{self.server.url}/datasets/{repo_id}", "name": repo_id})
 
@@ -201,7 +213,14 @@ class _Handler(BaseHTTPRequestHandler):
             oid = None
             if existing is not None:
                 oid = hashlib.sha256(existing).hexdigest() if lfs else git_blob_id(existing)
-            files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
+            files.append(
+                {
+                    "path": f["path"],
+                    "uploadMode": "lfs" if lfs else "regular",
+                    "shouldIgnore": False,
+                    "oid": oid,
+                }
+            )
         self._send(200, {"files": files})
 
     def _lfs_batch(self, payload: dict):
@@ -209,7 +228,9 @@ class _Handler(BaseHTTPRequestHandler):
         for obj in payload["objects"]:
             entry = {"oid": obj["oid"], "size": obj["size"]}
             if obj["oid"] not in self.server.lfs_store:
-                entry["actions"] = {"upload": {"href": f"{self.server.url}/lfs-upload/{obj['oid']}", "header": {}}}
+                entry["actions"] = {
+                    "upload": {"href": f"{self.server.url}/lfs-upload/{obj['oid']}", "header": {}}
+                }
             objects.append(entry)
         self._send(200, {"transfer": "basic", "objects": objects})
 
@@ -269,7 +290,9 @@ def writes(hub: HubStandIn) -> list[tuple[str, str]]:
 def test_publish_creates_the_repo_and_a_second_publish_uploads_nothing(hub, folder):
     plan = publish(folder, REPO, private=True)
     assert not plan.repo_exists and plan.commit_url
-    assert {f.path for f in plan.uploads} == set(local_files(folder)) and all(f.reason == "new" for f in plan.uploads)
+    assert {f.path for f in plan.uploads} == set(local_files(folder)) and all(
+        f.reason == "new" for f in plan.uploads
+    )
     assert ("POST", "/api/repos/create") in hub.log
     assert sum(m == "PUT" for m, _ in hub.log) == sum(p.endswith(".parquet") for p in local_files(folder))
     assert remote_equals_local(hub, folder)
@@ -350,13 +373,15 @@ def offline_cache(tmp_path: Path, folder: Path, revision: str = "a" * 40) -> Pat
 def test_load_benchmark_through_the_hub_path_offline(folder, tmp_path):
     cache = offline_cache(tmp_path, folder)
     script = (
-        "import json; from lora_wise.dataset.load import load_benchmark; from lora_wise.dataset.hub import download\n"
+        "import json; from lora_wise.dataset.load import load_benchmark; "
+        "from lora_wise.dataset.hub import download\n"
         f"t = load_benchmark('{REPO}', '{CONFIG}', split='test', step=200)\n"
         f"print(json.dumps({{'folder': str(download('{REPO}')), 'ids': t.model_id.tolist(), "
         "'ba': t.ba.tolist(), 'layers': t.layers}))"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home"),
-           "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"), "HF_ENDPOINT": "http://127.0.0.1:9"}  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
+           "HF_HOME": str(tmp_path / "home"), "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"),
+           "HF_ENDPOINT": "http://127.0.0.1:9"}  # fmt: skip
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])

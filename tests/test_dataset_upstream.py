@@ -33,7 +33,9 @@ RANK = 32  # the rank of upstream config medium_32
 
 def upstream_rows(n_names: int, sizes=(1, 10, 20), seed: int = 0):
     rng = np.random.default_rng(seed)
-    return [(size, f"n0{1440764 + k}", random_lora(rng, RANK, size)) for k in range(n_names) for size in sizes]
+    return [
+        (size, f"n0{1440764 + k}", random_lora(rng, RANK, size)) for k in range(n_names) for size in sizes
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +44,16 @@ def imported(tmp_path_factory):
     rows = upstream_rows(5)
     (root / "release" / "medium_32").mkdir(parents=True)
     (root / "release" / "medium_32_2").mkdir(parents=True)
-    write_upstream_parquet(root / "release" / "medium_32" / "train-00000-of-00002.parquet", rows[:8], row_group_size=3)
-    write_upstream_parquet(root / "release" / "medium_32" / "train-00001-of-00002.parquet", rows[8:], row_group_size=3)
+    write_upstream_parquet(
+        root / "release" / "medium_32" / "train-00000-of-00002.parquet", rows[:8], row_group_size=3
+    )
+    write_upstream_parquet(
+        root / "release" / "medium_32" / "train-00001-of-00002.parquet", rows[8:], row_group_size=3
+    )
     # A neighbour config whose name starts with ours: it must not be picked up.
-    write_upstream_parquet(root / "release" / "medium_32_2" / "train-00000-of-00001.parquet", upstream_rows(1, seed=9))
+    write_upstream_parquet(
+        root / "release" / "medium_32_2" / "train-00000-of-00001.parquet", upstream_rows(1, seed=9)
+    )
     entry = import_upstream(root / "release", "medium_32", root / "ds", batch_size=2)
     return root, rows, entry
 
@@ -86,7 +94,9 @@ def test_import_splits_by_name_and_records_its_origin(imported):
     assert set(table.micro_dataset) == {n for n, s in expected.items() if s == "train"}
     assert entry["source"] == "upstream" and entry["upstream_config"] == "medium_32"
     assert "medium-sd15-r32" in (root / "ds" / "README.md").read_text()
-    assert read_manifest(root / "ds")["configs"]["medium-sd15-r32"]["splits"]["test"]["models"] == 9  # 3 of 5 names × 3 sizes
+    assert (
+        read_manifest(root / "ds")["configs"]["medium-sd15-r32"]["splits"]["test"]["models"] == 9
+    )  # 3 of 5 names × 3 sizes
 
 
 def test_config_files_are_found_without_the_prefix_neighbour(imported):
@@ -124,11 +134,18 @@ def test_import_from_the_hub_repo_id_through_an_offline_cache(imported, tmp_path
         "e = import_upstream('MoSalama98/LoRA-WiSE', 'medium_32', sys.argv[1])\n"
         "print(json.dumps({s: v['rows'] for s, v in e['splits'].items()}))"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "home")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_HOME": str(tmp_path / "home"),
+    }
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ds")], env=env, capture_output=True,
                          text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == {s: v["rows"] for s, v in entry["splits"].items()}
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        s: v["rows"] for s, v in entry["splits"].items()
+    }
     local = pq.read_table(root / "ds" / entry["splits"]["test"]["files"][0]).column("ba").to_pylist()
     hub = pq.read_table(tmp_path / "ds" / entry["splits"]["test"]["files"][0]).column("ba").to_pylist()
     assert local == hub

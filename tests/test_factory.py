@@ -98,7 +98,9 @@ def test_run_plan_trains_every_job_and_a_failed_group_does_not_stop_the_others(t
     assert all("pool:broken" in e for e in summary.failed.values())
     assert summary.model_steps == 40 and not summary.ok
     # the rerun plans exactly the failed group
-    assert make_plan(jobs, tmp_path, group_size=2).todo == [j for j in jobs if j.micro_dataset == "pool:broken"]
+    assert make_plan(jobs, tmp_path, group_size=2).todo == [
+        j for j in jobs if j.micro_dataset == "pool:broken"
+    ]
 
 
 def test_rerun_removes_temp_files_and_completes_a_started_job(tmp_path):
@@ -150,7 +152,10 @@ def test_cli_usage_errors(tmp_path):
     assert run(generate, [str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")]) == 2
 
 
-GENERATE = "import sys; from lora_wise.cli.generate import generate; from lora_wise.cli.tools import main_for; main_for(generate, 'generate')"
+GENERATE = (
+    "import sys; from lora_wise.cli.generate import generate; "
+    "from lora_wise.cli.tools import main_for; main_for(generate, 'generate')"
+)
 
 
 def test_a_killed_run_resumes_with_nothing_lost_duplicated_or_half_written(tmp_path):
@@ -158,7 +163,18 @@ def test_a_killed_run_resumes_with_nothing_lost_duplicated_or_half_written(tmp_p
     out = tmp_path / "out"
     calls = tmp_path / "calls.log"
     env = os.environ | {"PYTHONPATH": str(TESTS), "FAKE_TRAIN_SLEEP": "0.15", "FAKE_TRAIN_CALLS": str(calls)}
-    args = [sys.executable, "-c", GENERATE, str(grid), "--out", str(out), "--trainer", FAKE, "--group-size", "2"]
+    args = [
+        sys.executable,
+        "-c",
+        GENERATE,
+        str(grid),
+        "--out",
+        str(out),
+        "--trainer",
+        FAKE,
+        "--group-size",
+        "2",
+    ]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(list(out.glob("*/*/*/done.json"))) < 2:
@@ -219,6 +235,7 @@ def test_killing_a_pool_run_kills_its_workers_and_the_rerun_completes(tmp_path):
 
 # --- with the real trainer (lora_wise.factory.train.train_group on tiny-sd) -------------------------------
 
+
 def tiny_sd_ready() -> bool:
     from lora_wise.factory.backbones.tiny_sd import data_dir
 
@@ -228,6 +245,8 @@ def tiny_sd_ready() -> bool:
 def real_trainer(test):
     skip = pytest.mark.skipif(not tiny_sd_ready(), reason="tiny-sd weights not built yet")
     return pytest.mark.slow(skip(test))
+
+
 REAL_GRID = dict(micros=("pool:digit-3-ink",), sizes=(1, 2), steps=10, every=5)
 
 
@@ -241,7 +260,11 @@ def check_real_outputs(out: Path, jobs: list[TrainJob]) -> None:
         assert {p.name for p in folder.iterdir()} == expected, job.job_id
         for step in (5, 10):
             sidecar = json.loads((folder / f"step-{step:05d}.json").read_text())
-            assert (sidecar["model_id"], sidecar["step"], sidecar["dataset_size"]) == (job.job_id, step, job.dataset_size)
+            assert (sidecar["model_id"], sidecar["step"], sidecar["dataset_size"]) == (
+                job.job_id,
+                step,
+                job.dataset_size,
+            )
             assert len(sidecar["image_ids"]) == job.dataset_size
             spectra = compute_spectra(read_lora(folder / f"step-{step:05d}.safetensors"))
             assert len(spectra.layers) == 128 and spectra.width == 4

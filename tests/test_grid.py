@@ -35,11 +35,16 @@ def test_high_range_takes_the_papers_batch_and_steps_and_overrides_win(tmp_path)
     spec = {"backbones": ["sd15"], "ranks": [32], "micro_datasets": ["imagenet:n01"], "ranges": ["high"]}
     jobs = expand_grid(spec)
     batch, steps, _ = SCHEDULES["high"]
-    assert {(j.batch_size, j.steps, j.snapshot_every) for j in jobs} == {(batch, steps, 100)} == {(8, 1000, 100)}
+    assert (
+        {(j.batch_size, j.steps, j.snapshot_every) for j in jobs} == {(batch, steps, 100)} == {(8, 1000, 100)}
+    )
     assert [j.dataset_size for j in jobs] == [1, 50, 100, 500, 1000]
     spec["ranges"] = {"high": {"steps": 10, "snapshot_every": 5, "sizes": [1, 50]}}
     jobs = expand_grid(spec)
-    assert [(j.dataset_size, j.steps, j.snapshot_every, j.batch_size) for j in jobs] == [(1, 10, 5, 8), (50, 10, 5, 8)]
+    assert [(j.dataset_size, j.steps, j.snapshot_every, j.batch_size) for j in jobs] == [
+        (1, 10, 5, 8),
+        (50, 10, 5, 8),
+    ]
 
 
 def test_axes_multiply_in_a_stable_order():
@@ -66,8 +71,15 @@ def test_pool_star_and_pool_count(tmp_path):
 def test_pool_globs_expand_to_the_matching_concepts_in_pool_order():
     base = {"backbones": "tiny-sd", "ranges": ["low"], "sizes": [1]}
     names = ["photo-moon", "digit-1-ink", "photo-brick", "face"]
-    jobs = expand_grid(base | {"micro_datasets": ["pool:photo-*", "pool:face", "folder:/data/cat"]}, pool_concepts=names)
-    assert [j.micro_dataset for j in jobs] == ["pool:photo-moon", "pool:photo-brick", "pool:face", "folder:/data/cat"]
+    jobs = expand_grid(
+        base | {"micro_datasets": ["pool:photo-*", "pool:face", "folder:/data/cat"]}, pool_concepts=names
+    )
+    assert [j.micro_dataset for j in jobs] == [
+        "pool:photo-moon",
+        "pool:photo-brick",
+        "pool:face",
+        "folder:/data/cat",
+    ]
     with pytest.raises(GridError, match=r"no pool concept matches 'pool:fase\*'"):
         expand_grid(base | {"micro_datasets": ["pool:fase*"]}, pool_concepts=names)
 
@@ -97,19 +109,30 @@ def test_paper_presets_match_table_1(name, tmp_path, monkeypatch):
     monkeypatch.setenv("CONCEPT101_ROOT", str(tmp_path))
     jobs = load_grid(name)
     per_rank = Counter(j.rank for j in jobs)
-    expected = {"sd15-low": {8: 300, 16: 300, 32: 300}, "sd15-medium": {16: 300, 32: 300, 64: 300},
-                "sd2-medium": {32: 300}, "sd15-high": {32: 250}}[name]
+    expected = {
+        "sd15-low": {8: 300, 16: 300, 32: 300},
+        "sd15-medium": {16: 300, 32: 300, 64: 300},
+        "sd2-medium": {32: 300},
+        "sd15-high": {32: 250},
+    }[name]
     assert per_rank == expected
 
 
 def test_presets_are_listed():
-    assert {"mini", "mini-diversity", "sd15-low", "sd15-medium", "sd2-medium", "sd15-high"} <= set(preset_names())
+    assert {"mini", "mini-diversity", "sd15-low", "sd15-medium", "sd2-medium", "sd15-high"} <= set(
+        preset_names()
+    )
 
 
 def test_diversity_preset_is_the_medium_range_on_four_kinds_of_concept():
     jobs = load_grid("mini-diversity")
     assert len(jobs) == 24 and {j.dataset_size for j in jobs} == {1, 10, 20, 30, 40, 50}
-    assert {j.micro_dataset for j in jobs} == {"pool:face", "pool:nonface", "pool:digit-3-ink", "pool:digit-7-sun"}
+    assert {j.micro_dataset for j in jobs} == {
+        "pool:face",
+        "pool:nonface",
+        "pool:digit-3-ink",
+        "pool:digit-7-sun",
+    }
     assert {(j.backbone, j.rank, j.steps, j.learning_rate) for j in jobs} == {("tiny-sd", 8, 1400, 1e-4)}
 
 
@@ -121,8 +144,14 @@ def test_diversity_preset_is_the_medium_range_on_four_kinds_of_concept():
         ({"backbones": ["x"], "micro_datasets": ["a"], "ranges": ["low"], "setps": 3}, "unknown key"),
         ({"micro_datasets": ["a"], "ranges": ["low"]}, "needs 'backbones'"),
         ({"backbones": ["x"], "micro_datasets": ["a", "a"], "ranges": ["low"]}, "same job twice"),
-        ({"backbones": ["x"], "micro_datasets": {"imagenet": 3}, "ranges": ["low"]}, "'micro_datasets' must be"),
-        ({"backbones": ["x"], "micro_datasets": ["a"], "ranges": {"low": {"snapshot_every": 0}}}, "snapshot_every"),
+        (
+            {"backbones": ["x"], "micro_datasets": {"imagenet": 3}, "ranges": ["low"]},
+            "'micro_datasets' must be",
+        ),
+        (
+            {"backbones": ["x"], "micro_datasets": ["a"], "ranges": {"low": {"snapshot_every": 0}}},
+            "snapshot_every",
+        ),
     ],
 )
 def test_bad_specs_fail_with_a_grid_error(spec, message):
@@ -132,7 +161,9 @@ def test_bad_specs_fail_with_a_grid_error(spec, message):
 
 def test_load_grid_reads_a_file_and_refuses_bad_yaml(tmp_path):
     path = tmp_path / "g.yaml"
-    path.write_text(yaml.safe_dump({"backbones": ["tiny-sd"], "micro_datasets": ["pool:a"], "ranges": ["low"]}))
+    path.write_text(
+        yaml.safe_dump({"backbones": ["tiny-sd"], "micro_datasets": ["pool:a"], "ranges": ["low"]})
+    )
     assert len(load_grid(path)) == 6
     path.write_text("backbones: [tiny-sd\n")
     with pytest.raises(GridError, match="not valid YAML"):

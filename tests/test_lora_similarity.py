@@ -23,7 +23,8 @@ def factory(tmp_path_factory):
 
 
 def dense_inner(x, y) -> float:
-    return sum(float(np.sum((lx.scale * lx.up @ lx.down).astype(np.float64) * (y.layers[n].scale * y.layers[n].up @ y.layers[n].down)))
+    return sum(float(np.sum((lx.scale * lx.up @ lx.down).astype(np.float64)
+                            * (y.layers[n].scale * y.layers[n].up @ y.layers[n].down)))
                for n, lx in x.layers.items())  # fmt: skip
 
 
@@ -35,12 +36,20 @@ def test_inner_product_from_rank_factors_equals_the_dense_one(factory):
 
 
 def test_report_per_concept_and_overall(factory, capsys):
-    assert SCRIPT["main"]([str(factory), "--step", "100", "--json", "--micro-datasets", "pool:concept-[01]"]) == 0
+    assert (
+        SCRIPT["main"]([str(factory), "--step", "100", "--json", "--micro-datasets", "pool:concept-[01]"])
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
-    assert result["models"] == 6 and [r["micro_dataset"] for r in result["concepts"]] == ["pool:concept-0", "pool:concept-1"]
+    assert result["models"] == 6 and [r["micro_dataset"] for r in result["concepts"]] == [
+        "pool:concept-0",
+        "pool:concept-1",
+    ]
     for r in result["concepts"]:
         assert r["sizes"] == [1, 10, 20] and r["cosine_to_largest"][-1] == pytest.approx(1.0)
-        assert r["norm_to_smallest"][0] == pytest.approx(1.0) and r["norm_to_smallest"][-1] < 1  # B shrinks with size
+        assert (
+            r["norm_to_smallest"][0] == pytest.approx(1.0) and r["norm_to_smallest"][-1] < 1
+        )  # B shrinks with size
     assert -1 <= result["same_size_other_concept"] <= 1 and -1 <= result["same_concept_other_size"] <= 1
     assert SCRIPT["main"]([str(factory), "--step", "900"]) == 2  # nothing at that step: one line, exit 2
 
@@ -75,7 +84,10 @@ def test_export_pool_images_makes_a_folder_micro_dataset_of_unseen_images(tmp_pa
     export = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "export_pool_images.py"))
     assert export["main"](["face", "--start", "64", "--out", str(tmp_path)]) == 0
     md = open_micro_dataset(f"folder:{tmp_path / 'face-from64'}")
-    assert md.class_noun == pool.concepts()["face"].class_noun and len(md.ids) == len(pool.concept_images("face")) - 64
+    assert (
+        md.class_noun == pool.concepts()["face"].class_noun
+        and len(md.ids) == len(pool.concept_images("face")) - 64
+    )
     first = md.load([md.ids[0]], 64)[0]
     expected = pool.concept_images("face")[64].astype(np.float32).transpose(2, 0, 1) / 127.5 - 1
     np.testing.assert_allclose(first, expected, atol=1e-6)  # the very pixels, losslessly through PNG

@@ -69,8 +69,11 @@ def test_two_models_retrained_from_scratch_match_the_committed_spectra(tmp_path)
     from lora_wise.factory.train import train_group
 
     wanted = {"low-tiny_sd-r8/pool-photo-coffee/n0001", "medium-tiny_sd-r8/pool-digit-0-ink/n0050"}
-    jobs = [dataclasses.replace(j, steps=RETRAIN_STEP, snapshot_every=RETRAIN_STEP)  # constant lr: the first
-            for j in load_grid("mini") if j.job_id in wanted]  # 300 steps do not depend on the total
+    jobs = [
+        dataclasses.replace(j, steps=RETRAIN_STEP, snapshot_every=RETRAIN_STEP)  # constant lr: the first
+        for j in load_grid("mini")
+        if j.job_id in wanted
+    ]  # 300 steps do not depend on the total
     assert len(jobs) == 2
     train_group(jobs, tmp_path)
     for job in jobs:
@@ -93,17 +96,25 @@ def test_packaged_bank_never_saw_the_bundled_example():
     assert bank.header.backbone == "tiny-sd" and bank.header.rank == 8
     assert sidecar["micro_dataset"] not in bank.header.micro_datasets
     assert sidecar["micro_dataset"] in bank.header.recipe["held_out"]
-    assert sidecar["step"] in bank.steps and load_bank_file(BANKS_DIR / "tiny-sd-r8.safetensors").name == bank.name
+    assert (
+        sidecar["step"] in bank.steps
+        and load_bank_file(BANKS_DIR / "tiny-sd-r8.safetensors").name == bank.name
+    )
 
 
 def test_every_concept_family_of_the_pool_is_evaluated_alone(tables):
     """docs/results.md's family table: the photo family and the four digit colours, 10 concepts each."""
     import runpy
 
-    families = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "reproduce_tables.py"))["families"]
+    families = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "reproduce_tables.py"))[
+        "families"
+    ]
     table = tables["low-tiny_sd-r8"]
     rows = [line for line in families(table, repeats=2) if line.startswith("| ") and "`pool:" in line]
-    assert [row.split("`")[1] for row in rows] == ["pool:photo-*", *(f"pool:digit-?-{c}" for c in ("ink", "moss", "rose", "sun"))]
+    assert [row.split("`")[1] for row in rows] == [
+        "pool:photo-*",
+        *(f"pool:digit-?-{c}" for c in ("ink", "moss", "rose", "sun")),
+    ]
     assert all(row.split(" | ")[1] == "10" for row in rows)
 
 

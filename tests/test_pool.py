@@ -64,7 +64,9 @@ def _write_images(folder, n, size=(48, 40)):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(folder / f"img{i:02d}.png")
+        Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(
+            folder / f"img{i:02d}.png"
+        )
 
 
 def test_folder_imagenet_and_concept101_layouts(tmp_path):
@@ -75,7 +77,9 @@ def test_folder_imagenet_and_concept101_layouts(tmp_path):
 
     root = tmp_path / "imagenet"
     _write_images(root / "n01440764", 4)
-    (root / "LOC_synset_mapping.txt").write_text("n01443537 goldfish, Carassius auratus\nn01440764 tench, Tinca tinca\n")
+    (root / "LOC_synset_mapping.txt").write_text(
+        "n01443537 goldfish, Carassius auratus\nn01440764 tench, Tinca tinca\n"
+    )
     md = open_micro_dataset(f"imagenet:{root / 'n01440764'}")
     assert md.class_noun == "tench" and md.key == "imagenet:n01440764"
 

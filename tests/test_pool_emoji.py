@@ -1,4 +1,5 @@
-"""lora_wise.factory.pool_emoji on the committed fixture (real entries and PNGs of the pinned tarballs), offline."""
+"""lora_wise.factory.pool_emoji on the committed fixture (real entries and PNGs of the pinned tarballs),
+offline."""
 
 from __future__ import annotations
 

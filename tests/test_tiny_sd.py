@@ -17,15 +17,17 @@ def test_lora_layers_are_exactly_sd15s():
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    sd15 = dict(tiny_sd.UNET_CONFIG, block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-                sample_size=64)  # fmt: skip
+    sd15 = dict(tiny_sd.UNET_CONFIG, block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768,
+                attention_head_dim=8, sample_size=64)  # fmt: skip
     with init_empty_weights():  # SD1.5's real UNet shape, without allocating its 860M weights
         big = UNet2DConditionModel(**sd15)
     names = target_module_names(tiny().unet, TARGETS)
     assert len(names) == 128
     assert names == target_module_names(big, TARGETS)
     assert "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k" in names
-    assert tiny().unet.get_submodule("mid_block.attentions.0.transformer_blocks.0.attn2.to_k").in_features == 32
+    assert (
+        tiny().unet.get_submodule("mid_block.attentions.0.transformer_blocks.0.attn2.to_k").in_features == 32
+    )
 
 
 def test_tokenizer_is_clips_bpe():

@@ -43,10 +43,15 @@ def test_group_of_three_equals_each_job_trained_alone_with_peft(tmp_path):
 
 def test_short_last_batches_are_masked_exactly(tmp_path):
     # batch 2 over 3 images: every other step has one real row and one padding row
-    jobs = [job("pool:nonface", 3, steps=6, every=3, batch=2), job("pool:digit-0-moss", 1, steps=6, every=3, batch=2)]
+    jobs = [
+        job("pool:nonface", 3, steps=6, every=3, batch=2),
+        job("pool:digit-0-moss", 1, steps=6, every=3, batch=2),
+    ]
     train_group(jobs, tmp_path, backbone=tiny())
     for j in jobs:
-        _assert_same_lora(load_file(tmp_path / j.job_id / "step-00006.safetensors"), train_alone_reference(j, tiny()))
+        _assert_same_lora(
+            load_file(tmp_path / j.job_id / "step-00006.safetensors"), train_alone_reference(j, tiny())
+        )
 
 
 def test_factory_format_and_resume(tmp_path):
@@ -55,7 +60,8 @@ def test_factory_format_and_resume(tmp_path):
     (folder,) = train_group([j], tmp_path, progress=lambda s, n: calls.append((s, n)), backbone=tiny())
     assert calls[0] == (1, 20) and calls[-1] == (20, 20)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "done.json", "step-00010.json", "step-00010.safetensors", "step-00020.json", "step-00020.safetensors"]  # fmt: skip
+        "done.json", "step-00010.json", "step-00010.safetensors",
+        "step-00020.json", "step-00020.safetensors"]  # fmt: skip
     side = json.loads((folder / "step-00020.json").read_text())
     assert side["model_id"] == j.job_id and side["step"] == 20 and side["dataset_size"] == 3
     assert side["alpha"] == side["rank"] == 4 and len(side["image_ids"]) == 3
@@ -131,7 +137,9 @@ def test_gradient_clipping_is_per_job_as_torch_clips_each_model():
     for k in range(3):
         for p, e in zip(params, expected[k], strict=True):
             assert torch.allclose(p.grad[k], e, rtol=1e-6, atol=0)
-    assert torch.linalg.vector_norm(torch.cat([p.grad[0].flatten() for p in params])) == pytest.approx(1.0, rel=1e-5)
+    assert torch.linalg.vector_norm(torch.cat([p.grad[0].flatten() for p in params])) == pytest.approx(
+        1.0, rel=1e-5
+    )
 
 
 def test_sdxl_folder_trains_and_loads(tmp_path):
@@ -145,13 +153,24 @@ def test_sdxl_folder_trains_and_loads(tmp_path):
     bb = load_backbone(str(tmp_path / "sdxl"))
     assert bb.is_sdxl and bb.resolution == 64
     emb, added = bb.encode_prompt("a photo of sks cat")
-    assert emb.shape == (1, 77, 64) and added["text_embeds"].shape == (1, 32) and added["time_ids"].shape == (1, 6)
-    jobs = [TrainJob(str(tmp_path / "sdxl"), "low", n, "pool:face", rank=4, steps=4, snapshot_every=2) for n in (1, 2)]
+    assert (
+        emb.shape == (1, 77, 64)
+        and added["text_embeds"].shape == (1, 32)
+        and added["time_ids"].shape == (1, 6)
+    )
+    jobs = [
+        TrainJob(str(tmp_path / "sdxl"), "low", n, "pool:face", rank=4, steps=4, snapshot_every=2)
+        for n in (1, 2)
+    ]
     folders = train_group(jobs, tmp_path / "out")
     file = folders[1] / "step-00004.safetensors"
     saved = load_file(file)
-    assert len(saved) == 2 * 8 * 2 * 4  # A, B x 8 transformer blocks (down 2, mid 2, up 4) x attn1/2 x q,k,v,out
+    assert (
+        len(saved) == 2 * 8 * 2 * 4
+    )  # A, B x 8 transformer blocks (down 2, mid 2, up 4) x attn1/2 x q,k,v,out
     pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path / "sdxl")
     pipe.load_lora_weights(str(file))
     name = "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k"
-    assert torch.equal(pipe.unet.get_submodule(name).lora_B["default_0"].weight, saved[f"unet.{name}.lora_B.weight"])
+    assert torch.equal(
+        pipe.unet.get_submodule(name).lora_B["default_0"].weight, saved[f"unet.{name}.lora_B.weight"]
+    )

@@ -28,7 +28,9 @@ def tiny() -> DiffusionBackbone:
 
 
 def job(micro: str, n: int, steps: int = 20, every: int = 10, batch: int = 1, rank: int = 4) -> TrainJob:
-    return TrainJob("tiny-sd", "low", n, micro, rank=rank, steps=steps, snapshot_every=every, batch_size=batch)
+    return TrainJob(
+        "tiny-sd", "low", n, micro, rank=rank, steps=steps, snapshot_every=every, batch_size=batch
+    )
 
 
 def train_alone_reference(j: TrainJob, bb: DiffusionBackbone) -> dict[str, torch.Tensor]:
@@ -51,7 +53,9 @@ def train_alone_reference(j: TrainJob, bb: DiffusionBackbone) -> dict[str, torch
             modules[n].lora_A["default"].weight.copy_(init[n])
             modules[n].lora_B["default"].weight.zero_()
     params = [p for p in unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=j.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=WEIGHT_DECAY)
+    opt = torch.optim.AdamW(
+        params, lr=j.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=WEIGHT_DECAY
+    )
     md = open_micro_dataset(j.micro_dataset)
     pixels = torch.from_numpy(md.load(md.choose(j.dataset_size), bb.resolution))
     noise_gen, order_gen = torch.Generator().manual_seed(j.seed), torch.Generator().manual_seed(j.seed)
@@ -86,9 +90,12 @@ def save_tiny_sdxl(folder) -> None:
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64, attention_head_dim=(1, 2), norm_num_groups=32, transformer_layers_per_block=(1, 2),
-        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=(1, 2), norm_num_groups=32,
+        transformer_layers_per_block=(1, 2),
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,
     )  # fmt: skip
     text = CLIPTextConfig(**tiny_sd.TEXT_CONFIG)
     pipe = StableDiffusionXLPipeline(

@@ -32,7 +32,15 @@ def recipe_from_factory(source: Path) -> dict:
 
     for snap in iter_snapshots(source):
         job = snap.sidecar.job.to_dict()
-        keys = ("learning_rate", "batch_size", "steps", "snapshot_every", "target_modules", "seed", "resolution")
+        keys = (
+            "learning_rate",
+            "batch_size",
+            "steps",
+            "snapshot_every",
+            "target_modules",
+            "seed",
+            "resolution",
+        )
         return {**{k: job[k] for k in keys if k in job}, **snap.sidecar.recipe}
     return {}
 

@@ -1,1 +1,2 @@
-"""LoRA-WiSE as a Hugging Face dataset: build parquet configs, load them, the card, the Hub, the upstream import."""
+"""LoRA-WiSE as a Hugging Face dataset: build parquet configs, load them, the card, the Hub,
+the upstream import."""

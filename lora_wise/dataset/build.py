@@ -98,7 +98,9 @@ def _check_precision(precision: str) -> None:
         raise DatasetBuildError(f"precision must be one of {PRECISIONS}, not {precision!r}")
 
 
-def spectra_row(spectra: Spectra, layers: list[str], width: int, meta: dict[str, Any], precision: str) -> dict:
+def spectra_row(
+    spectra: Spectra, layers: list[str], width: int, meta: dict[str, Any], precision: str
+) -> dict:
     """One dataset row: ``meta`` (model_id, micro_dataset, ...) plus spectra aligned to ``layers``."""
     aligned = spectra.align(layers, width)
     dtype = np.dtype(precision)
@@ -111,7 +113,9 @@ def spectra_row(spectra: Spectra, layers: list[str], width: int, meta: dict[str,
         "alpha": float(meta["alpha"]),
         "step": int(meta["step"]),
         "image_ids": [str(i) for i in meta.get("image_ids") or []],
-        "recipe": meta["recipe"] if isinstance(meta["recipe"], str) else json.dumps(meta["recipe"], sort_keys=True),
+        "recipe": meta["recipe"]
+        if isinstance(meta["recipe"], str)
+        else json.dumps(meta["recipe"], sort_keys=True),
     }
     return row | {kind: getattr(aligned, kind).astype(dtype) for kind in KINDS}
 
@@ -215,8 +219,8 @@ class ConfigWriter:
     Old shards of the config are removed first, so a rebuild never mixes with a previous one.
     """
 
-    def __init__(self, out_dir: Path, config: str, layers: list[str], width: int, *, precision: str = "float32",
-                 with_weights: bool = False, info: dict[str, Any] | None = None,
+    def __init__(self, out_dir: Path, config: str, layers: list[str], width: int, *,
+                 precision: str = "float32", with_weights: bool = False, info: dict[str, Any] | None = None,
                  max_shard_bytes: int = MAX_SHARD_BYTES) -> None:  # fmt: skip
         _check_precision(precision)
         self.out_dir, self.config, self.layers, self.width = Path(out_dir), config, list(layers), width
@@ -229,7 +233,9 @@ class ConfigWriter:
             self._weights = {s: _Shards(folder, s, weights_features(), max_shard_bytes) for s in SPLITS}
         else:
             folder.rmdir()
-        self._stats = {s: {"models": set(), "micro_datasets": set(), "steps": set(), "sizes": set()} for s in SPLITS}
+        self._stats = {
+            s: {"models": set(), "micro_datasets": set(), "steps": set(), "sizes": set()} for s in SPLITS
+        }
 
     def _fresh(self, config: str) -> Path:
         folder = self.out_dir / "data" / config
@@ -243,9 +249,13 @@ class ConfigWriter:
         self._spectra[split].add(row, nbytes)
         if self._weights is not None:
             if weights_bytes is None:
-                raise DatasetBuildError(f"{row['model_id']} step {row['step']}: no weights bytes for the -weights config")
+                raise DatasetBuildError(
+                    f"{row['model_id']} step {row['step']}: no weights bytes for the -weights config"
+                )
             keys = ("model_id", "micro_dataset", "dataset_size", "step")
-            self._weights[split].add({**{k: row[k] for k in keys}, "safetensors": weights_bytes}, len(weights_bytes))
+            self._weights[split].add(
+                {**{k: row[k] for k in keys}, "safetensors": weights_bytes}, len(weights_bytes)
+            )
         stats = self._stats[split]
         stats["models"].add(row["model_id"])
         stats["micro_datasets"].add(row["micro_dataset"])
@@ -391,7 +401,9 @@ def build_dataset(factory_dir: str | Path, out_dir: str | Path, weights: bool = 
     """
     _check_precision(precision)
     if merge and weights:
-        raise DatasetBuildError("--merge keeps spectra rows only: build the -weights configs from one factory folder")
+        raise DatasetBuildError(
+            "--merge keeps spectra rows only: build the -weights configs from one factory folder"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs, notes = scan_factory(factory_dir)
@@ -411,7 +423,9 @@ def _build_config(out: Path, config: str, members: list[FactoryJob], wanted: set
                   precision: str, notes: list[str], progress: Progress | None,
                   kept: list[dict] = ()) -> dict[str, dict | None]:  # fmt: skip
     splits = split_micro_datasets({m.job.micro_dataset for m in members} | {r["micro_dataset"] for r in kept})
-    snapshots = [(m, step) for m in members for step in sorted(m.sidecars) if wanted is None or step in wanted]
+    snapshots = [
+        (m, step) for m in members for step in sorted(m.sidecars) if wanted is None or step in wanted
+    ]
     if not snapshots:
         raise DatasetBuildError(f"{config}: none of the requested steps {sorted(wanted or [])} exists")
     # The layer order is fixed before any row is written: the union over the jobs' headers.
@@ -420,7 +434,8 @@ def _build_config(out: Path, config: str, members: list[FactoryJob], wanted: set
     width = max(m.job.rank for m in members)
     job = members[0].job
     info = {"source": "factory", "range": job.range_name, "backbone": job.backbone, "rank": job.rank,
-            "split_seed": PAPER_SEED, "evaluated_step": SCHEDULES.get(job.range_name, (0, 0, None))[2]}  # fmt: skip
+            "split_seed": PAPER_SEED,
+            "evaluated_step": SCHEDULES.get(job.range_name, (0, 0, None))[2]}  # fmt: skip
     _check_kept(out, config, kept, layers, width)
     writer = ConfigWriter(out, config, layers, width, precision=precision, with_weights=weights, info=info)
     for row in kept:
@@ -440,7 +455,9 @@ def _build_config(out: Path, config: str, members: list[FactoryJob], wanted: set
     return writer.close()
 
 
-def _kept_rows(out: Path, config: str, members: list[FactoryJob], wanted: set[int] | None, precision: str) -> list[dict]:
+def _kept_rows(
+    out: Path, config: str, members: list[FactoryJob], wanted: set[int] | None, precision: str
+) -> list[dict]:
     """Rows of ``config`` already in ``out`` whose model the factory folder does not hold (for ``merge``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -449,7 +466,9 @@ def _kept_rows(out: Path, config: str, members: list[FactoryJob], wanted: set[in
     if entry is None:
         return []
     if entry.get("precision", "float32") != precision:
-        raise DatasetBuildError(f"{config}: stored in {entry.get('precision')}, cannot merge {precision} rows into it")
+        raise DatasetBuildError(
+            f"{config}: stored in {entry.get('precision')}, cannot merge {precision} rows into it"
+        )
     tables = [pq.read_table(f) for f in _config_files(out, entry)]
     fresh = {_row_meta(m, min(m.sidecars))["model_id"] for m in members}
     rows = []

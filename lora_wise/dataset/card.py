@@ -22,7 +22,12 @@ DEFAULT_REPO_ID = "<user>/lora-wise"
 
 def size_category(n: int) -> str:
     """The Hub's ``size_categories`` bucket for ``n`` rows."""
-    for bound, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+    for bound, label in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
         if n < bound:
             return label
     return "1M<n<10M"
@@ -37,7 +42,12 @@ def card_metadata(manifest: dict) -> dict[str, Any]:
         if i == 0:
             config["default"] = True
         configs.append(config)
-    rows = sum(s["rows"] for e in manifest["configs"].values() if e["kind"] == "spectra" for s in e["splits"].values())
+    rows = sum(
+        s["rows"]
+        for e in manifest["configs"].values()
+        if e["kind"] == "spectra"
+        for s in e["splits"].values()
+    )
     return {
         "license": "mit",
         "task_categories": ["tabular-classification"],

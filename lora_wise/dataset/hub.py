@@ -66,12 +66,18 @@ def local_files(folder: str | Path) -> dict[str, Path]:
     out = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if path.is_file() and not any(p.startswith(".") for p in rel.parts) and not path.name.endswith(".tmp"):
+        if (
+            path.is_file()
+            and not any(p.startswith(".") for p in rel.parts)
+            and not path.name.endswith(".tmp")
+        ):
             out[rel.as_posix()] = path
     return out
 
 
-def remote_files(repo_id: str, token: str | None = None, revision: str | None = None) -> dict[str, object] | None:
+def remote_files(
+    repo_id: str, token: str | None = None, revision: str | None = None
+) -> dict[str, object] | None:
     """Remote path -> ``RepoFile`` (None when the repo does not exist)."""
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
@@ -143,8 +149,9 @@ def download(repo_id: str, revision: str | None = None, allow_patterns: list[str
     """The dataset repo's snapshot folder in the Hub cache (offline: from the cache alone)."""
     from huggingface_hub import snapshot_download
 
-    folder = _call(snapshot_download, repo_id, repo_type=REPO_TYPE, revision=revision, allow_patterns=allow_patterns,
-                   token=token, endpoint=os.environ.get("HF_ENDPOINT") or None)  # fmt: skip
+    folder = _call(snapshot_download, repo_id, repo_type=REPO_TYPE, revision=revision,
+                   allow_patterns=allow_patterns, token=token,
+                   endpoint=os.environ.get("HF_ENDPOINT") or None)  # fmt: skip
     return Path(folder)
 
 
@@ -157,7 +164,9 @@ def _check_resolvable() -> None:
         socket.getaddrinfo(host, None)
     except (OSError, UnicodeError) as exc:
         reason = getattr(exc, "strerror", None) or exc
-        message = f"cannot reach the Hub: {host!r} does not resolve ({reason}); check the network or HF_ENDPOINT"
+        message = (
+            f"cannot reach the Hub: {host!r} does not resolve ({reason}); check the network or HF_ENDPOINT"
+        )
         raise HubError(message) from None
 
 
@@ -166,7 +175,14 @@ def _call(fn, *args, **kwargs):
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    failures = (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, OSError, ValueError, httpx2.HTTPError)
+    failures = (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        OSError,
+        ValueError,
+        httpx2.HTTPError,
+    )
     try:
         return fn(*args, **kwargs)
     except failures as exc:

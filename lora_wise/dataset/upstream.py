@@ -69,7 +69,11 @@ def find_upstream_files(folder: str | Path, config: str) -> list[Path]:
     every = sorted(root.rglob("*.parquet"), key=lambda p: natural_key(str(p)))
     named = re.compile(rf"^{re.escape(config)}(-|\.|$)")
     mine = [p for p in every if config in p.relative_to(root).parts[:-1] or named.match(p.stem)]
-    if not mine and every and not any(c in p.relative_to(root).as_posix() for p in every for c in UPSTREAM_CONFIGS):
+    if (
+        not mine
+        and every
+        and not any(c in p.relative_to(root).as_posix() for p in every for c in UPSTREAM_CONFIGS)
+    ):
         mine = every  # a plain folder of one config's files
     if not mine:
         raise DatasetBuildError(f"{root}: no parquet file of upstream config {config!r}")
@@ -80,11 +84,15 @@ def _fetch(repo_or_folder: str | Path, config: str, revision: str | None) -> lis
     if Path(repo_or_folder).is_dir():
         return find_upstream_files(repo_or_folder, config)
     if Path(repo_or_folder).exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", str(repo_or_folder)):
-        raise DatasetBuildError(f"{repo_or_folder}: neither a folder of parquet files nor a Hub repo id (user/name)")
+        raise DatasetBuildError(
+            f"{repo_or_folder}: neither a folder of parquet files nor a Hub repo id (user/name)"
+        )
     from lora_wise.dataset.hub import download
 
     patterns = [f"{config}/*", f"*/{config}/*", f"{config}-*", f"*/{config}-*", f"{config}.parquet"]
-    return find_upstream_files(download(str(repo_or_folder), revision=revision, allow_patterns=patterns), config)
+    return find_upstream_files(
+        download(str(repo_or_folder), revision=revision, allow_patterns=patterns), config
+    )
 
 
 def upstream_layers(files: list[Path]) -> list[str]:
@@ -96,7 +104,9 @@ def upstream_layers(files: list[Path]) -> list[str]:
         names = pq.read_schema(path).names
         missing = {"label", "name"} - set(names)
         if missing:
-            raise InvalidLoraFile(f"{path}: not an upstream LoRA-WiSE file (no column {sorted(missing)[0]!r})")
+            raise InvalidLoraFile(
+                f"{path}: not an upstream LoRA-WiSE file (no column {sorted(missing)[0]!r})"
+            )
         downs = {n[: -len(DOWN)] for n in names if n.endswith(DOWN)}
         ups = {n[: -len(UP)] for n in names if n.endswith(UP)}
         if downs != ups or not downs:
@@ -108,7 +118,9 @@ def upstream_layers(files: list[Path]) -> list[str]:
     return layers or []
 
 
-def iter_upstream_spectra(path: Path, layers: list[str], rank: int, batch_size: int = 2) -> Iterator[tuple[int, str, Spectra]]:
+def iter_upstream_spectra(
+    path: Path, layers: list[str], rank: int, batch_size: int = 2
+) -> Iterator[tuple[int, str, Spectra]]:
     """(label, name, Spectra) per row of one upstream file, in file order.
 
     Memory is bounded by ONE layer's two column chunks of one row group, whatever the row-group
@@ -130,8 +142,8 @@ def iter_upstream_spectra(path: Path, layers: list[str], rank: int, batch_size: 
         spectra_of = {k: np.zeros((n, len(layers), rank)[: 2 if k == "fro" else 3]) for k in KINDS}
         for li, layer in enumerate(layers):
             first = 0
-            batches = parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=[layer + DOWN, layer + UP],
-                                           use_threads=False)  # fmt: skip
+            batches = parquet.iter_batches(batch_size=batch_size, row_groups=[group],
+                                           columns=[layer + DOWN, layer + UP], use_threads=False)  # fmt: skip
             for batch in batches:
                 # The rows of this batch as the "layers" of one LoraWeights: one batched QR/SVD call.
                 keys = [f"{first + j:08d}" for j in range(batch.num_rows)]
@@ -158,8 +170,8 @@ def _layer(batch, layer: str, j: int, rank: int, path: Path, key: str) -> LoraLa
     return LoraLayer(key, "lora", a, b, float(rank), 1.0)
 
 
-def import_upstream(repo_or_folder: str | Path, config: str, out_dir: str | Path, *, precision: str = "float32",
-                    batch_size: int = 2, revision: str | None = None,
+def import_upstream(repo_or_folder: str | Path, config: str, out_dir: str | Path, *,
+                    precision: str = "float32", batch_size: int = 2, revision: str | None = None,
                     progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:  # fmt: skip
     """Convert upstream ``config`` (a Hub repo id or a local folder) into ``out_dir``; returns the manifest
     entry. ``progress(config, done, total)`` is called after each model."""
@@ -175,7 +187,8 @@ def import_upstream(repo_or_folder: str | Path, config: str, out_dir: str | Path
     source = str(repo_or_folder) if not Path(repo_or_folder).is_dir() else UPSTREAM_REPO
     recipe = json.dumps({"source": source, "upstream_config": config, "method": "DreamBooth-LoRA",
                          "target_modules": list(TARGET_MODULES), "learning_rate": 1e-4,
-                         "batch_size": SCHEDULES[range_name][0], "step": step, "seed": 0}, sort_keys=True)  # fmt: skip
+                         "batch_size": SCHEDULES[range_name][0], "step": step, "seed": 0},
+                        sort_keys=True)  # fmt: skip
     info = {"source": "upstream", "upstream_repo": source, "upstream_config": config, "range": range_name,
             "backbone": backbone, "rank": rank, "split_seed": 42, "evaluated_step": step}  # fmt: skip
     writer = ConfigWriter(Path(out_dir), name, layers, rank, precision=precision, info=info)

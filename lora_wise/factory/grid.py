@@ -146,7 +146,9 @@ def _expand_item(item: str, pool_concepts: list[str] | None) -> list[str]:
         return [item]
     found = [c for c in pool_concepts_or_load(pool_concepts) if matches(_pool_spec(c), [item])]
     if not found:
-        raise GridError(f"no pool concept matches {item!r} (the pool's concepts: lora_wise.factory.pool.concepts())")
+        raise GridError(
+            f"no pool concept matches {item!r} (the pool's concepts: lora_wise.factory.pool.concepts())"
+        )
     return [_pool_spec(c) for c in found]
 
 

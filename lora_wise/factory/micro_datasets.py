@@ -87,7 +87,9 @@ def open_micro_dataset(spec: str) -> MicroDataset:
         return MicroDataset(spec, spec, c.class_noun, tuple(pool.image_ids(rest)))
     if kind in ("folder", "concept101", "imagenet"):
         return _folder(spec, kind, Path(rest).expanduser())
-    raise MicroDatasetError(f"unknown micro-dataset kind {kind!r} in {spec!r}: pool, folder, concept101, imagenet")
+    raise MicroDatasetError(
+        f"unknown micro-dataset kind {kind!r} in {spec!r}: pool, folder, concept101, imagenet"
+    )
 
 
 def matches(spec: str, patterns: Iterable[str]) -> bool:

@@ -35,6 +35,8 @@ from lora_wise.factory.snapshots import is_done, job_folder, remove_temp_files, 
 #: Jobs per trained group: the trainer batches a group into one forward pass (docs/factory.md has the rates).
 DEFAULT_GROUP_SIZE = 32
 DEFAULT_TRAINER = "lora_wise.factory.train:train_group"
+
+
 def group_key(job: TrainJob) -> tuple:
     """What the jobs of one trained group must share."""
     return (job.backbone, job.rank, job.steps, job.snapshot_every, job.batch_size, job.learning_rate,
@@ -176,14 +178,20 @@ def run_lock(out_dir: Path, shard: tuple[int, int] | None) -> Iterator[None]:
     its rerun. Shards take separate locks so that an array of shards can share one folder.
     """
     name = f".generate-shard-{shard[0]}-of-{shard[1]}.lock" if shard else ".generate.lock"
-    with exclusive_lock(Path(out_dir) / name, lambda: FactoryError(f"another generate is already running on {out_dir} ({name})")):
+    with exclusive_lock(
+        Path(out_dir) / name,
+        lambda: FactoryError(f"another generate is already running on {out_dir} ({name})"),
+    ):
         yield
 
 
 def _run_locked(plan: Plan, executor: str, workers: int, ray_address: str | None, trainer: str,
                 console: Console | None) -> RunSummary:  # fmt: skip
     remove_partial_files(plan.out_dir, plan.todo)
-    tasks = [{"trainer": trainer, "out_dir": str(plan.out_dir), "jobs": [j.to_dict() for j in g]} for g in plan.groups]
+    tasks = [
+        {"trainer": trainer, "out_dir": str(plan.out_dir), "jobs": [j.to_dict() for j in g]}
+        for g in plan.groups
+    ]
     summary = RunSummary()
     console = console or Console(stderr=True, log_path=False)
     display = _Display(plan, console)
@@ -199,7 +207,9 @@ def _run_locked(plan: Plan, executor: str, workers: int, ray_address: str | None
         display.group_finished(group, result)
 
     with display, _one_torch_thread(executor != "ray" and not ray_address):
-        run_tasks(train_task, tasks, executor=executor, workers=workers, ray_address=ray_address, progress=on_result)
+        run_tasks(
+            train_task, tasks, executor=executor, workers=workers, ray_address=ray_address, progress=on_result
+        )
     summary.seconds = time.monotonic() - start
     summary.model_steps = display.model_steps_done() - display.baseline
     return summary
@@ -224,7 +234,8 @@ def _one_torch_thread(active: bool) -> Iterator[None]:
 
 
 class _Display:
-    """A rich progress bar over model-steps, read from the snapshots on disk so it works for every executor."""
+    """A rich progress bar over model-steps, read from the snapshots on disk so it works for every
+    executor."""
 
     def __init__(self, plan: Plan, console: Console) -> None:
         self.plan, self.console = plan, console
@@ -241,7 +252,9 @@ class _Display:
             TextColumn("ETA {task.fields[eta]}"),
             console=console,
         )
-        self.task = self.progress.add_task("training", total=max(plan.model_steps, 1), jobs="", rate="-", eta="-")
+        self.task = self.progress.add_task(
+            "training", total=max(plan.model_steps, 1), jobs="", rate="-", eta="-"
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refresh_loop, daemon=True)
 
@@ -273,7 +286,9 @@ class _Display:
         if result.ok:
             self.console.log(f"group of {len(group)} done ({group[0].config_name}, {finished} complete)")
         else:
-            self.console.log(f"[red]group of {len(group)} failed[/]: {result.error} (first job {group[0].job_id})")
+            self.console.log(
+                f"[red]group of {len(group)} failed[/]: {result.error} (first job {group[0].job_id})"
+            )
         self._refresh()
 
     def _refresh_loop(self) -> None:

@@ -119,7 +119,9 @@ def write_snapshot(folder: Path, sidecar: Sidecar, write_lora) -> None:
     sidecar on disk always means its LoRA is complete."""
     folder.mkdir(parents=True, exist_ok=True)
     meta = sidecar.to_dict()
-    write_lora(lora_path(folder, sidecar.step), {HEADER_KEY: json.dumps(meta, default=_json_default), "format": "pt"})
+    write_lora(
+        lora_path(folder, sidecar.step), {HEADER_KEY: json.dumps(meta, default=_json_default), "format": "pt"}
+    )
     atomic_write_text(sidecar_path(folder, sidecar.step), json.dumps(meta, indent=1, default=_json_default))
 
 

@@ -129,7 +129,9 @@ def _check_group(jobs: list[TrainJob]) -> None:
     keys = {(j.backbone, j.rank, j.steps, j.snapshot_every, j.batch_size, j.learning_rate,
              tuple(j.target_modules), j.resolution) for j in jobs}  # fmt: skip
     if len(keys) != 1:
-        raise ValueError(f"jobs of one group must share backbone/rank/steps/batch/lr/targets; got {sorted(keys)}")
+        raise ValueError(
+            f"jobs of one group must share backbone/rank/steps/batch/lr/targets; got {sorted(keys)}"
+        )
     ids = [j.job_id for j in jobs]
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate job ids in one group")
@@ -171,7 +173,9 @@ def _train(jobs: list[TrainJob], bb: DiffusionBackbone, out_dir: Path, progress:
         b = torch.zeros(k, shapes[n][0], j0.rank)
         layers[n] = StackedLoraLinear(modules[n], a, b, scale=j0.alpha / j0.rank)
     params = [p for layer in layers.values() for p in (layer.lora_A, layer.lora_B)]
-    opt = torch.optim.AdamW(params, lr=j0.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=WEIGHT_DECAY)
+    opt = torch.optim.AdamW(
+        params, lr=j0.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=WEIGHT_DECAY
+    )
     swap_modules(bb.unet, layers)
     try:
         t0 = time.time()
@@ -183,7 +187,8 @@ def _train(jobs: list[TrainJob], bb: DiffusionBackbone, out_dir: Path, progress:
             if progress:
                 progress(step, j0.steps)
         for d in data:
-            mark_done(job_folder(out_dir, d.job), {"model_id": d.job.job_id, "steps": j0.steps, "group_size": k,
+            mark_done(job_folder(out_dir, d.job), {"model_id": d.job.job_id, "steps": j0.steps,
+                                                   "group_size": k,
                                                    "seconds": round(time.time() - t0, 2)})  # fmt: skip
     finally:
         swap_modules(bb.unet, {n: layer.base for n, layer in layers.items()})
@@ -264,7 +269,12 @@ def sidecar(d: _JobData, step: int, bb: DiffusionBackbone) -> Sidecar:
             "learning_rate": job.learning_rate,
             "lr_scheduler": "constant",
             "batch_size": job.batch_size,
-            "optimizer": {"name": "AdamW", "betas": list(ADAM_BETAS), "eps": ADAM_EPS, "weight_decay": WEIGHT_DECAY},
+            "optimizer": {
+                "name": "AdamW",
+                "betas": list(ADAM_BETAS),
+                "eps": ADAM_EPS,
+                "weight_decay": WEIGHT_DECAY,
+            },
             "max_grad_norm": MAX_GRAD_NORM,
             "seed": job.seed,
             "target_modules": list(job.target_modules),
@@ -274,7 +284,12 @@ def sidecar(d: _JobData, step: int, bb: DiffusionBackbone) -> Sidecar:
     )
 
 
-def _write_snapshot(out_dir: Path, d: _JobData, k: int, step: int, layers: dict, bb: DiffusionBackbone) -> None:
+def _write_snapshot(
+    out_dir: Path, d: _JobData, k: int, step: int, layers: dict, bb: DiffusionBackbone
+) -> None:
     state = lora_state_dict(layers, k)
-    write_snapshot(job_folder(out_dir, d.job), sidecar(d, step, bb), lambda path, meta: write_safetensors(path, state, meta))
-
+    write_snapshot(
+        job_folder(out_dir, d.job),
+        sidecar(d, step, bb),
+        lambda path, meta: write_safetensors(path, state, meta),
+    )

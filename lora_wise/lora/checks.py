@@ -80,7 +80,9 @@ def _images_conflict(weights: LoraWeights) -> str | None:
 def declared_conflicts(weights: LoraWeights) -> list[str]:
     """One line per place where the declared metadata is impossible or contradicts the weights:
     an auditor's findings (``lora-scan`` exits 1), not mere warnings."""
-    return [found for check in (_backbone_conflict, _rank_conflict, _images_conflict) if (found := check(weights))]
+    return [
+        found for check in (_backbone_conflict, _rank_conflict, _images_conflict) if (found := check(weights))
+    ]
 
 
 def non_image_warning(weights: LoraWeights) -> str | None:

@@ -55,7 +55,8 @@ def crawl_options(command: Callable) -> Callable:
         click.option("--jobs", default=4, show_default=True, type=click.IntRange(1, 256),
                      help="Targets scanned at once (threads, or Ray tasks in flight)."),
         click.option("--max-size", default="2G", show_default=True,
-                     help="Skip files larger than this (e.g. 300M); checked from the listing or header first."),
+                     help="Skip files larger than this (e.g. 300M); checked from the listing or header "
+                          "first."),
         click.option("--keep", type=click.Path(file_okay=False),
                      help="Copy downloaded weights here (default: deleted after each scan)."),
         click.option("--attempts", default=3, show_default=True, type=click.IntRange(1, 100),
@@ -65,13 +66,18 @@ def crawl_options(command: Callable) -> Callable:
         click.option("--target-memory", default="4G", show_default=True,
                      help="Memory a crawl worker may add to what it holds at start; past it: 'error'."),
         click.option("--ray", "ray_address", metavar="ADDRESS",
-                     help="Run the scans on Ray: 'auto', 'ray://host:10001', or 'local' (a private instance)."),
+                     help="Run the scans on Ray: 'auto', 'ray://host:10001', or 'local' "
+                          "(a private instance)."),
         click.option("--shard", callback=_parse_shard, metavar="I/N",
-                     help="Keep only the targets of shard I of N (0-based), one machine each; merge with `report`."),
-        click.option("--bank-dir", type=click.Path(file_okay=False), help="Use reference banks from this folder."),
-        click.option("--force-estimate", is_flag=True, help="Give a number even when a LoRA is unlike the bank's models."),
+                     help="Keep only the targets of shard I of N (0-based), one machine each; "
+                          "merge with `report`."),
+        click.option("--bank-dir", type=click.Path(file_okay=False),
+                     help="Use reference banks from this folder."),
+        click.option("--force-estimate", is_flag=True,
+                     help="Give a number even when a LoRA is unlike the bank's models."),
         click.option("--retry-failed", is_flag=True, help="Give 'failed' targets a fresh set of attempts."),
-        click.option("--relist", is_flag=True, help="Run the search again although it finished (new targets are added)."),
+        click.option("--relist", is_flag=True,
+                     help="Run the search again although it finished (new targets are added)."),
         click.option("--no-report", is_flag=True, help="Do not write the report at the end."),
         click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end."),
         click.option("--quiet", is_flag=True, help="No progress display."),
@@ -214,8 +220,8 @@ def crawl_list(file: str, **common: Any) -> int:
     return _run(TargetsFile(file), **common)
 
 
-def _run(listing: Any, *, state: str, out: str | None, jobs: int, max_size: str, keep: str | None, attempts: int,
-         target_timeout: float, target_memory: str,
+def _run(listing: Any, *, state: str, out: str | None, jobs: int, max_size: str, keep: str | None,
+         attempts: int, target_timeout: float, target_memory: str,
          ray_address: str | None, shard: tuple[int, int] | None, bank_dir: str | None, force_estimate: bool,
          retry_failed: bool, relist: bool, no_report: bool, as_json: bool, quiet: bool) -> int:  # fmt: skip
     from .dispatch import Limits

@@ -119,4 +119,7 @@ def candidates_of(model: ModelInfo, number: int = 0) -> list[Candidate]:
         chosen, notes = pick_candidates(entries, max_size=2**62, where=repo.id)
     except (UnsafeFormat, NoLoraFiles) as exc:
         return [Candidate(repo.id, "hf", listing, status=status_of(exc), error=one_line(exc))]
-    return [Candidate(f"hf://{repo.id}/{e.path}", "hf", {**listing, "file": e.path, "notes": notes}) for e in chosen]
+    return [
+        Candidate(f"hf://{repo.id}/{e.path}", "hf", {**listing, "file": e.path, "notes": notes})
+        for e in chosen
+    ]

@@ -205,7 +205,10 @@ class Display:
         self.downloaded = 0  # bytes, this run: summing the table each refresh would read every row
         if enabled:
             self.progress = _TwoLineProgress(
-                TextColumn("[bold]crawl"), BarColumn(bar_width=50), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("[bold]crawl"),
+                BarColumn(bar_width=50),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
                 console=Console(stderr=True),
             )
             self.task = self.progress.add_task("", total=None)
@@ -227,7 +230,8 @@ class Display:
         done = sum(counts.get(s, 0) for s in FINAL)
         ok, failed, skipped = counts.get("ok", 0), counts.get("failed", 0), counts.get("skipped", 0)
         other = done - ok - failed - skipped
-        text = (f"[green]ok {ok}[/] · [red]failed {failed}[/] · skipped {skipped} · unsafe/error/no-lora {other} · "
+        text = (f"[green]ok {ok}[/] · [red]failed {failed}[/] · skipped {skipped} · "
+                f"unsafe/error/no-lora {other} · "
                 f"running {counts.get('running', 0)} · {format_size(self.downloaded)} fetched")  # fmt: skip
         self.progress.counts = text  # type: ignore[attr-defined]
         self.progress.update(self.task, completed=done, total=sum(counts.values()))

@@ -279,7 +279,9 @@ class CrawlState:
         """A transient failure: back to pending after ``wait`` s, or ``failed`` once attempts run out."""
         now = time.time()
         with self.transaction() as db:
-            (attempts,) = db.execute("SELECT attempts + 1 FROM targets WHERE target = ?", (target,)).fetchone()
+            (attempts,) = db.execute(
+                "SELECT attempts + 1 FROM targets WHERE target = ?", (target,)
+            ).fetchone()
             status = Status.FAILED if attempts >= max_attempts else Status.PENDING
             reason = f"{error} (gave up after {attempts} attempts)" if status == Status.FAILED else error
             db.execute(

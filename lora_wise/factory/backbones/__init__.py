@@ -71,19 +71,33 @@ class DiffusionBackbone:
 
         if self.is_sdxl:
             return StableDiffusionXLPipeline(
-                vae=self.vae, text_encoder=self.text_encoders[0], text_encoder_2=self.text_encoders[1],
-                tokenizer=self.tokenizers[0], tokenizer_2=self.tokenizers[1], unet=self.unet,
+                vae=self.vae,
+                text_encoder=self.text_encoders[0],
+                text_encoder_2=self.text_encoders[1],
+                tokenizer=self.tokenizers[0],
+                tokenizer_2=self.tokenizers[1],
+                unet=self.unet,
                 scheduler=self.scheduler,
             )
         return StableDiffusionPipeline(
-            vae=self.vae, text_encoder=self.text_encoders[0], tokenizer=self.tokenizers[0], unet=self.unet,
-            scheduler=self.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            vae=self.vae,
+            text_encoder=self.text_encoders[0],
+            tokenizer=self.tokenizers[0],
+            unet=self.unet,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )
 
     @staticmethod
     def _ids(tokenizer, prompt: str) -> torch.Tensor:
         return tokenizer(
-            prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+            prompt,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
         ).input_ids
 
 
@@ -109,7 +123,9 @@ def _load_pipeline_folder(name: str, source: str) -> DiffusionBackbone:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     if "/" not in source and not Path(source).exists():
-        raise BackboneError(f"unknown backbone {name!r}: use tiny-sd(-v2), {', '.join(PRESETS)}, a Hub id or a folder")
+        raise BackboneError(
+            f"unknown backbone {name!r}: use tiny-sd(-v2), {', '.join(PRESETS)}, a Hub id or a folder"
+        )
     try:
         index = DiffusionPipeline.load_config(source)
     except Exception as e:  # diffusers raises OSError/EnvironmentError/HTTP errors: one line for the user
@@ -127,5 +143,12 @@ def _load_pipeline_folder(name: str, source: str) -> DiffusionBackbone:
         model.requires_grad_(False).eval()
     vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
     return DiffusionBackbone(
-        name, unet, vae, tuple(encoders), tuple(tokenizers), scheduler, unet.config.sample_size * vae_factor, is_sdxl
+        name,
+        unet,
+        vae,
+        tuple(encoders),
+        tuple(tokenizers),
+        scheduler,
+        unet.config.sample_size * vae_factor,
+        is_sdxl,
     )
