@@ -48,7 +48,9 @@ def measure(k: int, steps: int, warmup: int, candidate: str | None = None) -> tu
 
         backbone = build_candidate(candidate)
     with tempfile.TemporaryDirectory() as out:
-        train_group(jobs, Path(out), progress=lambda s, n: ticks.append(time.perf_counter()), backbone=backbone)
+        train_group(
+            jobs, Path(out), progress=lambda s, n: ticks.append(time.perf_counter()), backbone=backbone
+        )
     dt = ticks[-1] - ticks[warmup - 1]
     rate = (steps - warmup) / dt
     return rate, rate * k
@@ -66,7 +68,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--procs", type=int, default=1)
-    ap.add_argument("--candidate", default=None, help="a tiny-sd v2 candidate (lora_wise.factory.backbones.tiny_sd_v2)")
+    ap.add_argument(
+        "--candidate", default=None, help="a tiny-sd v2 candidate (lora_wise.factory.backbones.tiny_sd_v2)"
+    )
     args = ap.parse_args()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()

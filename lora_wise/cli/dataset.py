@@ -62,8 +62,9 @@ def _progress_bar(disable: bool):
         yield update
 
 
-@click.command(context_settings=CONTEXT_SETTINGS,
-    epilog="\b\nExample:\n  lora-wise build runs/factory runs/dataset --steps 1200\n\n" + EXIT_CODES_HELP
+@click.command(
+    context_settings=CONTEXT_SETTINGS,
+    epilog="\b\nExample:\n  lora-wise build runs/factory runs/dataset --steps 1200\n\n" + EXIT_CODES_HELP,
 )
 @click.argument("factory_dir", type=click.Path(file_okay=False))
 @click.argument("out_dir", type=click.Path(file_okay=False))
@@ -153,9 +154,13 @@ def import_upstream(source: str, config: str, out_dir: str, revision: str | None
     console().print(_configs_table({our_config(config): entry}, f"imported {source} {config} into {out_dir}"))
 
 
-@click.command(context_settings=CONTEXT_SETTINGS, epilog="\b\nExamples:\n  lora-wise publish runs/dataset --repo-id user/lora-wise --dry-run\n"
-                      "  HF_TOKEN=hf_... lora-wise publish runs/dataset --repo-id user/lora-wise\n\n"
-                      + EXIT_CODES_HELP)  # fmt: skip
+PUBLISH_EPILOG = (
+    "\b\nExamples:\n  lora-wise publish runs/dataset --repo-id user/lora-wise --dry-run\n"
+    "  HF_TOKEN=hf_... lora-wise publish runs/dataset --repo-id user/lora-wise\n\n" + EXIT_CODES_HELP
+)
+
+
+@click.command(context_settings=CONTEXT_SETTINGS, epilog=PUBLISH_EPILOG)
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--repo-id", required=True, help="Hub dataset repo, user/name (created if missing).")
 @click.option(

@@ -206,11 +206,12 @@ def evaluate(
         _render(results, as_markdown, key)
 
 
-@click.command(context_settings=CONTEXT_SETTINGS,
+@click.command(
+    context_settings=CONTEXT_SETTINGS,
     epilog="\b\nExamples:\n"
     "  lora-wise norms benchmark/mini-lora-wise --config medium-tiny_sd-r8\n"
     "  lora-wise norms benchmark/mini-lora-wise --config low-tiny_sd-r8 --step 300 --json\n\n"
-    + EXIT_CODES_HELP
+    + EXIT_CODES_HELP,
 )
 @click.argument("source")
 @click.option(
