@@ -31,6 +31,7 @@ lint: setup
 bench: setup
 	$(BIN)/python scripts/bench_spectra.py
 	$(BIN)/python scripts/bench_estimators.py
+	$(BIN)/python scripts/bench_scan.py
 
 # The mini LoRA-WiSE, end to end (about 3.5 h on 2 cores here; resumable: rerun after a kill, or in a
 # new session: jobs already built into $(MINI_DIR) are skipped and the new ones merged in).
