@@ -71,6 +71,10 @@ class DatasetBuildError(LoraWiseError):
     """The factory folder or the dataset folder is not usable as asked."""
 
 
+class EmojiSourceError(LoraWiseError):
+    """An emoji source cannot be fetched, fails its checksum, or is not cached and npm is unavailable."""
+
+
 def one_line(exc: BaseException) -> str:
     """An error as one line (messages may hold newlines from servers or files): what every
     outcome row, log line and CLI error shows."""

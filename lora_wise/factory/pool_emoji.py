@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lora_wise.errors import LoraWiseError
+from lora_wise.errors import EmojiSourceError
 from lora_wise.factory.pool import Concept
 
 SIZE = 64
@@ -49,10 +49,6 @@ CAP = 64
 MIN_IMAGES = 50
 NEAR_DUPLICATE = 4.0  # grey levels (0-255), mean |difference| of 16x16 thumbnails
 PREFIX = "emoji-"
-
-
-class EmojiSourceError(LoraWiseError):
-    """An emoji source cannot be fetched, fails its checksum, or is not cached and npm is unavailable."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ import numpy as np
 #: ``full`` (LoCon with a Tucker core) keep their LyCORIS factors in ``factors``; a hand-built
 #: dense layer may instead set ``delta``.
 LOW_RANK_KINDS = ("lora", "conv", "dora")
-DENSE_KINDS = ("loha", "lokr", "full")
 
 #: Cap on the elements of any matrix built from a file's factors (a dense ΔW, a LoHa
 #: face-splitting factor, a Tucker product): 2**26 float64 values are 512 MiB. Checked from
@@ -207,6 +206,3 @@ class LoraWeights:
         for layer in self.layers.values():
             out[layer.component] = out.get(layer.component, 0) + 1
         return dict(sorted(out.items()))
-
-    def low_rank_layers(self) -> list[LoraLayer]:
-        return [layer for name, layer in sorted(self.layers.items()) if layer.low_rank]
