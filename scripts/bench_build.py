@@ -22,7 +22,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_import_upstream import sd15_layers  # noqa: E402
+from unet_shapes import sd15_attention_shapes  # noqa: E402
 
 from lora_wise.factory.jobs import TrainJob  # noqa: E402
 from lora_wise.factory.snapshots import Sidecar, job_folder, mark_done, write_snapshot  # noqa: E402
@@ -79,7 +79,7 @@ print(json.dumps({"rows": len(rows), "seconds": time.perf_counter() - t, "peak_r
 
 
 def write_factory(out: Path, n_micro: int) -> int:
-    layers, count = sd15_layers(), 0
+    layers, count = sd15_attention_shapes(), 0
     rng = np.random.default_rng(0)
     for m in range(n_micro):
         for size in SIZES:

@@ -21,29 +21,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from unet_shapes import sd15_attention_shapes
 
-RANK, CROSS = 32, 768
-#: SD1.5 UNet transformer blocks: (module prefix, width).
-BLOCKS = (
-    [(f"down_blocks.{b}.attentions.{a}", w) for b, w in ((0, 320), (1, 640), (2, 1280)) for a in (0, 1)]
-    + [("mid_block.attentions.0", 1280)]
-    + [(f"up_blocks.{b}.attentions.{a}", w) for b, w in ((1, 1280), (2, 640), (3, 320)) for a in (0, 1, 2)]
-)
-
-
-def sd15_layers() -> dict[str, tuple[int, int]]:
-    """Canonical layer name -> (out d, in k): 16 blocks × (attn1, attn2) × 4 projections = 128."""
-    out = {}
-    for prefix, width in BLOCKS:
-        for attn in ("attn1", "attn2"):
-            for proj in ("to_q", "to_k", "to_v", "to_out.0"):
-                k = CROSS if attn == "attn2" and proj in ("to_k", "to_v") else width
-                out[f"unet.{prefix}.transformer_blocks.0.{attn}.{proj}"] = (width, k)
-    return out
+RANK = 32
 
 
 def write_synthetic(path: Path, rows: int, group: int = 10) -> None:
-    layers = sd15_layers()
+    layers = sd15_attention_shapes()
     fields = [("label", pa.int64()), ("name", pa.string())]
     for name in layers:
         fields += [
@@ -127,7 +111,7 @@ def main() -> None:
     size_gb = path.stat().st_size / 1e9
     meta = pq.ParquetFile(path).metadata
     print(f"upstream file: {size_gb:.2f} GB, {meta.num_rows} rows, {meta.num_row_groups} row groups, "
-          f"{len(sd15_layers())} layers, rank {RANK}")  # fmt: skip
+          f"{len(sd15_attention_shapes())} layers, rank {RANK}")  # fmt: skip
     base = child(CHILD_BASELINE)
     ours = child(CHILD_IMPORT, str(args.work / "release"), str(args.work / "dataset"))
     naive = child(CHILD_NAIVE, str(path))

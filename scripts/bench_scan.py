@@ -31,41 +31,20 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
+from unet_shapes import sd15_attention_shapes, sdxl_attention_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "scanner" / "data" / "example.safetensors"
-PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 BASELINE = "import sys, numpy; from safetensors.numpy import load_file; load_file(sys.argv[1])"
 
 
-def sd15_blocks() -> list[tuple[str, int]]:
-    """(transformer block path, channels) of SD1.5's UNet: 16 blocks, one transformer layer each."""
-    down = [(f"down_blocks.{b}.attentions.{a}", c) for b, c in enumerate((320, 640, 1280)) for a in range(2)]
-    up = [(f"up_blocks.{b}.attentions.{a}", c) for b, c in ((1, 1280), (2, 640), (3, 320)) for a in range(3)]
-    blocks = down + [("mid_block.attentions.0", 1280)] + up
-    return [(f"{path}.transformer_blocks.0", c) for path, c in blocks]
-
-
-def sdxl_blocks() -> list[tuple[str, int]]:
-    """SDXL's 70 transformer blocks: 2 or 10 layers deep per attention, 640 and 1280 channels."""
-    spec = [("down_blocks.1", 2, 2, 640), ("down_blocks.2", 2, 10, 1280), ("up_blocks.0", 3, 10, 1280),
-            ("up_blocks.1", 3, 2, 640)]  # fmt: skip
-    out = [(f"{blk}.attentions.{a}.transformer_blocks.{t}", c) for blk, n, depth, c in spec
-           for a in range(n) for t in range(depth)]  # fmt: skip
-    return out + [(f"mid_block.attentions.0.transformer_blocks.{t}", 1280) for t in range(10)]
-
-
-def write_lora(path: Path, blocks: list[tuple[str, int]], context: int, rank: int, dtype: type) -> Path:
+def write_lora(path: Path, shapes: dict[str, tuple[int, int]], rank: int, dtype: type) -> Path:
     """Random A and B for every attention projection, keys ``unet.<module>.lora_A/B.weight``."""
     rng = np.random.default_rng(0)
     tensors = {}
-    for block, c in blocks:
-        for attn in ("attn1", "attn2"):
-            for proj in PROJECTIONS:
-                k = context if attn == "attn2" and proj in ("to_k", "to_v") else c
-                name = f"unet.{block}.{attn}.{proj}"
-                tensors[f"{name}.lora_A.weight"] = (rng.standard_normal((rank, k)) * 0.01).astype(dtype)
-                tensors[f"{name}.lora_B.weight"] = (rng.standard_normal((c, rank)) * 0.001).astype(dtype)
+    for name, (out, k) in shapes.items():
+        tensors[f"{name}.lora_A.weight"] = (rng.standard_normal((rank, k)) * 0.01).astype(dtype)
+        tensors[f"{name}.lora_B.weight"] = (rng.standard_normal((out, rank)) * 0.001).astype(dtype)
     save_file(tensors, str(path))
     return path
 
@@ -113,8 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         (tmp_path / "banks").mkdir()
         env = {**os.environ, "LORA_WISE_BANKS": str(tmp_path / "banks"), "PYTHONPATH": str(ROOT)}
         files = {
-            "SD1.5 r8 fp16": write_lora(tmp_path / "sd15.safetensors", sd15_blocks(), 768, 8, np.float16),
-            "SDXL r32 fp32": write_lora(tmp_path / "sdxl.safetensors", sdxl_blocks(), 2048, 32, np.float32),
+            "SD1.5 r8 fp16": write_lora(
+                tmp_path / "sd15.safetensors", sd15_attention_shapes(), 8, np.float16
+            ),
+            "SDXL r32 fp32": write_lora(
+                tmp_path / "sdxl.safetensors", sdxl_attention_shapes(), 32, np.float32
+            ),
             "tiny-sd example": EXAMPLE,
         }
         scan = lora_scan()

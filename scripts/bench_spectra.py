@@ -26,57 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from unet_shapes import sd15_attention_shapes, sdxl_attention_shapes
 
 from lora_wise import compute_spectra, read_lora
-
-#: SD1.5 UNet transformer blocks: (module prefix, channels).
-_SD15_BLOCKS = (
-    [(f"down_blocks.{b}.attentions.{a}", c) for b, c in enumerate((320, 640, 1280)) for a in range(2)]
-    + [("mid_block.attentions.0", 1280)]
-    + [
-        (f"up_blocks.{b}.attentions.{a}", c)
-        for b, c in zip((1, 2, 3), (1280, 640, 320), strict=True)
-        for a in range(3)
-    ]
-)
-
-
-def sd15_attention_shapes(cross_dim: int = 768) -> dict[str, tuple[int, int]]:
-    """The 128 LoRA-targeted attention projections of SD1.5: name -> (out, in)."""
-    shapes = {}
-    for prefix, c in _SD15_BLOCKS:
-        block = f"unet.{prefix}.transformer_blocks.0"
-        for attn, kv_in in (("attn1", c), ("attn2", cross_dim)):
-            shapes[f"{block}.{attn}.to_q"] = (c, c)
-            shapes[f"{block}.{attn}.to_k"] = (c, kv_in)
-            shapes[f"{block}.{attn}.to_v"] = (c, kv_in)
-            shapes[f"{block}.{attn}.to_out.0"] = (c, c)
-    return shapes
-
-
-#: SDXL UNet transformer stacks: (module prefix, channels, transformer blocks per attention).
-_SDXL_BLOCKS = (
-    [(f"down_blocks.1.attentions.{a}", 640, 2) for a in range(2)]
-    + [(f"down_blocks.2.attentions.{a}", 1280, 10) for a in range(2)]
-    + [("mid_block.attentions.0", 1280, 10)]
-    + [(f"up_blocks.0.attentions.{a}", 1280, 10) for a in range(3)]
-    + [(f"up_blocks.1.attentions.{a}", 640, 2) for a in range(3)]
-)
-
-
-def sdxl_attention_shapes(cross_dim: int = 2048) -> dict[str, tuple[int, int]]:
-    """The 560 attention projections of the SDXL UNet (70 transformer blocks): name -> (out, in)."""
-    shapes = {}
-    for prefix, c, depth in _SDXL_BLOCKS:
-        for t in range(depth):
-            block = f"unet.{prefix}.transformer_blocks.{t}"
-            for attn, kv_in in (("attn1", c), ("attn2", cross_dim)):
-                shapes[f"{block}.{attn}.to_q"] = (c, c)
-                shapes[f"{block}.{attn}.to_k"] = (c, kv_in)
-                shapes[f"{block}.{attn}.to_v"] = (c, kv_in)
-                shapes[f"{block}.{attn}.to_out.0"] = (c, c)
-    return shapes
-
 
 MODELS = {"sd15": sd15_attention_shapes, "sdxl": sdxl_attention_shapes}
 

@@ -207,27 +207,7 @@ class TableRows(HTMLParser):
 def test_the_html_loads_in_chromium_without_console_errors_and_lists_every_target(state, tmp_path):
     write_report([state], tmp_path / "r")
     page = tmp_path / "r" / "report.html"
-    done = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'chromium-profile'}",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
+    done = _chromium(tmp_path, page, "--enable-logging=stderr", "--v=0", "--dump-dom")
     assert done.returncode == 0, done.stderr[-2000:]
     console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
     assert console == []  # no script error, no CSP violation, no blocked load

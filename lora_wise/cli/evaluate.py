@@ -67,6 +67,15 @@ def _render(results, as_markdown: bool, key: str | None) -> None:
     Console().print(table)
 
 
+micro_datasets_option = click.option(
+    "--micro-datasets",
+    "micro_datasets",
+    multiple=True,
+    metavar="GLOB",
+    help="Only these micro-datasets (glob, repeatable), e.g. 'pool:photo-*'.",
+)
+
+
 @click.command(context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 @click.argument("source")
 @click.option(
@@ -84,13 +93,7 @@ def _render(results, as_markdown: bool, key: str | None) -> None:
     "--step", type=int, default=None, help="Snapshot step to evaluate (nearest stored; default: the last)."
 )
 @click.option("--kinds", default=None, help="Matrix kinds for the spectral methods, e.g. 'a,b,ba' or 'ba'.")
-@click.option(
-    "--micro-datasets",
-    "micro_datasets",
-    multiple=True,
-    metavar="GLOB",
-    help="Only these micro-datasets (glob, repeatable), e.g. 'pool:photo-*'.",
-)
+@micro_datasets_option
 @click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option(
     "--n-train",
@@ -220,13 +223,7 @@ def evaluate(
     help="Dataset config, e.g. medium-tiny_sd-r8 (needed when SOURCE holds several).",
 )
 @click.option("--step", type=int, default=None, help="Snapshot step (nearest stored; default: the last).")
-@click.option(
-    "--micro-datasets",
-    "micro_datasets",
-    multiple=True,
-    metavar="GLOB",
-    help="Only these micro-datasets (glob, repeatable), e.g. 'pool:photo-*'.",
-)
+@micro_datasets_option
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 def norms(source, config, step, micro_datasets, as_json) -> None:
     """Does the LoRA's norm fall with dataset size? The paper's Fig. 2, as a table.
