@@ -9,6 +9,7 @@ import yaml
 
 from lora_wise.errors import GridError
 from lora_wise.factory.grid import expand_grid, load_grid, preset_names
+from lora_wise.factory.pool_emoji import V2_CONCEPT_NAMES
 from lora_wise.paper import RANGES, SCHEDULES
 
 CONCEPTS = [f"concept-{i:02d}" for i in range(60)]
@@ -122,6 +123,21 @@ def test_presets_are_listed():
     assert {"mini", "mini-diversity", "sd15-low", "sd15-medium", "sd2-medium", "sd15-high"} <= set(
         preset_names()
     )
+    assert {"mini-v2", "mini-v2-ranks"} <= set(preset_names())
+
+
+def test_v2_presets_list_the_50_v2_concepts_in_order():
+    v2 = [f"pool:{n}" for n in V2_CONCEPT_NAMES]
+    jobs = load_grid("mini-v2")
+    assert len(jobs) == 600 and Counter(j.range_name for j in jobs) == {"low": 300, "medium": 300}
+    assert list(dict.fromkeys(j.micro_dataset for j in jobs)) == v2
+    assert {(j.backbone, j.rank, j.steps, j.snapshot_every, j.learning_rate) for j in jobs} == {
+        ("tiny-sd-v2", 8, 1400, 100, 1e-4)
+    }
+    ranks = load_grid("mini-v2-ranks")
+    assert len(ranks) == 240 and {j.range_name for j in ranks} == {"medium"}
+    assert Counter(j.rank for j in ranks) == {4: 120, 16: 120}
+    assert list(dict.fromkeys(j.micro_dataset for j in ranks)) == v2[:20]
 
 
 def test_diversity_preset_is_the_medium_range_on_four_kinds_of_concept():

@@ -3,7 +3,9 @@
 Specs:
 
 - ``pool:<concept>``: a concept of the offline pool (``lora_wise.factory.pool``), or of the v2 emoji pool
-  (``pool:emoji-animal``, ``lora_wise.factory.pool_emoji``; fetched through npm on first use).
+  (``lora_wise.factory.pool_emoji``, fetched through npm on first use): a pilot concept
+  (``pool:emoji-animal``) or one of the mini LoRA-WiSE v2's (``pool:noto-flag-1``,
+  ``pool:openmoji-person-role``, ...).
 - ``folder:<path>``: a folder of images of one concept; the class noun is the folder name
   (or the ``class`` line of an optional ``concept.txt``).
 - ``concept101:<root>/<concept>``: the CustomConcept101 layout (``<root>/<concept>/*.jpg``,
@@ -78,7 +80,7 @@ def open_micro_dataset(spec: str) -> MicroDataset:
     if not sep or not rest:
         raise MicroDatasetError(f"bad micro-dataset spec {spec!r}: expected kind:value, e.g. pool:face")
     if kind == "pool" and pool_emoji.is_concept(rest):  # the v2 pool (fetched through npm once)
-        c = pool_emoji.concepts()[rest]
+        c = pool_emoji.concept(rest)
         return MicroDataset(spec, spec, c.class_noun, tuple(f"{rest}/{i:04d}" for i in range(c.size)))
     if kind == "pool":
         if rest not in pool.concepts():
