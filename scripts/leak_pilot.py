@@ -2,6 +2,10 @@
 
     python scripts/leak_pilot.py runs/leak-pilot --identities 50 --steps 400 --lr 1e-3
     python scripts/leak_pilot.py runs/leak-full --identities 250 --steps 1000 --lr 1e-4   # the scale
+    python scripts/leak_pilot.py runs/leak-dp10 --identities 50 --steps 400 --lr 1e-3 --defence dp:10
+
+``--defence`` (none, flip, dp:EPS, or a mix such as ``flip,dp:10``) trains victims and shadows under
+that defence; give each defence its own folder (a folder's recipe.json holds one).
 
 Writes ``<out>/identities.json``, ``<out>/identities/<key>/`` (the views) and ``<out>/loras/``
 (factory snapshots). Run it again to resume after a kill: finished groups are skipped.
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from lora_wise.factory.defences import parse_defence
 from lora_wise.leak.run import create_run
 from lora_wise.leak.victims import Recipe
 
@@ -31,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snapshot-every", type=int, default=None)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--group-size", type=int, default=25)
+    p.add_argument(
+        "--defence",
+        type=_defence,
+        default="none",
+        help="none (default), flip, dp:EPS (dp:inf: clipping only) or a mix such as flip,dp:10",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # docs/factory.md: the tiny UNet is fastest single-threaded
     recipe = Recipe(
@@ -40,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=args.lr,
         seed=args.seed,
         group_size=args.group_size,
+        defence=args.defence,
     )
     t0 = time.time()
     run = create_run(
@@ -51,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{len(run.jobs)} LoRAs x {recipe.steps} steps in {time.time() - t0:.0f} s", flush=True)
     return 0
+
+
+def _defence(spec: str) -> str:
+    try:
+        parse_defence(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return spec
 
 
 if __name__ == "__main__":

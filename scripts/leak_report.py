@@ -27,7 +27,9 @@ def render(root: Path) -> str:
     lines = [
         f"Run: {ev['victims']} victims, {ev['shadows']} shadows, backbone `{rec['backbone']}`, "
         f"rank {rec['rank']}, "
-        f"{rec['steps']} steps, lr {rec['learning_rate']:g}, seed {rec['seed']}; "
+        f"{rec['steps']} steps, lr {rec['learning_rate']:g}, seed {rec['seed']}"
+        + (f", defence `{rec['defence']}`" if rec.get("defence", "none") != "none" else "")
+        + "; "
         f"K = {ev['k']} images per victim "
         f"and arm, N = {ev['n']} candidates (chance {1 / ev['n']:.2f}).",
         "",

@@ -10,7 +10,9 @@ batch 1 and 1400 steps for low/medium, batch 8 and 1000 steps for high; snapshot
     micro_datasets: {pool: 50}      # or "pool:*", a list of specs, or {glob: ..., kind: ..., count: ...}
     ranges: [low, medium]           # or a mapping range -> keys that override the top level
     steps: 1400                     # optional: steps, snapshot_every, batch_size, learning_rate,
-    snapshot_every: 100             #           resolution, seed, sizes, target_modules
+    snapshot_every: 100             #           resolution, seed, sizes, target_modules,
+    augment: flip                   #           and the defences: augment, dp_epsilon,
+    dp_epsilon: 10                  #           dp_delta, dp_clip (docs/factory.md, "Defences")
 
 Micro-dataset specs are strings the trainer resolves (``pool:<concept>``, ``folder:<path>``,
 ``imagenet:<path>``, ``concept101:<path>``); the grid only lists them.
@@ -32,7 +34,8 @@ from lora_wise.factory.micro_datasets import matches
 from lora_wise.paper import RANGES, SCHEDULES, TARGET_MODULES
 
 #: Keys a grid (top level or one range) may set; anything else is a typo and is refused.
-JOB_KEYS = {"steps", "snapshot_every", "batch_size", "learning_rate", "resolution", "seed", "target_modules"}
+JOB_KEYS = {"steps", "snapshot_every", "batch_size", "learning_rate", "resolution", "seed", "target_modules",
+            "augment", "dp_epsilon", "dp_delta", "dp_clip"}  # fmt: skip
 AXIS_KEYS = {"backbones", "ranks", "micro_datasets", "sizes"}
 TOP_KEYS = JOB_KEYS | AXIS_KEYS | {"name", "description", "ranges"}
 DEFAULT_SNAPSHOT_EVERY = 100
@@ -98,6 +101,8 @@ def _expand_range(range_name: str, spec: dict, pool_concepts: list[str] | None) 
         "seed": int(spec.get("seed", 0)),
         "resolution": spec.get("resolution"),
         "target_modules": tuple(spec.get("target_modules", TARGET_MODULES)),
+        # TrainJob checks and converts the defences' values (YAML's .inf is a float already)
+        **{key: spec[key] for key in ("augment", "dp_epsilon", "dp_delta", "dp_clip") if key in spec},
     }
     if params["steps"] < 1 or not 1 <= params["snapshot_every"] <= params["steps"]:
         raise GridError(f"range {range_name!r}: need steps >= 1 and 1 <= snapshot_every <= steps")
@@ -105,13 +110,16 @@ def _expand_range(range_name: str, spec: dict, pool_concepts: list[str] | None) 
     ranks = [int(r) for r in _as_list(spec.get("ranks", [8]), "ranks")]
     sizes = [int(n) for n in _as_list(spec.get("sizes", list(RANGES[range_name])), "sizes")]
     micros = expand_micro_datasets(spec.get("micro_datasets"), pool_concepts)
-    return [
-        TrainJob(backbone=bb, range_name=range_name, dataset_size=n, micro_dataset=micro, rank=rank, **params)
-        for bb in backbones
-        for rank in ranks
-        for micro in micros
-        for n in sizes
-    ]
+    try:
+        return [
+            TrainJob(bb, range_name, n, micro, rank=rank, **params)
+            for bb in backbones
+            for rank in ranks
+            for micro in micros
+            for n in sizes
+        ]
+    except (TypeError, ValueError) as exc:  # a defence's value (TrainJob.__post_init__)
+        raise GridError(f"range {range_name!r}: {exc}") from None
 
 
 def expand_micro_datasets(spec: Any, pool_concepts: list[str] | None = None) -> list[str]:

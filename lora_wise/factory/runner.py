@@ -38,9 +38,11 @@ DEFAULT_TRAINER = "lora_wise.factory.train:train_group"
 
 
 def group_key(job: TrainJob) -> tuple:
-    """What the jobs of one trained group must share."""
+    """What the jobs of one trained group share: also their defences (the trainer could mix them,
+    but then one group would span several configs and Opacus' absence would fail plain jobs)."""
     return (job.backbone, job.rank, job.steps, job.snapshot_every, job.batch_size, job.learning_rate,
-            job.seed, job.resolution, job.target_modules)  # fmt: skip
+            job.seed, job.resolution, job.target_modules, job.augment, job.dp_epsilon, job.dp_delta,
+            job.dp_clip)  # fmt: skip
 
 
 def group_jobs(jobs: list[TrainJob], group_size: int = DEFAULT_GROUP_SIZE) -> list[list[TrainJob]]:
@@ -110,6 +112,9 @@ def make_plan(
     todo = [job for job in mine if job.job_id not in finished]
     if limit is not None:
         todo = todo[: max(limit, 0)]
+    from lora_wise.factory.defences import check_jobs  # imports torch, which planning otherwise does not
+
+    check_jobs(todo)  # DP with batches > 1, or without Opacus: refused before anything starts
     if todo and workers > 1:
         group_size = max(1, min(group_size, math.ceil(len(todo) / workers)))
     return Plan(out_dir, mine, done, group_jobs(todo, group_size), shard)

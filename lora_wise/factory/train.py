@@ -22,6 +22,11 @@ Speed comes from three exact rewrites of that script:
   and its image order (a fresh permutation per epoch, as a shuffling DataLoader) from a second
   generator with the same seed, so with seed 0 everywhere only the images differ.
 
+The defences (``lora_wise.factory.defences``: flip augmentation, DP-SGD) are per job too: a flip
+job's mirrored images are encoded once beside the originals and its coins come from a generator
+of its own; a DP job's gradient is clipped to its own C and noised from its own generator with
+its own σ. A job without them draws exactly what it drew before they existed.
+
 ``tests/test_train.py`` checks the batched result against a plain PEFT-wrapped UNet trained
 alone.
 """
@@ -31,11 +36,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from lora_wise.factory import defences
 from lora_wise.factory.backbones import DiffusionBackbone, load_backbone
 from lora_wise.factory.jobs import TrainJob
 from lora_wise.factory.micro_datasets import open_micro_dataset
@@ -79,7 +85,32 @@ class _JobData:
     added: dict
     noise_gen: torch.Generator
     order_gen: torch.Generator
-    order: list[int]
+    order: list[int] = field(default_factory=list)
+    flipped: tuple[torch.Tensor, torch.Tensor] | None = None  # the mirrored images' (mean, std)
+    flip_gen: torch.Generator | None = None
+    max_norm: float = MAX_GRAD_NORM  # the clipping norm: C under DP
+    noise_std: float = 0.0  # DP's σ·C
+    dp_gen: torch.Generator | None = None
+
+
+@dataclass
+class _Gradients:
+    """Each job's gradient treatment, as vectors over the K jobs: clipping, then DP noise."""
+
+    max_norm: torch.Tensor  # (K,)
+    noise_std: torch.Tensor  # (K,) 0: no noise
+    dp_gens: list
+    batch_size: int
+
+    @classmethod
+    def of(cls, data: list[_JobData], batch_size: int) -> _Gradients:
+        return cls(torch.tensor([d.max_norm for d in data]), torch.tensor([d.noise_std for d in data]),
+                   [d.dp_gen for d in data], batch_size)  # fmt: skip
+
+    def apply(self, params: list[torch.Tensor]) -> None:
+        _clip_per_job(params, self.max_norm)
+        if (self.noise_std > 0).any():
+            defences.add_dp_noise(params, self.noise_std, self.dp_gens, self.batch_size)
 
 
 def target_module_names(unet: torch.nn.Module, targets: Sequence[str]) -> list[str]:
@@ -119,13 +150,15 @@ def train_group(
     if not todo:
         return folders
     _check_group(todo)
+    defences.check_jobs(todo)
     bb = backbone or load_backbone(todo[0].backbone)
     _train(todo, bb, out_dir, progress)
     return folders
 
 
 def _check_group(jobs: list[TrainJob]) -> None:
-    # seeds may differ (each job has its own generators); lora_wise.factory.runner.group_key is stricter
+    # seeds and defences may differ (each job has its own generators, clip norm and σ);
+    # lora_wise.factory.runner.group_key is stricter
     keys = {(j.backbone, j.rank, j.steps, j.snapshot_every, j.batch_size, j.learning_rate,
              tuple(j.target_modules), j.resolution) for j in jobs}  # fmt: skip
     if len(keys) != 1:
@@ -143,10 +176,23 @@ def _prepare(job: TrainJob, bb: DiffusionBackbone) -> _JobData:
     pixels = torch.from_numpy(md.load(ids, job.resolution or bb.resolution))
     mean, std = bb.encode_images(pixels)
     embeds, added = bb.encode_prompt(md.instance_prompt)
-    return _JobData(
-        job, ids, mean, std, embeds, added,
-        torch.Generator().manual_seed(job.seed), torch.Generator().manual_seed(job.seed), [],
-    )  # fmt: skip
+    gens = [torch.Generator().manual_seed(job.seed) for _ in range(2)]  # noise, order
+    d = _JobData(job, ids, mean, std, embeds, added, *gens)
+    if job.augment == "flip":  # the VAE is not flip-equivariant: encode the mirrors, never flip latents
+        d.flipped, d.flip_gen = bb.encode_images(pixels.flip(-1)), defences.flip_generator(job)
+    if job.is_dp:
+        d.max_norm = job.dp_clip
+        d.noise_std = defences.noise_multiplier(job) * job.dp_clip
+        d.dp_gen = defences.dp_noise_generator(job)
+    return d
+
+
+def _posterior(d: _JobData, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE posterior of the drawn images, each mirrored on its own coin for a flip job."""
+    if d.flipped is None:
+        return d.mean[idx], d.std[idx]
+    flip = (torch.rand(len(idx), generator=d.flip_gen) < defences.FLIP_P).view(-1, 1, 1, 1)
+    return torch.where(flip, d.flipped[0][idx], d.mean[idx]), torch.where(flip, d.flipped[1][idx], d.std[idx])
 
 
 def _next_batch(d: _JobData, batch_size: int) -> list[int]:
@@ -176,11 +222,12 @@ def _train(jobs: list[TrainJob], bb: DiffusionBackbone, out_dir: Path, progress:
     opt = torch.optim.AdamW(
         params, lr=j0.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=WEIGHT_DECAY
     )
+    grads = _Gradients.of(data, m)
     swap_modules(bb.unet, layers)
     try:
         t0 = time.time()
         for step in range(1, j0.steps + 1):
-            _step(data, bb, layers, params, opt, m)
+            _step(data, bb, grads, params, opt, m)
             if step % j0.snapshot_every == 0 or step == j0.steps:
                 for i, d in enumerate(data):
                     _write_snapshot(out_dir, d, i, step, layers, bb)
@@ -194,14 +241,15 @@ def _train(jobs: list[TrainJob], bb: DiffusionBackbone, out_dir: Path, progress:
         swap_modules(bb.unet, {n: layer.base for n, layer in layers.items()})
 
 
-def _step(data: list[_JobData], bb: DiffusionBackbone, layers: dict, params: list, opt, m: int) -> None:
+def _step(data: list[_JobData], bb: DiffusionBackbone, grads: _Gradients, params: list, opt, m: int) -> None:
     sched = bb.scheduler
     lat, noise, ts, emb, mask, added = [], [], [], [], [], []
     for d in data:
         idx = _next_batch(d, m)
         shape = (len(idx), *d.mean.shape[1:])
         # the order of draws of the script: VAE sample, noise, timesteps
-        z = (d.mean[idx] + d.std[idx] * torch.randn(shape, generator=d.noise_gen)) * bb.scaling_factor
+        mean, std = _posterior(d, idx)
+        z = (mean + std * torch.randn(shape, generator=d.noise_gen)) * bb.scaling_factor
         eps = torch.randn(shape, generator=d.noise_gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=d.noise_gen)
         pad = m - len(idx)  # a short last batch: pad rows carry no loss
@@ -218,7 +266,7 @@ def _step(data: list[_JobData], bb: DiffusionBackbone, layers: dict, params: lis
     per_row = (pred.float() - eps.float()).pow(2).flatten(1).mean(1)
     loss = (per_row * torch.cat(mask)).sum()  # = sum over jobs of each job's mean MSE
     loss.backward()
-    _clip_per_job(params, MAX_GRAD_NORM)
+    grads.apply(params)
     opt.step()
     opt.zero_grad(set_to_none=True)
 
@@ -227,8 +275,9 @@ def _pad(x: torch.Tensor, pad: int) -> torch.Tensor:
     return x if pad == 0 else torch.cat([x, x[:1].expand(pad, *x.shape[1:])])
 
 
-def _clip_per_job(params: list[torch.Tensor], max_norm: float) -> None:
-    # torch.nn.utils.clip_grad_norm_ applied to each job's own parameters (slice k of every tensor)
+def _clip_per_job(params: list[torch.Tensor], max_norm: float | torch.Tensor) -> None:
+    # torch.nn.utils.clip_grad_norm_ applied to each job's own parameters (slice k of every tensor),
+    # with its own max norm when given one per job (K,); Opacus clips per sample by the same factor
     sq = torch.stack([p.grad.pow(2).flatten(1).sum(1) for p in params]).sum(0)
     coef = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
     for p in params:
@@ -275,12 +324,13 @@ def sidecar(d: _JobData, step: int, bb: DiffusionBackbone) -> Sidecar:
                 "eps": ADAM_EPS,
                 "weight_decay": WEIGHT_DECAY,
             },
-            "max_grad_norm": MAX_GRAD_NORM,
+            "max_grad_norm": d.max_norm,
             "seed": job.seed,
             "target_modules": list(job.target_modules),
             "init": "peft default (A kaiming_uniform a=sqrt(5), B zeros)",
             "torch": torch.__version__,
-        },
+        }
+        | defences.sidecar_record(job, step),
     )
 
 

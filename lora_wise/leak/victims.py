@@ -3,6 +3,8 @@
 The source paper's victim recipe (arXiv 2409.08482) scaled to the backbone: LoRA on ``to_q, to_v``
 only, rank 8, all of an identity's views (at most 5), its own trigger token. Snapshots are the
 factory's format (``lora_wise.factory.snapshots``), so a pilot resumes as the benchmark does.
+``Recipe.defence`` trains every victim AND shadow under one of the factory's defences
+(``lora_wise.factory.defences``): the attacker is assumed to know the victims' recipe.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lora_wise.factory.defences import parse_defence
 from lora_wise.factory.jobs import TrainJob
 from lora_wise.factory.snapshots import folder_done, job_folder, lora_path, snapshot_steps
 from lora_wise.factory.train import train_group
@@ -35,6 +38,10 @@ class Recipe:
     learning_rate: float = 1e-4
     seed: int = 0
     group_size: int = 25
+    defence: str = "none"  # none, flip, dp:EPS or a mix such as flip,dp:10 (parse_defence)
+
+    def __post_init__(self) -> None:
+        parse_defence(self.defence)  # a bad spec fails here, before any identity is drawn
 
     def job(self, spec: str, n_views: int, seed: int | None = None) -> TrainJob:
         return TrainJob(
@@ -48,6 +55,7 @@ class Recipe:
             learning_rate=self.learning_rate,
             seed=self.seed if seed is None else seed,
             target_modules=LEAK_TARGETS,
+            **parse_defence(self.defence),
         )
 
 
