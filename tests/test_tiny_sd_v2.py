@@ -48,3 +48,19 @@ def test_candidates_build_with_sd15_layer_names(candidate):
     with torch.no_grad():
         z, _ = bb.encode_images(torch.zeros(1, 3, bb.resolution, bb.resolution))
     assert z.shape[-1] == latent
+
+
+def test_packaged_backbones_record_which_weights_they_loaded():
+    """Two pre-trainings of one backbone name must be told apart: the digest covers every file loaded."""
+    import hashlib
+
+    from lora_wise._files import sha256_file
+    from lora_wise.factory.backbones import tiny_sd, tiny_sd_v2
+
+    files = sorted(
+        [*tiny_sd_v2.data_dir().glob("*.safetensors"), tiny_sd.data_dir() / "text_encoder.safetensors"]
+    )
+    want = hashlib.sha256("".join(f"{f.name}:{sha256_file(f)}\n" for f in files).encode()).hexdigest()
+    v2, v1 = load_backbone("tiny-sd-v2"), load_backbone("tiny-sd")
+    assert v2.extra["weights_sha256"] == want
+    assert v1.extra["weights_sha256"] not in (None, want)

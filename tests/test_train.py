@@ -160,3 +160,11 @@ def test_sdxl_folder_trains_and_loads(tmp_path):
     assert torch.equal(
         pipe.unet.get_submodule(name).lora_B["default_0"].weight, saved[f"unet.{name}.lora_B.weight"]
     )
+
+
+def test_a_snapshot_names_the_base_weights_it_was_trained_on(tmp_path):
+    from lora_wise.factory.snapshots import iter_snapshots
+
+    train_group([job("pool:digit-3-ink", 1, steps=2, every=2)], tmp_path, backbone=tiny())
+    (snap,) = list(iter_snapshots(tmp_path))
+    assert snap.sidecar.recipe["base_weights_sha256"] == tiny().extra["weights_sha256"]

@@ -330,8 +330,14 @@ def sidecar(d: _JobData, step: int, bb: DiffusionBackbone) -> Sidecar:
             "init": "peft default (A kaiming_uniform a=sqrt(5), B zeros)",
             "torch": torch.__version__,
         }
+        | _base_record(bb)
         | defences.sidecar_record(job, step),
     )
+
+
+def _base_record(bb: DiffusionBackbone) -> dict:
+    # which pre-training of the backbone (packaged backbones only: a folder or Hub id names its weights)
+    return {"base_weights_sha256": bb.extra["weights_sha256"]} if "weights_sha256" in bb.extra else {}
 
 
 def _write_snapshot(

@@ -10,6 +10,7 @@ as in diffusers' ``train_dreambooth_lora_sdxl.py``.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -105,17 +106,32 @@ class DiffusionBackbone:
 def load_backbone(name_or_path: str) -> DiffusionBackbone:
     """Load a backbone once per process (cached: the trainer treats it as read-only)."""
     if name_or_path == TINY_SD:
+        from lora_wise.factory.backbones import tiny_sd
         from lora_wise.factory.backbones.tiny_sd import RESOLUTION, load_tiny_sd
 
         unet, vae, text_encoder, tokenizer, scheduler = load_tiny_sd()
-        return DiffusionBackbone(TINY_SD, unet, vae, (text_encoder,), (tokenizer,), scheduler, RESOLUTION)
+        bb = DiffusionBackbone(TINY_SD, unet, vae, (text_encoder,), (tokenizer,), scheduler, RESOLUTION)
+        return _with_digest(bb, [tiny_sd.data_dir()])
     if name_or_path == TINY_SD_V2:  # v1's architecture, a longer pre-training on a disjoint pool
+        from lora_wise.factory.backbones import tiny_sd, tiny_sd_v2
         from lora_wise.factory.backbones.tiny_sd_v2 import RESOLUTION as RES_V2
         from lora_wise.factory.backbones.tiny_sd_v2 import load_tiny_sd_v2
 
         unet, vae, text_encoder, tokenizer, scheduler = load_tiny_sd_v2()
-        return DiffusionBackbone(TINY_SD_V2, unet, vae, (text_encoder,), (tokenizer,), scheduler, RES_V2)
+        bb = DiffusionBackbone(TINY_SD_V2, unet, vae, (text_encoder,), (tokenizer,), scheduler, RES_V2)
+        return _with_digest(bb, [tiny_sd_v2.data_dir(), tiny_sd.data_dir() / "text_encoder.safetensors"])
     return _load_pipeline_folder(name_or_path, PRESETS.get(name_or_path, name_or_path))
+
+
+def _with_digest(bb: DiffusionBackbone, places: list[Path]) -> DiffusionBackbone:
+    """Record which weights a packaged backbone loaded: one name may be pre-trained more than once
+    (tiny-sd-v2's candidates), and a LoRA is only meaningful on the base it was trained on."""
+    from lora_wise._files import sha256_file
+
+    files = sorted(f for p in places for f in ([p] if p.is_file() else p.glob("*.safetensors")))
+    joined = "".join(f"{f.name}:{sha256_file(f)}\n" for f in files)
+    bb.extra["weights_sha256"] = hashlib.sha256(joined.encode()).hexdigest()
+    return bb
 
 
 def _load_pipeline_folder(name: str, source: str) -> DiffusionBackbone:
