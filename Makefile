@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench mini clean
+.PHONY: setup demo test lint bench mini mini-v2 clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,18 @@ mini: setup
 		cp $(EXAMPLE).safetensors scanner/data/example.safetensors && cp $(EXAMPLE).json scanner/data/example.json; fi
 	$(BIN)/python scripts/reproduce_tables.py benchmark/mini-lora-wise \
 		--config low-tiny_sd-r8 --config medium-tiny_sd-r8 --out docs/results.md
+
+# The mini LoRA-WiSE v2 (issue 14): 600 tiny-sd-v2 LoRAs on 50 emoji concepts (mini-v2, medium range
+# first) plus the medium range at ranks 4 and 16 on 20 of them (mini-v2-ranks); resumable like `mini`
+# (about 3 h on 2 quiet cores). Needs npm once, to fetch the pinned emoji packages into the cache.
+MINI2_DIR  := benchmark/mini-lora-wise-v2
+MINI2_RUNS := runs/mini-v2
+mini-v2: setup
+	for grid in mini-v2 mini-v2-ranks; do \
+		OMP_NUM_THREADS=1 $(BIN)/lora-wise generate $$grid --out $(MINI2_RUNS) --workers 2 \
+			$(if $(wildcard $(MINI2_DIR)/lora_wise.json),--skip-built $(MINI2_DIR)) || exit 1; \
+	done
+	$(BIN)/lora-wise build $(MINI2_RUNS) $(MINI2_DIR) --steps $(MINI_STEPS) --merge
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -9,7 +9,7 @@ Protocol: split BY micro-dataset (a concept is never on both sides), 15 train / 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from lora_wise.estimation.bank import Bank
 from lora_wise.estimation.estimators import Applicability, SizeInterval, make_method
 from lora_wise.estimation.fitted import DEFAULT_KINDS
 from lora_wise.estimation.methods import ALL_METHODS, DSIRE, FROBENIUS_NN, INTERVAL, SELF_CHECK_METHODS
-from lora_wise.factory.micro_datasets import matches
+from lora_wise.factory.micro_datasets import class_noun, matches
 from lora_wise.factory.snapshots import iter_snapshots
 from lora_wise.lora.reader import read_lora
 from lora_wise.paper import PAPER_SEED, PAPER_TEST, PAPER_TRAIN, RANGES, SCHEDULES
@@ -105,6 +105,41 @@ def micro_splits(
     return out
 
 
+@dataclass(frozen=True)
+class Splits:
+    """The protocol's repeated splits as (train, test) row masks of one table."""
+
+    masks: list[tuple[np.ndarray, np.ndarray]]
+    n_train: int
+    n_test: int
+    note: str | None
+
+
+def protocol_splits(
+    table: SpectraTable,
+    n_train: int | None = None,
+    repeats: int = 10,
+    seed: int = PAPER_SEED,
+    groups: Mapping[str, str] | None = None,
+) -> Splits:
+    """The paper's split by micro-dataset; or, with ``groups`` (micro-dataset -> group, e.g. its
+    class), by group, so that two micro-datasets of one class never sit on both sides of a split
+    (counts then refer to groups)."""
+    key = table.micro_dataset
+    if groups is not None:
+        key = np.array([groups.get(m, m) for m in table.micro_dataset.tolist()], dtype=object)
+    n_tr, n_te, note = split_counts(len(np.unique(key)), n_train)
+    if groups is not None:
+        note = f"split by class: {len(np.unique(key))} classes, {n_tr} train / {n_te} test per repeat"
+    pairs = micro_splits(key, n_tr, n_te, repeats, seed)
+    return Splits([(np.isin(key, tr), np.isin(key, te)) for tr, te in pairs], n_tr, n_te, note)
+
+
+def class_groups(table: SpectraTable) -> dict[str, str]:
+    """Micro-dataset -> its class noun (the prompt's ``<class>``), for ``groups=`` of the protocol."""
+    return {m: class_noun(m) for m in np.unique(table.micro_dataset).tolist()}
+
+
 def metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     """MAE, MAPE (%) and accuracy (%) of one repeat. A continuous prediction is accurate
     when it is nearer the true size than any other, which the caller decides by rounding."""
@@ -165,22 +200,23 @@ def evaluate(
     n_train: int | None = None,
     step: int | None = None,
     seed: int = PAPER_SEED,
+    groups: Mapping[str, str] | None = None,
 ) -> list[MethodResult]:
     """Every method under the same splits; one ``MethodResult`` per method.
 
-    A table of several snapshot steps is evaluated at ``step`` (default: ``default_step``).
+    A table of several snapshot steps is evaluated at ``step`` (default: ``default_step``);
+    ``groups``: see :func:`protocol_splits`.
     """
     table, step_note = select_step(table, step)
-    n_tr, n_te, note = split_counts(len(np.unique(table.micro_dataset)), n_train)
-    splits = micro_splits(table.micro_dataset, n_tr, n_te, repeats, seed)
-    notes = [n for n in (note, step_note) if n]
+    splits = protocol_splits(table, n_train, repeats, seed, groups)
+    n_tr, n_te = splits.n_train, splits.n_test
+    notes = [n for n in (splits.note, step_note) if n]
     results = []
     for method in methods:
         per: dict[str, list[float]] = {"mae": [], "mape": [], "accuracy": [], "coverage": []}
         truth, preds = [], []
-        for train_groups, test_groups in splits:
-            train = table.subset(np.isin(table.micro_dataset, train_groups))
-            test = table.subset(np.isin(table.micro_dataset, test_groups))
+        for in_train, in_test in splits.masks:
+            train, test = table.subset(in_train), table.subset(in_test)
             pred, extra = _predict(method, kinds, train, test)
             m = metrics(pred, test.size)
             if "snapped" in extra:  # the continuous estimate: accuracy of its nearest known size
@@ -251,7 +287,8 @@ def ablate_n_train(
 ) -> list[MethodResult]:
     """Paper Fig. 5: accuracy against the number of training micro-datasets (counts that do
     not leave a test micro-dataset are skipped)."""
-    n_groups = len(np.unique(table.micro_dataset))
+    groups = kwargs.get("groups") or {}
+    n_groups = len({groups.get(m, m) for m in np.unique(table.micro_dataset).tolist()})
     out = []
     for n in counts:
         if n >= n_groups:
@@ -337,6 +374,7 @@ def cross_condition(
     n_train: int | None = None,
     seed: int = PAPER_SEED,
     method: str = DSIRE,
+    groups: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Fit on references at one step/rank, test on held-out concepts at another.
 
@@ -344,12 +382,11 @@ def cross_condition(
     ``fit_value``) and cross-condition (test at ``test_value``): what the score is for is that
     it falls when the estimate stops being trustworthy.
     """
-    n_tr, n_te, note = split_counts(len(np.unique(table.micro_dataset)), n_train)
+    splits = protocol_splits(table, n_train, repeats, seed, groups)
+    n_tr, n_te, note = splits.n_train, splits.n_test, splits.note
     col = getattr(table, column)
     rows: dict[str, dict[str, list[float]]] = {"in": {}, "cross": {}}
-    for train_groups, test_groups in micro_splits(table.micro_dataset, n_tr, n_te, repeats, seed):
-        in_train = np.isin(table.micro_dataset, train_groups)
-        in_test = np.isin(table.micro_dataset, test_groups)
+    for in_train, in_test in splits.masks:
         train = table.subset(in_train & (col == fit_value))
         est = make_method(method).fit(train)
         app = Applicability(kinds=est.kinds).fit(train)
@@ -384,12 +421,13 @@ def held_out_size(
     seed: int = PAPER_SEED,
     coverage: float = 0.8,
     base: str = "ridge",
+    groups: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Leave one size out: fit without any model of ``size``, estimate held-out concepts' models
     of that size. DSiRe can only answer a neighbouring size; the interval estimator may say
     "about ``size``". Reports both errors and how often the interval covers the truth."""
     table, _ = select_step(table, None)
-    n_tr, n_te, note = split_counts(len(np.unique(table.micro_dataset)), n_train)
+    splits = protocol_splits(table, n_train, repeats, seed, groups)
     vals: dict[str, list[float]] = {
         "dsire_mae": [],
         "interval_mae": [],
@@ -397,9 +435,9 @@ def held_out_size(
         "coverage": [],
         "width": [],
     }
-    for train_groups, test_groups in micro_splits(table.micro_dataset, n_tr, n_te, repeats, seed):
-        train = table.subset(np.isin(table.micro_dataset, train_groups) & (table.size != size))
-        test = table.subset(np.isin(table.micro_dataset, test_groups) & (table.size == size))
+    for in_train, in_test in splits.masks:
+        train = table.subset(in_train & (table.size != size))
+        test = table.subset(in_test & (table.size == size))
         voted = make_method(DSIRE).fit(train).predict(test)
         est, lo, hi = SizeInterval(base=base, coverage=coverage).fit(train).predict_interval(test)
         vals["dsire_mae"].append(float(np.abs(voted - size).mean()))
@@ -411,7 +449,7 @@ def held_out_size(
         "size": size,
         "base": base,
         "nominal_coverage": coverage * 100,
-        "notes": [note] if note else [],
+        "notes": [splits.note] if splits.note else [],
     }
     out |= {
         k: {"mean": round(float(np.mean(v)), 3), "std": round(float(np.std(v)), 3)} for k, v in vals.items()

@@ -326,3 +326,40 @@ def test_a_missing_path_is_not_taken_for_a_hub_repo_id(source):
     assert not is_repo_id(source) and is_repo_id("MoSalama98/LoRA-WiSE")
     with pytest.raises(LoraWiseError, match="cannot read spectra from"):
         ev.load_table(source)  # offline and at once, not a failed Hub download
+
+
+def test_split_by_class_never_puts_one_class_on_both_sides(medium):
+    """Two micro-datasets of one class (one subject in two styles) would help each other across a split."""
+    micros = sorted(np.unique(medium.micro_dataset).tolist())
+    groups = {m: f"class-{i // 2}" for i, m in enumerate(micros)}  # 25 pairs
+    splits = ev.protocol_splits(medium, groups=groups)
+    assert (splits.n_train, splits.n_test) == (8, 17) and "25 classes" in splits.note
+    for in_train, in_test in splits.masks:
+        train = {groups[m] for m in medium.micro_dataset[in_train].tolist()}
+        test = {groups[m] for m in medium.micro_dataset[in_test].tolist()}
+        assert len(train) == 8 and len(test) == 17 and not train & test
+        assert not (in_train & in_test).any()
+    (res,) = ev.evaluate(medium, ("dsire",), groups=groups)
+    assert res.n_train == 8 and any("split by class" in n for n in res.notes)
+    plain = ev.protocol_splits(medium)
+    assert plain.n_train == 15 and plain.note is None
+
+
+def test_class_nouns_come_from_the_concept_tables_without_images():
+    from lora_wise.factory.micro_datasets import class_noun
+
+    assert class_noun("pool:noto-flag-1") == class_noun("pool:openmoji-flag-2") == "flag"
+    assert class_noun("pool:emoji-animal") == "animal"
+    assert class_noun("pool:digit-3-ink") == "digit"
+    with pytest.raises(LoraWiseError):
+        class_noun("pool:no-such-concept")
+
+
+def test_split_by_class_needs_known_classes(factory, capsys):
+    """The fixture's micro-datasets name no real concept: one clear line, not a traceback."""
+    from lora_wise.cli.app import cli
+    from lora_wise.cli.tools import run
+
+    code = run(cli, ["evaluate", str(factory), "--split-by", "class", "--repeats", "2"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "concept-0" in err and len(err.splitlines()) == 1

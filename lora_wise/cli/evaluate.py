@@ -105,6 +105,14 @@ micro_datasets_option = click.option(
     "--seed", type=int, default=42, show_default=True, help="random.seed of the splits (the paper's 42)."
 )
 @click.option(
+    "--split-by",
+    type=click.Choice(["micro-dataset", "class"]),
+    default="micro-dataset",
+    show_default=True,
+    help="class: split by the micro-datasets' class nouns, so that no class (e.g. 'flag', drawn in two "
+    "styles or cut in parts) has micro-datasets on both sides; counts then refer to classes.",
+)
+@click.option(
     "--ablation",
     type=click.Choice(["kinds", "n-train"]),
     default=None,
@@ -147,6 +155,7 @@ def evaluate(
     repeats,
     n_train,
     seed,
+    split_by,
     ablation,
     by,
     confusion_png,
@@ -170,6 +179,8 @@ def evaluate(
     table = ev.load_table(source, config, micro_datasets)
     config_name = config or source.rstrip("/").rsplit("/", 1)[-1]
     common = {"repeats": repeats, "n_train": n_train, "seed": seed}
+    if split_by == "class":
+        common["groups"] = ev.class_groups(table)
     if cross or held_out_size is not None:
         if cross:
             try:

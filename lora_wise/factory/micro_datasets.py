@@ -94,6 +94,16 @@ def open_micro_dataset(spec: str) -> MicroDataset:
     )
 
 
+def class_noun(spec: str) -> str:
+    """A micro-dataset's class noun without loading (or fetching) its images where the name says it."""
+    kind, _, rest = spec.partition(":")
+    if kind == "pool" and pool_emoji.is_concept(rest):
+        return pool_emoji.class_noun(rest)
+    if kind == "pool" and rest in pool.concepts():
+        return pool.concepts()[rest].class_noun
+    return open_micro_dataset(spec).class_noun
+
+
 def matches(spec: str, patterns: Iterable[str]) -> bool:
     """Does a micro-dataset spec match any of the globs (``pool:photo-*``)? Case-sensitive."""
     return any(fnmatch.fnmatchcase(spec, p) for p in patterns)

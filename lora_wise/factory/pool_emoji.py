@@ -514,8 +514,12 @@ def v2_concepts() -> dict[str, Concept]:
 def concept(name: str) -> Concept:
     """One pilot or v2 concept; a pilot needs only Noto, so pilot grids never fetch OpenMoji."""
     source, index = _index(name)
-    noun = V2_CONCEPTS[name].noun if name in V2_CONCEPTS else CONCEPTS[name.removeprefix(PREFIX)][0]
-    return Concept(name, noun, "emoji" if name.startswith(PREFIX) else source, len(index))
+    return Concept(name, class_noun(name), "emoji" if name.startswith(PREFIX) else source, len(index))
+
+
+def class_noun(name: str) -> str:
+    """The prompt's class noun of a pilot or v2 concept (no fetch needed)."""
+    return V2_CONCEPTS[name].noun if name in V2_CONCEPTS else CONCEPTS[name.removeprefix(PREFIX)][0]
 
 
 def is_concept(name: str) -> bool:
