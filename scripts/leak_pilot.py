@@ -6,6 +6,8 @@
 
 ``--defence`` (none, flip, dp:EPS, or a mix such as ``flip,dp:10``) trains victims and shadows under
 that defence; give each defence its own folder (a folder's recipe.json holds one).
+``--vendors`` (e.g. ``noto,openmoji``) picks the identities' two artwork vendors; by default the
+backbone's: ``noto,twemoji`` on tiny-sd, ``noto,openmoji`` on tiny-sd-v2 (pre-trained on Twemoji).
 
 Writes ``<out>/identities.json``, ``<out>/identities/<key>/`` (the views) and ``<out>/loras/``
 (factory snapshots). Run it again to resume after a kill: finished groups are skipped.
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 from lora_wise.factory.defences import parse_defence
+from lora_wise.leak.identities import parse_vendors
 from lora_wise.leak.run import create_run
 from lora_wise.leak.victims import Recipe
 
@@ -38,9 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group-size", type=int, default=25)
     p.add_argument(
         "--defence",
-        type=_defence,
+        type=_arg_type(parse_defence, keep_spec=True),  # recipe.json keeps the spec
         default="none",
         help="none (default), flip, dp:EPS (dp:inf: clipping only) or a mix such as flip,dp:10",
+    )
+    p.add_argument(
+        "--vendors",
+        type=_arg_type(parse_vendors),
+        default=None,
+        help="the identities' two artwork vendors, e.g. noto,openmoji (default: the backbone's)",
     )
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # docs/factory.md: the tiny UNet is fastest single-threaded
@@ -52,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         group_size=args.group_size,
         defence=args.defence,
+        vendors=args.vendors,
     )
     t0 = time.time()
     run = create_run(
@@ -65,12 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _defence(spec: str) -> str:
-    try:
-        parse_defence(spec)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return spec
+def _arg_type(parse, keep_spec: bool = False):
+    """An argparse type from a parser that raises ValueError: its message becomes the usage error."""
+
+    def convert(spec: str):
+        try:
+            parsed = parse(spec)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return spec if keep_spec else parsed
+
+    return convert
 
 
 if __name__ == "__main__":

@@ -15,10 +15,12 @@ import sys
 from pathlib import Path
 
 from lora_wise.leak.encoder import load_encoder
+from lora_wise.leak.identities import VENDORS
 from lora_wise.leak.run import ATTACKS
 
 BEGIN, END = "<!-- leak-report:begin -->", "<!-- leak-report:end -->"
 ORACLE = "oracle (true prompt)"
+DISPLAY = {"noto": "Noto", "twemoji": "Twemoji", "openmoji": "OpenMoji"}
 
 
 def render(root: Path) -> str:
@@ -43,9 +45,11 @@ def render(root: Path) -> str:
             f"| {r['null_mean_top1']:.2f} |"
         )
     v = ev["embedding_validation"]
+    gallery, query = (DISPLAY[x] for x in rec.get("vendors") or VENDORS)  # runs before the choice: v1's
     lines += [
         "",
-        f"The embedding on these victims' real views (Twemoji view vs Noto-derived views, N = {ev['n']}): "
+        f"The embedding on these victims' real views ({query} view vs {gallery}-derived views, "
+        f"N = {ev['n']}): "
         f"top-1 {v['top1']:.2f}, top-5 {v['top5']:.2f} over {v['trials']} trials (chance {v['chance']:.2f}).",
         "",
     ]

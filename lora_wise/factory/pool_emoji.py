@@ -433,12 +433,27 @@ def dedupe(
     any of ``seen`` (images that must not come back, e.g. the pre-training pool)."""
     prior = 0 if seen is None else len(seen)
     both = images if seen is None else np.concatenate([seen, images])
-    thumbs = both.astype(np.float32).mean(-1).reshape(len(both), 16, SIZE // 16, 16, SIZE // 16).mean((2, 4))
+    thumbs = _thumbnails(both)
     kept: list[int] = list(range(prior))
     for i in range(prior, len(both)):
         if not kept or np.abs(thumbs[kept] - thumbs[i]).mean((1, 2)).min() >= threshold:
             kept.append(i)
     return [i - prior for i in kept[prior:]]
+
+
+def near_copies(images: np.ndarray, seen: np.ndarray, threshold: float = NEAR_DUPLICATE) -> np.ndarray:
+    """Whether each image is within ``threshold`` of one of ``seen`` (:func:`dedupe`'s distance), as bools."""
+    if len(seen) == 0:
+        return np.zeros(len(images), bool)
+    pool = _thumbnails(seen)
+    return np.array([np.abs(pool - t).mean((1, 2)).min() < threshold for t in _thumbnails(images)], bool)
+
+
+def _thumbnails(images: np.ndarray) -> np.ndarray:
+    """16x16 grey thumbnails, float32: what near-copies are compared on."""
+    return (
+        images.astype(np.float32).mean(-1).reshape(len(images), 16, SIZE // 16, 16, SIZE // 16).mean((2, 4))
+    )
 
 
 def _pilot_selectors() -> tuple[str, ...]:

@@ -76,7 +76,8 @@ def identify(
 def validate_embedding(
     views: list[np.ndarray], n: int = 10, trials: int = 20, seed: int = 0
 ) -> Identification:
-    """Identify an identity's held-out Twemoji view (index 1) from its Noto-derived views (0, 2, 4)."""
+    """Identify an identity's held-out second-vendor view (index 1: Twemoji, or OpenMoji for tiny-sd-v2)
+    from its first-vendor (Noto-derived) views (0, 2, 4)."""
     emb = [embed(v) for v in views]
     return identify([e[[1]] for e in emb], [e[[0, 2, 4]] for e in emb], n, seed=seed, trials=trials)
 

@@ -1,11 +1,16 @@
-"""Identities for the reconstruction attack: one emoji (its unified code point) drawn by several vendors.
+"""Identities for the reconstruction attack: one emoji (its code point) drawn by two vendors.
 
 An identity is a subject with several distinct views, as a face is in the source paper: the same emoji
-in Noto's and Twemoji's artwork (``lora_wise.factory.pool_emoji``'s pinned sources, which share one
-``emoji.json``, so the same code point is the same subject), plus deterministic mild variations of
-those (a small rotation, scale and shift; never a horizontal flip, which is one of the defences) up to
-:data:`VIEWS` images. Each identity gets its own rare trigger token, so its DreamBooth prompt is
-``a photo of <tok> emoji``: the attacker cannot read the subject off a shared prompt.
+in two vendors' artwork (``lora_wise.factory.pool_emoji``'s pinned sources), matched by code point
+(:func:`code_point`), plus deterministic mild variations of those (a small rotation, scale and shift;
+never a horizontal flip, which is one of the defences) up to :data:`VIEWS` images. Each identity gets
+its own rare trigger token, so its DreamBooth prompt is ``a photo of <tok> emoji``: the attacker cannot
+read the subject off a shared prompt.
+
+The vendors are a choice (:data:`VENDORS_BY_BACKBONE`): Noto and Twemoji for tiny-sd v1, whose base
+never saw an emoji; Noto and OpenMoji for tiny-sd-v2, whose base was pre-trained on every Twemoji image
+and some Noto ones (``pool_emoji.pretrain_images``), so that choice keeps only emoji the base never saw
+(:func:`qualifying`).
 
 The split is seeded and disjoint: :data:`SHADOW_FRACTION` of the identities are shadows (the attacker
 trains on them), the rest victims. Licences of the artwork are recorded per view
@@ -24,7 +29,12 @@ import numpy as np
 from lora_wise.errors import MicroDatasetError
 from lora_wise.factory import pool_emoji
 
-VENDORS = ("noto", "twemoji")
+VENDORS = ("noto", "twemoji")  # tiny-sd v1's identities, unchanged since the v1 pilot
+V2_VENDORS = ("noto", "openmoji")
+#: The default vendor choice of a backbone; any other backbone gets :data:`VENDORS`, as before the choice.
+VENDORS_BY_BACKBONE = {"tiny-sd": VENDORS, "tiny-sd-v2": V2_VENDORS}
+#: The vendor whose every image is in tiny-sd-v2's pre-training pool: a choice without it is for v2.
+PRETRAINED_VENDOR = "twemoji"
 VIEWS = 5
 SHADOW_FRACTION = 0.8
 CLASS_NOUN = "emoji"
@@ -68,15 +78,72 @@ def rare_tokens(n: int, seed: int) -> list[str]:
     return out
 
 
-def build_identities(n: int, seed: int = 0, vendors: tuple[str, ...] = VENDORS) -> list[Identity]:
-    """n identities drawn (seeded) from the emoji every vendor draws; the first 80 % shadows.
+def default_vendors(backbone: str) -> tuple[str, ...]:
+    return VENDORS_BY_BACKBONE.get(backbone, VENDORS)
 
-    Raises MicroDatasetError when fewer than n emoji are shared by all vendors.
+
+def parse_vendors(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``noto,openmoji`` (or a sequence) -> a checked vendor pair; ValueError says what is allowed.
+
+    Exactly two: the views are the two originals and :data:`VARIATIONS` of them, and the embedding's
+    validation queries the second vendor's original against the first's views.
     """
-    entries = [{e["unified"]: e for e in pool_emoji.source_images(v)[1]} for v in vendors]
-    shared = sorted(set.intersection(*(set(e) for e in entries)), key=lambda u: entries[0][u]["sort_order"])
+    vendors = tuple(v.strip() for v in spec.split(",")) if isinstance(spec, str) else tuple(spec)
+    unknown = [v for v in vendors if v not in pool_emoji.SOURCES]
+    if unknown or len(vendors) != 2 or vendors[0] == vendors[1]:
+        raise ValueError(
+            f"vendors {','.join(vendors)!r}: name two distinct of {', '.join(pool_emoji.SOURCES)}"
+        )
+    return vendors
+
+
+def code_point(unified: str) -> str:
+    """The key that matches one emoji across sources: upper case, without FE0F variation selectors.
+
+    emoji-datasource writes fully-qualified sequences (``263A-FE0F``), OpenMoji's ``hexcode`` often
+    does not (``263A``); the selector only asks for emoji presentation, it names no other subject.
+    """
+    return "-".join(part for part in unified.upper().split("-") if part != "FE0F")
+
+
+def _code_index(vendor: str) -> dict[str, int]:
+    """Code point -> index into the vendor's images (skin tones are not in any source's listing)."""
+    return {code_point(e["unified"]): i for i, e in enumerate(pool_emoji.source_images(vendor)[1])}
+
+
+def qualifying(vendors: tuple[str, ...] = VENDORS) -> list[int]:
+    """Indices into the first vendor's entries, in its sort order, of the emoji that can be identities.
+
+    Every vendor must draw the emoji. A choice without :data:`PRETRAINED_VENDOR` is tiny-sd-v2's: there an
+    emoji qualifies only if none of its originals is a (near-)copy of a pre-training image, since a base
+    model that has seen a victim's views could draw them without any leak (Noto draws some person-symbol
+    families exactly as the pool's "family" images). v1's choice is not filtered: its base never saw an
+    emoji, and Twemoji's every image is in v2's pool.
+    """
+    vendors = parse_vendors(vendors)
+    indexes = [_code_index(v) for v in vendors]
+    first = pool_emoji.source_images(vendors[0])[1]
+    shared = [i for i, e in enumerate(first) if all(code_point(e["unified"]) in ix for ix in indexes)]
+    if PRETRAINED_VENDOR in vendors or not shared:
+        return shared
+    pool = pool_emoji.pretrain_images()[0]
+    codes = [code_point(first[i]["unified"]) for i in shared]
+    seen = np.zeros(len(shared), bool)
+    for vendor, ix in zip(vendors, indexes, strict=True):
+        seen |= pool_emoji.near_copies(pool_emoji.source_images(vendor)[0][[ix[c] for c in codes]], pool)
+    return [i for i, s in zip(shared, seen, strict=True) if not s]
+
+
+def build_identities(n: int, seed: int = 0, vendors: tuple[str, ...] = VENDORS) -> list[Identity]:
+    """n identities drawn (seeded) from the :func:`qualifying` emoji; the first 80 % shadows.
+
+    Raises MicroDatasetError when fewer than n emoji qualify.
+    """
+    vendors = parse_vendors(vendors)
+    shared = qualifying(vendors)
     if len(shared) < n:
-        raise MicroDatasetError(f"asked for {n} identities; only {len(shared)} emoji are drawn by {vendors}")
+        raise MicroDatasetError(f"asked for {n} identities; only {len(shared)} emoji qualify for {vendors}")
+    entries = pool_emoji.source_images(vendors[0])[1]
     order = np.random.default_rng(seed).permutation(len(shared))[:n]
     tokens = rare_tokens(n, seed)
     n_shadow = int(round(SHADOW_FRACTION * n))
@@ -84,9 +151,9 @@ def build_identities(n: int, seed: int = 0, vendors: tuple[str, ...] = VENDORS) 
     views += tuple((vendors[i % len(vendors)], i) for i in range(len(VARIATIONS)))
     out = []
     for rank, idx in enumerate(order):
-        u = shared[idx]
+        e = entries[shared[idx]]
         split = "shadow" if rank < n_shadow else "victim"
-        out.append(Identity(u, entries[0][u]["short_name"], tokens[rank], split, views[:VIEWS]))
+        out.append(Identity(e["unified"], e["short_name"], tokens[rank], split, views[:VIEWS]))
     return out
 
 
@@ -96,9 +163,7 @@ def view_images(identity: Identity) -> np.ndarray:
 
 
 def _view(unified: str, vendor: str, variation: int) -> np.ndarray:
-    images, entries = pool_emoji.source_images(vendor)
-    index = {e["unified"]: i for i, e in enumerate(entries)}
-    img = images[index[unified]]
+    img = pool_emoji.source_images(vendor)[0][_code_index(vendor)[code_point(unified)]]
     return img if variation < 0 else vary(img, *VARIATIONS[variation])
 
 
@@ -120,8 +185,15 @@ def licences(identity: Identity) -> list[str]:
     return [pool_emoji.SOURCES[vendor].licence for vendor, _ in identity.views]
 
 
+def attributions(identity: Identity) -> list[str]:
+    """The attributions the views' licences ask for (OpenMoji's CC-BY-SA), each once, in view order."""
+    found = (pool_emoji.SOURCES[vendor].attribution for vendor, _ in identity.views)
+    return list(dict.fromkeys(a for a in found if a))
+
+
 def write_identity_folders(identities: list[Identity], root: Path) -> dict[str, str]:
-    """Each identity's views as PNGs in ``root/<key>/`` with a ``concept.txt`` (class, token, licences).
+    """Each identity's views as PNGs in ``root/<key>/`` with a ``concept.txt`` (class, token, licences,
+    attributions).
 
     Returns identity key -> ``folder:`` micro-dataset spec for the factory. Idempotent.
     """
@@ -136,6 +208,7 @@ def write_identity_folders(identities: list[Identity], root: Path) -> dict[str, 
             if not path.is_file():
                 Image.fromarray(img).save(path)
         meta = f"class = {CLASS_NOUN}\ntoken = {ident.token}\nlicences = {'; '.join(licences(ident))}\n"
+        meta += "".join(f"attribution = {a}\n" for a in attributions(ident))  # none for v1's vendors
         (folder / "concept.txt").write_text(meta)
         specs[ident.key] = f"folder:{folder.resolve()}"
     return specs

@@ -67,7 +67,7 @@ def create_run(
     """Draw the identities, write their views, train every victim and shadow not trained yet."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    idents = build_identities(identities, seed=seed)
+    idents = build_identities(identities, seed=seed, vendors=recipe.vendors)
     if (root / "identities.json").is_file() and load_identities(root / "identities.json") != idents:
         raise LeakError(f"{root} holds another run's identities: use a new folder")
     save_identities(idents, root / "identities.json")

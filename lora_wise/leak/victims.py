@@ -5,6 +5,8 @@ only, rank 8, all of an identity's views (at most 5), its own trigger token. Sna
 factory's format (``lora_wise.factory.snapshots``), so a pilot resumes as the benchmark does.
 ``Recipe.defence`` trains every victim AND shadow under one of the factory's defences
 (``lora_wise.factory.defences``): the attacker is assumed to know the victims' recipe.
+``Recipe.vendors`` names the identities' two artwork vendors (``lora_wise.leak.identities``), by default
+the backbone's own: Noto+Twemoji on tiny-sd, Noto+OpenMoji on tiny-sd-v2.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from lora_wise.factory.defences import parse_defence
 from lora_wise.factory.jobs import TrainJob
 from lora_wise.factory.snapshots import folder_done, job_folder, lora_path, snapshot_steps
 from lora_wise.factory.train import train_group
-from lora_wise.leak.identities import Identity, write_identity_folders
+from lora_wise.leak.identities import Identity, default_vendors, parse_vendors, write_identity_folders
 from lora_wise.lora.safetensors_io import read_safetensors
 
 LEAK_TARGETS = ("to_q", "to_v")
@@ -39,9 +41,13 @@ class Recipe:
     seed: int = 0
     group_size: int = 25
     defence: str = "none"  # none, flip, dp:EPS or a mix such as flip,dp:10 (parse_defence)
+    vendors: tuple[str, ...] | None = None  # None: the backbone's (a recipe.json without it is a v1 run's)
 
     def __post_init__(self) -> None:
         parse_defence(self.defence)  # a bad spec fails here, before any identity is drawn
+        # resolved here so that recipe.json records the pair; a list (read back from JSON) becomes a tuple
+        vendors = default_vendors(self.backbone) if self.vendors is None else parse_vendors(self.vendors)
+        object.__setattr__(self, "vendors", vendors)
 
     def job(self, spec: str, n_views: int, seed: int | None = None) -> TrainJob:
         return TrainJob(
