@@ -51,8 +51,7 @@ mini: setup
 		--hold-out $(HOLD_OUT) --steps $(BANK_STEPS) --out lora_wise/data/banks
 	if [ -f $(EXAMPLE).safetensors ]; then mkdir -p scanner/data && \
 		cp $(EXAMPLE).safetensors scanner/data/example.safetensors && cp $(EXAMPLE).json scanner/data/example.json; fi
-	$(BIN)/python scripts/reproduce_tables.py benchmark/mini-lora-wise \
-		--config low-tiny_sd-r8 --config medium-tiny_sd-r8 --out docs/results.md
+	$(RESULTS)
 
 # The mini LoRA-WiSE v2 (issue 14): 600 tiny-sd-v2 LoRAs on 50 emoji concepts (mini-v2, medium range
 # first) plus the medium range at ranks 4 and 16 on 20 of them (mini-v2-ranks); resumable like `mini`
@@ -65,6 +64,15 @@ mini-v2: setup
 			$(if $(wildcard $(MINI2_DIR)/lora_wise.json),--skip-built $(MINI2_DIR)) || exit 1; \
 	done
 	$(BIN)/lora-wise build $(MINI2_RUNS) $(MINI2_DIR) --steps $(MINI_STEPS) --merge
+	$(RESULTS)
+
+# docs/results.md, the whole page: v1 and v2 side by side (v2 also split by class), v2's cross-rank arm.
+# Both `mini` and `mini-v2` end with it, so neither drops the other's tables; a v2 config not built yet is
+# reported as such. `./` keeps a v2 folder that does not exist yet from being taken for a Hub repo id.
+RESULTS = $(BIN)/python scripts/reproduce_tables.py --benchmark v1=$(MINI_DIR) --benchmark v2=./$(MINI2_DIR) \
+	--config low-tiny_sd-r8 --config medium-tiny_sd-r8 --config low-tiny_sd_v2-r8 \
+	--config medium-tiny_sd_v2-r8 --config medium-tiny_sd_v2-r4 --config medium-tiny_sd_v2-r16 \
+	--split-by-class v2 --out docs/results.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -79,6 +79,21 @@ class SpectraTable:
 
         return replace(self, layers=layers, **{k: take(getattr(self, k)) for k in KINDS})
 
+    def widen(self, width: int) -> SpectraTable:
+        """The same table padded to ``width`` singular values per layer, so that tables of several
+        ranks can be pooled: zeros, as ``Spectra.align`` pads (a rank-r LoRA has no further
+        singular values), except in a missing layer's NaN row, which stays NaN throughout."""
+        if width < self.width:
+            raise ValueError(f"cannot widen a table of width {self.width} to {width}")
+        if width == self.width:
+            return self
+
+        def pad(arr: np.ndarray) -> np.ndarray:
+            fill = np.where(np.isnan(arr[..., :1]), np.nan, 0.0)
+            return np.concatenate([arr, np.broadcast_to(fill, arr.shape[:2] + (width - self.width,))], axis=2)
+
+        return replace(self, **{k: pad(getattr(self, k)) for k in ("a", "b", "ba")})
+
     @classmethod
     def concat(cls, tables: Sequence[SpectraTable]) -> SpectraTable:
         """Stack tables of the same layers and width (configs of one backbone and rank)."""
