@@ -132,7 +132,7 @@ def test_v2_presets_list_the_50_v2_concepts_in_order():
     assert len(jobs) == 600 and Counter(j.range_name for j in jobs) == {"low": 300, "medium": 300}
     assert list(dict.fromkeys(j.micro_dataset for j in jobs)) == v2
     assert {(j.backbone, j.rank, j.steps, j.snapshot_every, j.learning_rate) for j in jobs} == {
-        ("tiny-sd-v2", 8, 1400, 100, 1e-4)
+        ("tiny-sd-v2", 8, 1400, 100, 3e-4)
     }
     ranks = load_grid("mini-v2-ranks")
     assert len(ranks) == 240 and {j.range_name for j in ranks} == {"medium"}

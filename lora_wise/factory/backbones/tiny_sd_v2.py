@@ -4,9 +4,10 @@ v1 (``lora_wise.factory.backbones.tiny_sd``) was pre-trained briefly (VAE 200, U
 the very pool its benchmark fine-tunes on. v2 keeps v1's UNet, VAE and text-encoder configs (so a LoRA
 still has SD1.5's 128 layer names and the cost per step is v1's) and changes only the base: a VAE and
 a UNet trained on :func:`lora_wise.factory.pool_emoji.pretrain_images` (Twemoji plus the Noto subcategories no
-benchmark concept uses). The shipped first candidate: VAE 800 steps at batch 16, UNet 583 at batch 32
-(raw weights; the EMA needs a longer run). The text encoder is v1's (frozen, seeded; read from v1's
-file), so prompts embed as in v1. ``scripts/pretrain_tiny_sd_v2.py`` reproduces the weights; its log
+benchmark concept uses). The shipped weights: VAE 800 steps at batch 16, UNet 4,000 at batch 32
+(raw weights, cosine-decayed to 10 %; the first candidate, piloted too, stopped at UNet step 583).
+The text encoder is v1's (frozen, seeded; read from v1's file), so prompts embed as in v1.
+``scripts/pretrain_tiny_sd_v2.py`` reproduces the weights; its log
 is ``docs/pretrain/tiny-sd-v2.log``.
 
 Other candidates (:data:`CANDIDATES`) differ in width or latent size; they are measured for cost
