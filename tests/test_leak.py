@@ -14,7 +14,7 @@ from train_helpers import tiny
 from lora_wise.cli.app import cli as lora_wise_cli
 from lora_wise.cli.tools import run as cli_run
 from lora_wise.errors import InvalidLoraFile
-from lora_wise.factory import pool_emoji as pe
+from lora_wise.factory import emoji_sources as es
 from lora_wise.leak import embedding as em
 from lora_wise.leak.apply import bank_applied
 from lora_wise.leak.attack import AttackTraining
@@ -32,14 +32,14 @@ def run(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     mp = pytest.MonkeyPatch()
     mp.setenv("LORA_WISE_CACHE", str(cache))
-    pe.source_images.cache_clear()
-    for name, s in pe.SOURCES.items():
-        pe.materialise(name, FIXTURES / f"{s.package}-{s.version}-mini.tgz")
+    es.source_images.cache_clear()
+    for name, s in es.SOURCES.items():
+        es.materialise(name, FIXTURES / f"{s.package}-{s.version}-mini.tgz")
     tiny()  # one-thread tiny-sd, shared with the trainer tests
     root = tmp_path_factory.mktemp("leak")
     create_run(root, 8, RECIPE)
     yield open_run(root)
-    pe.source_images.cache_clear()
+    es.source_images.cache_clear()
     mp.undo()
 
 

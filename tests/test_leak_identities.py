@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from lora_wise.errors import MicroDatasetError
+from lora_wise.factory import emoji_sources as es
 from lora_wise.factory import pool_emoji as pe
 from lora_wise.factory.micro_datasets import open_micro_dataset
 from lora_wise.leak import identities as li
@@ -40,13 +41,13 @@ V1_PINNED = ("0e8531376a2d", "03735077a0ed0c8e0624758f05a87c21e22c7a3d9bbb3d0606
 
 
 def mini(name: str) -> Path:
-    s = pe.SOURCES[name]
+    s = es.SOURCES[name]
     return FIXTURES / f"{s.package}-{s.version}-mini.tgz"
 
 
 def recoded_openmoji(path: Path) -> Path:
     """The OpenMoji fixture with :data:`RECODED` applied to its CSV rows and their SVG file names."""
-    image_dir = pe.SOURCES["openmoji"].image_dir
+    image_dir = es.SOURCES["openmoji"].image_dir
     with tarfile.open(mini("openmoji")) as src, tarfile.open(path, "w:gz") as out:
         for m in src.getmembers():
             data = src.extractfile(m).read() if m.isfile() else None
@@ -68,22 +69,22 @@ def recoded_openmoji(path: Path) -> Path:
 
 def materialise_all(cache: Path, monkeypatch, openmoji: Path) -> Path:
     monkeypatch.setenv("LORA_WISE_CACHE", str(cache))
-    pe.source_images.cache_clear()
-    for name in pe.SOURCES:
-        pe.materialise(name, openmoji if name == "openmoji" else mini(name))
+    es.source_images.cache_clear()
+    for name in es.SOURCES:
+        es.materialise(name, openmoji if name == "openmoji" else mini(name))
     return cache
 
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     yield materialise_all(tmp_path, monkeypatch, mini("openmoji"))
-    pe.source_images.cache_clear()
+    es.source_images.cache_clear()
 
 
 @pytest.fixture
 def v2_cache(tmp_path, monkeypatch):
     yield materialise_all(tmp_path / "cache", monkeypatch, recoded_openmoji(tmp_path / "openmoji.tgz"))
-    pe.source_images.cache_clear()
+    es.source_images.cache_clear()
 
 
 def digest(identities: list[li.Identity]) -> tuple[str, str]:
@@ -95,8 +96,8 @@ def digest(identities: list[li.Identity]) -> tuple[str, str]:
 
 def test_identities_are_shared_code_points_split_disjointly(cache):
     ids = li.build_identities(5, seed=1)
-    shared = {e["unified"] for e in pe.source_images("noto")[1]} & {
-        e["unified"] for e in pe.source_images("twemoji")[1]
+    shared = {e["unified"] for e in es.source_images("noto")[1]} & {
+        e["unified"] for e in es.source_images("twemoji")[1]
     }
     assert {i.unified for i in ids} <= shared
     assert [i.split for i in ids].count("shadow") == 4 and [i.split for i in ids].count("victim") == 1
@@ -111,8 +112,8 @@ def test_views_are_distinct_vendor_art_and_never_a_flip(cache):
     ident = li.build_identities(3, seed=0)[0]
     views = li.view_images(ident)
     assert views.shape == (li.VIEWS, 64, 64, 3) and views.dtype == np.uint8
-    noto = pe.source_images("noto")[0][
-        [e["unified"] for e in pe.source_images("noto")[1]].index(ident.unified)
+    noto = es.source_images("noto")[0][
+        [e["unified"] for e in es.source_images("noto")[1]].index(ident.unified)
     ]
     assert np.array_equal(views[0], noto)
     for a in range(len(views)):
@@ -163,10 +164,10 @@ def test_vendor_choice_is_honoured_and_defaults_by_backbone(v2_cache, tmp_path):
 
 
 def test_openmoji_matches_by_code_point_across_fe0f_and_case(v2_cache):
-    noto = pe.source_images("noto")[1]
+    noto = es.source_images("noto")[1]
     assert [noto[i]["unified"] for i in li.qualifying(li.V2_VENDORS)] == V2_QUALIFY
     assert li.code_point("1f3ce-FE0F") == li.code_point("1F3CE") == "1F3CE"
-    om_images, om_entries = pe.source_images("openmoji")
+    om_images, om_entries = es.source_images("openmoji")
     dog = om_images[[e["short_name"] for e in om_entries].index("dog face")]  # recoded to 1F405
     tiger = next(i for i in li.build_identities(4, vendors=li.V2_VENDORS) if i.unified == "1F405")
     assert np.array_equal(li.view_images(tiger)[1], dog)
@@ -176,10 +177,10 @@ def test_v2_views_are_never_in_the_pretraining_pool(v2_cache, monkeypatch):
     pool = pe.pretrain_images()[0]
     ids = li.build_identities(len(V2_QUALIFY), vendors=li.V2_VENDORS)
     views = np.concatenate([li.view_images(i) for i in ids])
-    assert not pe.near_copies(views, pool).any()
+    assert not es.near_copies(views, pool).any()
     assert not (views[:, None] == pool[None]).all((2, 3, 4)).any()  # not one pixel-exact copy either
     # a Noto image of a benchmark subcategory that the pool holds (as Noto's families are) is dropped too
-    images, entries = pe.source_images("noto")
+    images, entries = es.source_images("noto")
     mouse = images[[e["unified"] for e in entries].index("1F401")]
     near = np.clip(mouse.astype(int) + 1, 0, 255).astype(np.uint8)[None]
     monkeypatch.setattr(pe, "pretrain_images", lambda: (np.concatenate([pool, near]), []))

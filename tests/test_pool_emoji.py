@@ -1,6 +1,6 @@
-"""lora_wise.factory.pool_emoji on the committed fixture (real entries, PNGs and SVGs of the pinned
-tarballs), offline; the tests taking ``real`` check the whole pool on the real sources where they are
-cached (``~/.cache/lora-wise`` or ``$LORA_WISE_CACHE``) and skip otherwise."""
+"""lora_wise.factory.pool_emoji and emoji_sources on the committed fixture (real entries, PNGs and SVGs
+of the pinned tarballs), offline; the tests taking ``real`` check the whole pool on the real sources
+where they are cached (``~/.cache/lora-wise`` or ``$LORA_WISE_CACHE``) and skip otherwise."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lora_wise.errors import EmojiSourceError
+from lora_wise.factory import emoji_sources as es
 from lora_wise.factory import pool_emoji as pe
 from lora_wise.factory.micro_datasets import open_micro_dataset
 
@@ -19,7 +21,7 @@ FIXTURES = Path(__file__).parent / "data" / "emoji"
 
 
 def mini(name: str) -> Path:
-    s = pe.SOURCES[name]
+    s = es.SOURCES[name]
     return FIXTURES / f"{s.package}-{s.version}-mini.tgz"
 
 
@@ -30,7 +32,7 @@ PROMPTS_SHA256 = "865d05e085e6f9ae9d93e9ce1199b099de08e2b3201e8637a654c7f248664e
 
 
 def clear_caches():
-    for f in (pe.source_images, pe._concept_index, pe._v2_index):
+    for f in (es.source_images, pe._concept_index, pe._v2_index):
         f.cache_clear()
 
 
@@ -46,15 +48,15 @@ def cache(tmp_path, monkeypatch):
 def fixture_pool(cache, monkeypatch):
     """Every source decoded from its mini fixture; concepts of any size."""
     monkeypatch.setattr(pe, "MIN_IMAGES", 0)
-    for name in pe.SOURCES:
-        pe.materialise(name, tarball=mini(name))
+    for name in es.SOURCES:
+        es.materialise(name, tarball=mini(name))
     return cache
 
 
 @pytest.fixture
 def real():
     missing = [
-        s.tarball for s in pe.SOURCES.values() if not (pe.cache_dir() / "sources" / s.tarball).is_file()
+        s.tarball for s in es.SOURCES.values() if not (es.cache_dir() / "sources" / s.tarball).is_file()
     ]
     if missing:
         pytest.skip(f"real sources not cached: {', '.join(missing)}")
@@ -64,7 +66,7 @@ def real():
 
 
 def test_decode_keeps_base_emoji_on_white():
-    images, entries = pe.decode_tarball(mini("noto"), pe.SOURCES["noto"])
+    images, entries = es.decode_tarball(mini("noto"), es.SOURCES["noto"])
     assert images.shape == (19, 64, 64, 3) and images.dtype == np.uint8
     assert all(e["category"] != "Component" for e in entries)  # the skin-tone swatch is dropped
     assert (images[:, 0, 0] == 255).all()  # transparent corners composited on white
@@ -72,11 +74,11 @@ def test_decode_keeps_base_emoji_on_white():
 
 
 def test_dedupe_drops_near_copies_only():
-    images, _ = pe.decode_tarball(mini("noto"), pe.SOURCES["noto"])
+    images, _ = es.decode_tarball(mini("noto"), es.SOURCES["noto"])
     copy = np.clip(images[3].astype(int) + 2, 0, 255).astype(np.uint8)  # 2 grey levels off image 3
-    alone = pe.dedupe(images)
-    assert 3 in alone and pe.dedupe(np.concatenate([images, copy[None]])) == alone  # the copy goes
-    _, entries = pe.decode_tarball(mini("noto"), pe.SOURCES["noto"])
+    alone = es.dedupe(images)
+    assert 3 in alone and es.dedupe(np.concatenate([images, copy[None]])) == alone  # the copy goes
+    _, entries = es.decode_tarball(mini("noto"), es.SOURCES["noto"])
     dropped = {entries[i]["subcategory"] for i in set(range(len(images))) - set(alone)}
     assert dropped and dropped <= {"time", "geometric"}  # clock faces, coloured squares: not animals
 
@@ -93,7 +95,7 @@ def test_concepts_and_a_disjoint_pretraining_pool(fixture_pool, monkeypatch):
     assert (
         len(pretrain) == len(prompts) == 8 + 7
     )  # all Twemoji (the swatch dropped) + Noto "time" and "geometric"
-    noto, entries = pe.source_images("noto")
+    noto, entries = es.source_images("noto")
     used = {
         noto[i].tobytes()
         for i, e in enumerate(entries)
@@ -105,25 +107,25 @@ def test_concepts_and_a_disjoint_pretraining_pool(fixture_pool, monkeypatch):
 
 
 def test_too_few_images_is_a_clear_error(cache):
-    for name in pe.SOURCES:
-        pe.materialise(name, tarball=mini(name))
-    with pytest.raises(pe.EmojiSourceError, match="fewer than 50"):
+    for name in es.SOURCES:
+        es.materialise(name, tarball=mini(name))
+    with pytest.raises(EmojiSourceError, match="fewer than 50"):
         pe.concepts()
 
 
 def test_fetch_errors_are_one_line(cache, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path / "no-npm-here"))
-    with pytest.raises(pe.EmojiSourceError, match="npm is not installed"):
-        pe.fetch("noto")
+    with pytest.raises(EmojiSourceError, match="npm is not installed"):
+        es.fetch("noto")
     (cache / "sources").mkdir()
-    (cache / "sources" / pe.SOURCES["noto"].tarball).write_bytes(b"not the package")
-    with pytest.raises(pe.EmojiSourceError, match="SHA-256") as err:
-        pe.fetch("noto")
+    (cache / "sources" / es.SOURCES["noto"].tarball).write_bytes(b"not the package")
+    with pytest.raises(EmojiSourceError, match="SHA-256") as err:
+        es.fetch("noto")
     assert "\n" not in str(err.value)
 
 
 def test_openmoji_decode_drops_skin_tones_and_components():
-    images, entries = pe.decode_tarball(mini("openmoji"), pe.SOURCES["openmoji"])
+    images, entries = es.decode_tarball(mini("openmoji"), es.SOURCES["openmoji"])
     assert images.shape == (11, 64, 64, 3) and images.dtype == np.uint8  # 13 rows in the cut CSV
     hexcodes = {e["unified"] for e in entries}
     assert "1F44B" in hexcodes and not {"1F44B-1F3FB", "1F3FB"} & hexcodes  # skin-tone variant, swatch
@@ -154,13 +156,13 @@ def test_v2_concepts_are_disjoint_resolvable_and_outside_pretraining(fixture_poo
     assert "CC-BY-SA-4.0" in pe.concept_licence("openmoji-hand") and "openmoji.org" in pe.concept_licence(
         "openmoji-hand"
     )
-    assert pe.concept_licence("noto-flag-1") == pe.concept_licence("emoji-flag") == pe.SOURCES["noto"].licence
+    assert pe.concept_licence("noto-flag-1") == pe.concept_licence("emoji-flag") == es.SOURCES["noto"].licence
 
 
 def reached_outside_pilots() -> list[dict]:
     """Noto entries a v2 selector matches that no pilot selector does (they are pre-training images)."""
     noto = [c for c in pe.V2_CONCEPTS.values() if c.source == "noto"]
-    _, entries = pe.source_images("noto")
+    _, entries = es.source_images("noto")
     reached = [e for e in entries if any(pe.selected(e, c.selectors) for c in noto)]
     assert reached
     return [e for e in reached if not pe.selected(e, pe._pilot_selectors())]
@@ -173,14 +175,14 @@ def test_noto_v2_concepts_only_recut_the_pilots_subcategories(fixture_pool):
 def test_openmoji_errors_are_one_line(cache, monkeypatch, tmp_path):
     bad = tmp_path / "openmoji-17.0.0.tgz"
     bad.write_bytes(b"not a tarball")
-    with pytest.raises(pe.EmojiSourceError, match="not a readable openmoji@17.0.0 tarball") as err:
-        pe.materialise("openmoji", tarball=bad)
+    with pytest.raises(EmojiSourceError, match="not a readable openmoji@17.0.0 tarball") as err:
+        es.materialise("openmoji", tarball=bad)
     assert "\n" not in str(err.value)
-    with pytest.raises(pe.EmojiSourceError, match="KeyError"):  # a tarball without data/openmoji.csv
-        pe.decode_tarball(mini("noto"), pe.SOURCES["openmoji"])
+    with pytest.raises(EmojiSourceError, match="KeyError"):  # a tarball without data/openmoji.csv
+        es.decode_tarball(mini("noto"), es.SOURCES["openmoji"])
     monkeypatch.setitem(sys.modules, "resvg_py", None)  # what an environment without resvg-py sees
-    with pytest.raises(pe.EmojiSourceError, match="pip install 'resvg-py==0.5.0'") as err:
-        pe.materialise("openmoji", tarball=mini("openmoji"))
+    with pytest.raises(EmojiSourceError, match="pip install 'resvg-py==0.5.0'") as err:
+        es.materialise("openmoji", tarball=mini("openmoji"))
     assert "\n" not in str(err.value)
 
 
@@ -203,5 +205,5 @@ def test_real_v2_concepts_have_50_disjoint_images_each(real):
         assert sum(len(ix) for ix in index.values()) == len(set().union(*index.values()))
     # no near-copy across the 50 concepts (the two sources included), nor of a pre-training image
     v2 = np.concatenate([pe.concept_images(n) for n in sizes])
-    assert pe.dedupe(v2, seen=pe.pretrain_images()[0]) == list(range(len(v2)))
+    assert es.dedupe(v2, seen=pe.pretrain_images()[0]) == list(range(len(v2)))
     assert reached_outside_pilots() == []

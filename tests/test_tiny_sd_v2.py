@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lora_wise.factory import pool_emoji as pe
+from lora_wise.factory import emoji_sources as es
 from lora_wise.factory.backbones import load_backbone
 from lora_wise.factory.backbones.tiny_sd_v2 import CANDIDATES, build_candidate
 from lora_wise.factory.train import target_module_names
@@ -30,7 +30,7 @@ def test_v2_is_selectable_and_has_v1s_lora_layers():
 @torch.no_grad()
 def test_v2_vae_reconstructs_emoji_far_better_than_v1s():
     # fixture images are Noto emoji of benchmark subcategories: never in v2's pre-training pool
-    images, _ = pe.decode_tarball(FIXTURE, pe.SOURCES["noto"])
+    images, _ = es.decode_tarball(FIXTURE, es.SOURCES["noto"])
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     err = {}
     for name in ("tiny-sd", "tiny-sd-v2"):

@@ -1,7 +1,7 @@
 """Identities for the reconstruction attack: one emoji (its code point) drawn by two vendors.
 
 An identity is a subject with several distinct views, as a face is in the source paper: the same emoji
-in two vendors' artwork (``lora_wise.factory.pool_emoji``'s pinned sources), matched by code point
+in two vendors' artwork (the pinned sources of ``lora_wise.factory.emoji_sources``), matched by code point
 (:func:`code_point`), plus deterministic mild variations of those (a small rotation, scale and shift;
 never a horizontal flip, which is one of the defences) up to :data:`VIEWS` images. Each identity gets
 its own rare trigger token, so its DreamBooth prompt is ``a photo of <tok> emoji``: the attacker cannot
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lora_wise.errors import MicroDatasetError
-from lora_wise.factory import pool_emoji
+from lora_wise.factory import emoji_sources, pool_emoji
 
 VENDORS = ("noto", "twemoji")  # tiny-sd v1's identities, unchanged since the v1 pilot
 V2_VENDORS = ("noto", "openmoji")
@@ -89,10 +89,10 @@ def parse_vendors(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     validation queries the second vendor's original against the first's views.
     """
     vendors = tuple(v.strip() for v in spec.split(",")) if isinstance(spec, str) else tuple(spec)
-    unknown = [v for v in vendors if v not in pool_emoji.SOURCES]
+    unknown = [v for v in vendors if v not in emoji_sources.SOURCES]
     if unknown or len(vendors) != 2 or vendors[0] == vendors[1]:
         raise ValueError(
-            f"vendors {','.join(vendors)!r}: name two distinct of {', '.join(pool_emoji.SOURCES)}"
+            f"vendors {','.join(vendors)!r}: name two distinct of {', '.join(emoji_sources.SOURCES)}"
         )
     return vendors
 
@@ -108,7 +108,7 @@ def code_point(unified: str) -> str:
 
 def _code_index(vendor: str) -> dict[str, int]:
     """Code point -> index into the vendor's images (skin tones are not in any source's listing)."""
-    return {code_point(e["unified"]): i for i, e in enumerate(pool_emoji.source_images(vendor)[1])}
+    return {code_point(e["unified"]): i for i, e in enumerate(emoji_sources.source_images(vendor)[1])}
 
 
 def qualifying(vendors: tuple[str, ...] = VENDORS) -> list[int]:
@@ -122,7 +122,7 @@ def qualifying(vendors: tuple[str, ...] = VENDORS) -> list[int]:
     """
     vendors = parse_vendors(vendors)
     indexes = [_code_index(v) for v in vendors]
-    first = pool_emoji.source_images(vendors[0])[1]
+    first = emoji_sources.source_images(vendors[0])[1]
     shared = [i for i, e in enumerate(first) if all(code_point(e["unified"]) in ix for ix in indexes)]
     if PRETRAINED_VENDOR in vendors or not shared:
         return shared
@@ -130,7 +130,9 @@ def qualifying(vendors: tuple[str, ...] = VENDORS) -> list[int]:
     codes = [code_point(first[i]["unified"]) for i in shared]
     seen = np.zeros(len(shared), bool)
     for vendor, ix in zip(vendors, indexes, strict=True):
-        seen |= pool_emoji.near_copies(pool_emoji.source_images(vendor)[0][[ix[c] for c in codes]], pool)
+        seen |= emoji_sources.near_copies(
+            emoji_sources.source_images(vendor)[0][[ix[c] for c in codes]], pool
+        )
     return [i for i, s in zip(shared, seen, strict=True) if not s]
 
 
@@ -143,7 +145,7 @@ def build_identities(n: int, seed: int = 0, vendors: tuple[str, ...] = VENDORS) 
     shared = qualifying(vendors)
     if len(shared) < n:
         raise MicroDatasetError(f"asked for {n} identities; only {len(shared)} emoji qualify for {vendors}")
-    entries = pool_emoji.source_images(vendors[0])[1]
+    entries = emoji_sources.source_images(vendors[0])[1]
     order = np.random.default_rng(seed).permutation(len(shared))[:n]
     tokens = rare_tokens(n, seed)
     n_shadow = int(round(SHADOW_FRACTION * n))
@@ -163,7 +165,7 @@ def view_images(identity: Identity) -> np.ndarray:
 
 
 def _view(unified: str, vendor: str, variation: int) -> np.ndarray:
-    img = pool_emoji.source_images(vendor)[0][_code_index(vendor)[code_point(unified)]]
+    img = emoji_sources.source_images(vendor)[0][_code_index(vendor)[code_point(unified)]]
     return img if variation < 0 else vary(img, *VARIATIONS[variation])
 
 
@@ -182,12 +184,12 @@ def vary(img: np.ndarray, degrees: float, scale: float, dx: int, dy: int) -> np.
 
 def licences(identity: Identity) -> list[str]:
     """The artwork licence of each view (a variation keeps its vendor's licence)."""
-    return [pool_emoji.SOURCES[vendor].licence for vendor, _ in identity.views]
+    return [emoji_sources.SOURCES[vendor].licence for vendor, _ in identity.views]
 
 
 def attributions(identity: Identity) -> list[str]:
     """The attributions the views' licences ask for (OpenMoji's CC-BY-SA), each once, in view order."""
-    found = (pool_emoji.SOURCES[vendor].attribution for vendor, _ in identity.views)
+    found = (emoji_sources.SOURCES[vendor].attribution for vendor, _ in identity.views)
     return list(dict.fromkeys(a for a in found if a))
 
 
