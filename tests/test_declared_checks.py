@@ -201,3 +201,32 @@ def test_a_declared_base_model_the_weights_contradict_is_a_finding_and_lora_scan
     (tmp_path / "honest").mkdir()
     honest = _flux_file(tmp_path / "honest", {"ss_base_model_version": "flux1"})
     assert run(cli, ["inspect", str(honest), "--json"]) == 0
+
+
+def _tiny_file(tmp_path, meta):
+    """A tiny-sd-shaped UNet LoRA (cross-attention input width 32) with the given metadata."""
+    rng = np.random.default_rng(3)
+    name = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
+    tensors = {f"{name}.lora_A.weight": rng.standard_normal((4, 32)).astype(np.float32),
+               f"{name}.lora_B.weight": rng.standard_normal((32, 4)).astype(np.float32)}  # fmt: skip
+    path = tmp_path / "tiny.safetensors"
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [{"lora_wise": json.dumps({"backbone": "tiny-sd-v2"})}, {"ss_base_model_version": "tiny_sd_v2"}],
+)
+def test_a_same_shaped_variant_named_by_metadata_refines_the_shape_verdict(tmp_path, meta):
+    weights = read_lora(_tiny_file(tmp_path, meta))
+    assert weights.backbone.name == "tiny-sd-v2"  # shapes say tiny-sd; only metadata tells v2 apart
+    assert not weights.conflicts
+    assert any("tiny-sd-v2 has tiny-sd's shapes" in clue for clue in weights.backbone.evidence)
+
+
+def test_without_metadata_the_variant_cannot_be_told_and_another_family_still_conflicts(tmp_path):
+    assert read_lora(_tiny_file(tmp_path, {})).backbone.name == "tiny-sd"
+    weights = read_lora(_tiny_file(tmp_path, {"ss_base_model_version": "sd_v1"}))
+    assert weights.backbone.name == "tiny-sd"
+    assert any("declares sd15" in w for w in weights.conflicts)

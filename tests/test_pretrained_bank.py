@@ -169,6 +169,8 @@ def test_scanning_the_bundled_example_imports_no_scikit_learn_nor_torch(tmp_path
     ("sd2", 16, "`backbones: [sd2]`"),
     ("sdxl", 32, "`backbones: [sdxl]`"),
     ("flux", 16, "none can be built yet"),
+    ("tiny-sd-v2", 8, "(LoRA-WiSE publishes no tiny-sd-v2 models)"),
+    ("sd2", 16, "LoRA-WiSE publishes sd2 models at rank 32 only"),
 ])  # fmt: skip
 def test_no_bank_advice_names_the_backbone_and_rank(backbone, rank, expected):
     advice = no_bank_advice(backbone, rank)

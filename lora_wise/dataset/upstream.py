@@ -227,8 +227,11 @@ def no_bank_advice(backbone: str, rank: int | None) -> str:
             f"none can be built yet: LoRA-WiSE publishes no {backbone} models, the factory trains UNets only"
         )
     ranks = sorted({r for _, b, r in UPSTREAM_CONFIGS.values() if b == backbone})
-    published = f"at rank {', '.join(map(str, ranks))} only" if ranks else "no models"
-    published_note = f"LoRA-WiSE publishes {backbone} {published}"
+    published_note = (
+        f"LoRA-WiSE publishes {backbone} models at rank {', '.join(map(str, ranks))} only"
+        if ranks
+        else f"LoRA-WiSE publishes no {backbone} models"
+    )
     return (
         f"build one with `lora-wise generate GRID --out runs/{backbone}` "
         f"(a grid with `backbones: [{backbone}]`, `ranks: [{rank}]`), "

@@ -11,7 +11,7 @@ callers can run them on weights they built themselves.
 
 from __future__ import annotations
 
-from lora_wise.lora.fingerprint import from_metadata, from_names, from_shapes
+from lora_wise.lora.fingerprint import from_metadata, from_names, from_shapes, same_family
 from lora_wise.lora.weights import LoraWeights
 
 IMAGE_COMPONENTS = {"unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3"}
@@ -43,7 +43,7 @@ def non_image_adapter(weights: LoraWeights) -> str | None:
 def _backbone_conflict(weights: LoraWeights) -> str | None:
     declared, clues = from_metadata(weights.header_metadata)
     for verdict, evidence in (from_shapes(weights.layers), from_names(weights.layers, ())):
-        if verdict and declared and verdict != declared:
+        if verdict and declared and not same_family(verdict, declared):
             return f"declares {declared} ({clues[0]}) but its weights are {verdict}'s ({evidence[0]})"
         if verdict:
             return None

@@ -1,4 +1,4 @@
-"""Which base model a LoRA belongs to: sd15, sd2, sdxl, flux, sd3, tiny-sd or unknown.
+"""Which base model a LoRA belongs to: sd15, sd2, sdxl, flux, sd3, tiny-sd, tiny-sd-v2 or unknown.
 
 Three kinds of evidence, strongest first: tensor shapes (the UNet cross-attention ``attn2.to_k``
 input width is the text encoder's width: 768 SD1.x, 1024 SD2.x, 2048 SDXL, 32 the project's
@@ -6,6 +6,10 @@ tiny SD1.5-shaped model), layer names (``text_encoder_2``/``lora_te2_``, sgm blo
 ``double_blocks``, ``joint_blocks``), then declared metadata (``ss_base_model_version``,
 ``modelspec.architecture``, our ``lora_wise`` key). Every clue is kept as an evidence string,
 including the ones that disagree with the verdict.
+
+Some bases share every shape with another (``tiny-sd-v2`` is tiny-sd's architecture with other
+weights): shapes name the family, and only metadata can name the variant, so a variant the
+metadata declares refines a shape verdict of its family instead of contradicting it.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from collections.abc import Iterable
 from lora_wise.lora.weights import Backbone, LoraLayer
 
 CROSS_ATTENTION_WIDTHS = {768: "sd15", 1024: "sd2", 2048: "sdxl", 32: "tiny-sd"}
+#: Bases whose LoRAs have exactly another base's shapes: variant -> the family its shapes say.
+SAME_SHAPES_AS = {"tiny-sd-v2": "tiny-sd"}
 
 _VERSION_PREFIXES = (  # ss_base_model_version / modelspec.architecture / sidecar backbone, by prefix
     ("sdxl", "sdxl"), ("stable-diffusion-xl", "sdxl"), ("sd_v1", "sd15"), ("stable-diffusion-v1", "sd15"),
     ("sd15", "sd15"), ("sd_v2", "sd2"), ("stable-diffusion-v2", "sd2"), ("sd2", "sd2"), ("flux", "flux"),
-    ("sd3", "sd3"), ("stable-diffusion-v3", "sd3"), ("stable-diffusion-3", "sd3"), ("tiny-sd", "tiny-sd"),
+    ("sd3", "sd3"), ("stable-diffusion-v3", "sd3"), ("stable-diffusion-3", "sd3"),
+    ("tiny-sd-v2", "tiny-sd-v2"), ("tiny_sd_v2", "tiny-sd-v2"), ("tiny-sd", "tiny-sd"),
     ("tiny_sd", "tiny-sd"),
 )  # fmt: skip
 
@@ -86,6 +93,11 @@ def from_metadata(meta: dict[str, str]) -> tuple[str | None, list[str]]:
     return None, []
 
 
+def same_family(a: str, b: str) -> bool:
+    """Whether two verdicts agree on the shapes: equal, or one a same-shaped variant of the other."""
+    return SAME_SHAPES_AS.get(a, a) == SAME_SHAPES_AS.get(b, b)
+
+
 def fingerprint(layers: dict[str, LoraLayer], meta: dict[str, str], raw_keys: Iterable[str] = ()) -> Backbone:
     """The backbone verdict with its evidence: shapes win over names, names over metadata."""
     votes = [
@@ -99,7 +111,11 @@ def fingerprint(layers: dict[str, LoraLayer], meta: dict[str, str], raw_keys: It
     if not verdicts:
         return Backbone("unknown", evidence or ["no shape, name or metadata clue"])
     name = verdicts[0]  # the strongest kind of clue that said anything
-    disagree = sorted({v for v in verdicts if v != name})
+    variant = next((v for v in verdicts if SAME_SHAPES_AS.get(v) == name), None)
+    if variant:
+        evidence.append(f"{variant} has {name}'s shapes; the metadata names the variant")
+        name = variant
+    disagree = sorted({v for v in verdicts if v != name and SAME_SHAPES_AS.get(name) != v})
     if disagree:
         evidence.append(f"weaker clues suggest {', '.join(disagree)}; kept {name}")
     return Backbone(name, evidence)
