@@ -36,12 +36,10 @@ bench: setup
 # The mini LoRA-WiSE, end to end (about 3.5 h on 2 cores here; resumable: rerun after a kill, or in a
 # new session: jobs already built into $(MINI_DIR) are skipped and the new ones merged in).
 # Trains 600 tiny-sd LoRAs into runs/ (not committed), commits-ready outputs: the spectra at
-# MINI_STEPS, the packaged tiny-sd bank (without HOLD_OUT), the bundled example, docs/results.md.
+# MINI_STEPS, the packaged tiny-sd bank (without HOLD_OUT), docs/results.md.
 MINI_STEPS := 300,600,900,1200,1400
 BANK_STEPS := 600,1200
 HOLD_OUT   := pool:photo-rocket
-# The bundled example (committed once: a later session's runs/ may not hold it).
-EXAMPLE    := runs/mini/low-tiny_sd-r8/pool-photo-rocket/n0004/step-01200
 MINI_DIR   := benchmark/mini-lora-wise
 mini: setup
 	OMP_NUM_THREADS=1 $(BIN)/lora-wise generate mini --out runs/mini --workers 2 \
@@ -49,21 +47,28 @@ mini: setup
 	$(BIN)/lora-wise build runs/mini $(MINI_DIR) --steps $(MINI_STEPS) --merge
 	$(BIN)/lora-wise fit-bank $(MINI_DIR) --config low-tiny_sd-r8 --config medium-tiny_sd-r8 \
 		--hold-out $(HOLD_OUT) --steps $(BANK_STEPS) --out lora_wise/data/banks
-	if [ -f $(EXAMPLE).safetensors ]; then mkdir -p scanner/data && \
-		cp $(EXAMPLE).safetensors scanner/data/example.safetensors && cp $(EXAMPLE).json scanner/data/example.json; fi
 	$(RESULTS)
 
 # The mini LoRA-WiSE v2 (issue 14): 600 tiny-sd-v2 LoRAs on 50 emoji concepts (mini-v2, medium range
-# first) plus the medium range at ranks 4 and 16 on 20 of them (mini-v2-ranks); resumable like `mini`
+# first) plus the medium range at ranks 4 and 16 on 20 of them (mini-v2-ranks); resumable like `mini`;
+# then the packaged tiny-sd-v2 bank (without HOLD_OUT2), the bundled example and docs/results.md
 # (about 3 h on 2 quiet cores). Needs npm once, to fetch the pinned emoji packages into the cache.
 MINI2_DIR  := benchmark/mini-lora-wise-v2
 MINI2_RUNS := runs/mini-v2
+HOLD_OUT2  := pool:noto-animal-mammal
+# The bundled example, a v2 LoRA held out of the v2 bank (committed once: a later session's runs/ may
+# not hold it).
+EXAMPLE    := $(MINI2_RUNS)/low-tiny_sd_v2-r8/pool-noto-animal-mammal/n0004/step-01200
 mini-v2: setup
 	for grid in mini-v2 mini-v2-ranks; do \
 		OMP_NUM_THREADS=1 $(BIN)/lora-wise generate $$grid --out $(MINI2_RUNS) --workers 2 \
 			$(if $(wildcard $(MINI2_DIR)/lora_wise.json),--skip-built $(MINI2_DIR)) || exit 1; \
 	done
 	$(BIN)/lora-wise build $(MINI2_RUNS) $(MINI2_DIR) --steps $(MINI_STEPS) --merge
+	$(BIN)/lora-wise fit-bank $(MINI2_DIR) --config low-tiny_sd_v2-r8 --config medium-tiny_sd_v2-r8 \
+		--hold-out $(HOLD_OUT2) --steps $(BANK_STEPS) --out lora_wise/data/banks
+	if [ -f $(EXAMPLE).safetensors ]; then mkdir -p scanner/data && \
+		cp $(EXAMPLE).safetensors scanner/data/example.safetensors && cp $(EXAMPLE).json scanner/data/example.json; fi
 	$(RESULTS)
 
 # docs/results.md, the whole page: v1 and v2 side by side (v2 also split by class), v2's cross-rank arm.

@@ -420,7 +420,7 @@ def held_out_size(
     n_train: int | None = None,
     seed: int = PAPER_SEED,
     coverage: float = 0.8,
-    base: str = "ridge",
+    base: str = "pooled",
     groups: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Leave one size out: fit without any model of ``size``, estimate held-out concepts' models

@@ -34,6 +34,7 @@ import numpy as np
 from lora_wise import evaluation as ev
 from lora_wise.errors import LoraWiseError
 from lora_wise.estimation.estimators import SizeInterval
+from lora_wise.estimation.fitted import BASES
 from lora_wise.paper import RANGES
 from lora_wise.spectra.table import SpectraTable
 
@@ -246,8 +247,8 @@ def beyond(table: SpectraTable, repeats: int) -> list[str]:
     lines = [
         "### Sizes never seen (fit without one size, estimate it)",
         "",
-        "Continuous estimate with `base=ridge` (the default) and `base=votes` (choose the bank's with "
-        "`lora-wise fit-bank --base`).",
+        "Continuous estimate with `base=pooled` (the default), `base=ridge` and `base=votes` (choose the "
+        "bank's with `lora-wise fit-bank --base`).",
         "",
         "| held-out size | base | DSiRe MAE | continuous MAE | median estimate | coverage (80 %) "
         "| median width |",
@@ -255,7 +256,7 @@ def beyond(table: SpectraTable, repeats: int) -> list[str]:
     ]
     sizes = np.unique(ev.select_step(table, None)[0].size)
     for size in sizes[1:-1]:
-        for base in ("ridge", "votes"):
+        for base in BASES:
             r = ev.held_out_size(table, int(size), repeats=repeats, base=base)
             lines.append(
                 f"| {size} | {base} | {r['dsire_mae']['mean']:.2f} | {r['interval_mae']['mean']:.2f} | "

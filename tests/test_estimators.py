@@ -319,3 +319,58 @@ def test_batched_gda_equals_sklearn_qda_per_voter(medium):
     for v in (0, 150, 383):
         qda = QuadraticDiscriminantAnalysis(reg_param=0.3).fit(Z_train[:, v], train.size)
         np.testing.assert_array_equal(votes[:, v], qda.predict(Z_test[:, v]))
+
+
+def test_pooled_ridge_is_scikit_learns_ridge_on_the_flattened_standardised_log_spectra():
+    """The pooled base, fitted in the dual form in numpy, predicts what sklearn's Ridge (primal)
+    predicts on the same features, at the strength it chose."""
+    from lora_wise.estimation.fitted import LogSizeModel, log_features, voter_features
+
+    train, test = _split(synthetic_table(n_micro=20, seed=21), n_train=10)
+    X = voter_features(train, ("a", "b", "ba"))
+    model = LogSizeModel.fit(X, np.log(train.size.astype(float)), "pooled", alpha=10.0)
+    mu, sd = _standardise(log_features(X))
+    flat = lambda F: np.nan_to_num((F - mu) / sd).reshape(len(F), -1)  # noqa: E731
+    reference = Ridge(alpha=10.0).fit(flat(log_features(X)), train.size.astype(float))
+    Xt = voter_features(test, ("a", "b", "ba"))
+    expected = np.log(np.maximum(reference.predict(flat(log_features(Xt))), 1.0))
+    np.testing.assert_allclose(model.point(Xt)[0], expected, rtol=1e-8, atol=1e-10)
+
+
+def test_pooled_strength_is_chosen_on_held_out_micro_datasets():
+    """Pure-noise spectra: any fit is overfit, so cross-validation must pick the strongest ridge;
+    a clean power law: a weak one wins."""
+    from lora_wise.estimation.fitted import POOLED_ALPHAS, _pooled_alpha
+
+    rng = np.random.default_rng(5)
+    groups = np.repeat(np.arange(8), 6)
+    y = np.tile(np.array([1.0, 10, 20, 30, 40, 50]), 8)
+    noise = rng.normal(size=(48, 300))
+    assert _pooled_alpha(noise, y, groups) == POOLED_ALPHAS[-1]
+    clean = np.log(y)[:, None] * rng.normal(size=(1, 300)) + 0.01 * noise
+    assert _pooled_alpha(clean, y, groups) < POOLED_ALPHAS[-1]
+    assert _pooled_alpha(noise, y, None) == POOLED_ALPHAS[0]  # nothing to hold out
+
+
+def test_pooled_interval_beats_dsire_mae_and_a_missing_layer_abstains():
+    table = synthetic_table(n_micro=30, seed=23, concept_noise=0.3)
+    train, test = _split(table)
+    est = SizeInterval().fit(train)
+    assert est.state_.model.base == "pooled" and est.calibrated_
+    point, lo, hi = est.predict_interval(test)
+    assert np.abs(point - test.size).mean() < np.abs(DSiRe().fit(train).predict(test) - test.size).mean()
+    assert (lo <= point).all() and (point <= hi).all()
+    assert 0.6 <= ((lo <= test.size) & (test.size <= hi)).mean() <= 0.97
+    empty = test.subset(np.arange(len(test)) < 1)  # a target with no layer of the references
+    empty.a[:], empty.b[:], empty.ba[:] = np.nan, np.nan, np.nan
+    with pytest.raises(BankError, match="nothing can vote"):
+        est.predict(empty)
+
+
+def test_a_bank_header_says_its_base_and_one_without_is_an_old_per_voter_ridge():
+    from lora_wise.estimation.bank import BankHeader, _settings, fit_bank
+
+    bank = fit_bank(synthetic_table(n_micro=4, seed=24, n_layers=8))
+    assert bank.header.params["base"] == "pooled"
+    old = BankHeader(**{**bank.header.__dict__, "params": {"coverage": 0.8}})
+    assert _settings(old)["base"] == "ridge" and _settings(old)["alpha"] is None

@@ -1,5 +1,6 @@
-"""The committed mini LoRA-WiSE (benchmark/mini-lora-wise), the packaged tiny-sd bank and the
-bundled example: present, consistent with each other, and reproducible by the factory."""
+"""The committed mini LoRA-WiSE v1 and v2 (benchmark/mini-lora-wise, benchmark/mini-lora-wise-v2), the
+packaged banks and the bundled example: present, consistent with each other, and reproducible by the
+factory."""
 
 from __future__ import annotations
 
@@ -15,7 +16,18 @@ from lora_wise.estimation.bank import BANKS_DIR, bank_for, load_bank_file
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "benchmark" / "mini-lora-wise"
-CONFIGS = {"low-tiny_sd-r8": [1, 2, 3, 4, 5, 6], "medium-tiny_sd-r8": [1, 10, 20, 30, 40, 50]}
+MINI_V2 = ROOT / "benchmark" / "mini-lora-wise-v2"
+LOW, MEDIUM = [1, 2, 3, 4, 5, 6], [1, 10, 20, 30, 40, 50]
+#: benchmark -> (its folder, the grids that train it, config -> (sizes, concepts when complete)).
+BENCHMARKS = {
+    "v1": (MINI, ("mini",), {"low-tiny_sd-r8": (LOW, 50), "medium-tiny_sd-r8": (MEDIUM, 50)}),
+    "v2": (
+        MINI_V2,
+        ("mini-v2", "mini-v2-ranks"),
+        {"low-tiny_sd_v2-r8": (LOW, 50), "medium-tiny_sd_v2-r8": (MEDIUM, 50),
+         "medium-tiny_sd_v2-r4": (MEDIUM, 20), "medium-tiny_sd_v2-r16": (MEDIUM, 20)},
+    ),
+}  # fmt: skip
 EXAMPLE = ROOT / "scanner" / "data" / "example.safetensors"
 RETRAIN_STEP = 300
 # Relative to each layer's largest singular value. Measured between a group of 32 (the committed
@@ -25,42 +37,58 @@ RETRAIN_STEP = 300
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(scope="module")
-def manifest():
-    return json.loads((MINI / "lora_wise.json").read_text())
+def _tables(name):
+    folder, _, configs = BENCHMARKS[name]
+    manifest = json.loads((folder / "lora_wise.json").read_text())
+    return manifest, {c: load_benchmark(folder, c) for c in configs if c in manifest["configs"]}
+
+
+@pytest.fixture(scope="module", params=sorted(BENCHMARKS))
+def benchmark(request):
+    return request.param, *_tables(request.param)
 
 
 @pytest.fixture(scope="module")
-def tables(manifest):
-    return {config: load_benchmark(MINI, config) for config in CONFIGS if config in manifest["configs"]}
+def tables():
+    return _tables("v1")[1]
 
 
-def test_committed_benchmark_is_consistent_and_small(manifest, tables):
-    """Whatever part of the 600 models is committed: grid models only, each at every committed step."""
+def _grid_jobs(grids):
     from lora_wise.factory.grid import load_grid
 
-    grid = {job.job_id: job for job in load_grid("mini")}
-    assert tables, "no mini LoRA-WiSE config committed"
+    return {job.job_id: job for grid in grids for job in load_grid(grid)}
+
+
+def test_committed_benchmark_is_consistent_and_small(benchmark):
+    """Whatever part of the models is committed: grid models only, each at every committed step."""
+    name, manifest, tables = benchmark
+    folder, grids, configs = BENCHMARKS[name]
+    grid = _grid_jobs(grids)
+    assert tables, f"no mini LoRA-WiSE {name} config committed"
     for config, table in tables.items():
-        assert set(np.unique(table.size).tolist()) <= set(CONFIGS[config])
+        assert set(np.unique(table.size).tolist()) <= set(configs[config][0])
         for model, size, micro in zip(table.model_id, table.size, table.micro_dataset, strict=True):
             assert (grid[model].dataset_size, grid[model].micro_dataset) == (size, micro)
         per_step = {int(s): int(np.sum(table.step == s)) for s in np.unique(table.step)}
         assert len(set(per_step.values())) == 1, per_step  # every model at every committed step
         assert table.layers == manifest["configs"][config]["layers"] and len(table.layers) == 128
         assert np.isfinite(table.ba).all() and (table.fro > 0).all()
-    size = sum(p.stat().st_size for p in MINI.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert size <= 50e6, size
 
 
-def test_committed_benchmark_holds_600_models_of_50_micro_datasets(tables):
+def test_committed_benchmark_is_complete(benchmark):
+    """Every config at every size, on its 50 concepts (20 for v2's extra ranks)."""
+    name, _, tables = benchmark
+    configs = BENCHMARKS[name][2]
     models = {config: len(np.unique(t.model_id)) for config, t in tables.items()}
-    if sum(models.values()) < 600:  # generated across sessions: see `make mini` and docs/factory.md
-        pytest.skip(f"the mini LoRA-WiSE is committed in part so far: {models} of 300 models per config")
-    for config, sizes in CONFIGS.items():
+    wanted = {config: len(sizes) * concepts for config, (sizes, concepts) in configs.items()}
+    if models != wanted:  # generated across sessions: see `make mini`, `make mini-v2` and docs/factory.md
+        pytest.skip(f"mini LoRA-WiSE {name} is committed in part so far: {models} of {wanted} models")
+    for config, (sizes, concepts) in configs.items():
         table = tables[config]
         assert sorted(np.unique(table.size).tolist()) == sizes
-        assert len(np.unique(table.micro_dataset)) == 50
+        assert len(np.unique(table.micro_dataset)) == concepts
 
 
 @pytest.mark.slow
@@ -93,13 +121,18 @@ def test_packaged_bank_never_saw_the_bundled_example():
     weights = read_lora(EXAMPLE)
     bank, why = bank_for(weights, directory=BANKS_DIR)
     assert bank is not None, why
-    assert bank.header.backbone == "tiny-sd" and bank.header.rank == 8
+    assert bank.header.backbone == sidecar["backbone"] == "tiny-sd-v2" and bank.header.rank == 8
     assert sidecar["micro_dataset"] not in bank.header.micro_datasets
     assert sidecar["micro_dataset"] in bank.header.recipe["held_out"]
-    assert (
-        sidecar["step"] in bank.steps
-        and load_bank_file(BANKS_DIR / "tiny-sd-r8.safetensors").name == bank.name
-    )
+    assert sidecar["step"] in bank.steps
+    assert load_bank_file(BANKS_DIR / "tiny-sd-v2-r8.safetensors").name == bank.name
+
+
+def test_the_v1_bank_stays_packaged_for_tiny_sd_loras_with_its_own_held_out_concept():
+    v1 = load_bank_file(BANKS_DIR / "tiny-sd-r8.safetensors")
+    assert (v1.header.backbone, v1.header.rank) == ("tiny-sd", 8)
+    assert v1.header.recipe["held_out"] == ["pool:photo-rocket"]
+    assert "pool:photo-rocket" not in v1.header.micro_datasets
 
 
 def test_every_concept_family_of_the_pool_is_evaluated_alone(tables):
@@ -128,7 +161,7 @@ def test_the_demo_quotes_the_packaged_banks_own_measured_accuracy():
     report = scan_example()
     quoted = report.bank["self_check"]
     assert quoted["step"] == report.estimate.step == 1200 and quoted["repeats"] == 10
-    bank = load_bank_file(BANKS_DIR / "tiny-sd-r8.safetensors")
+    bank = load_bank_file(BANKS_DIR / f"{report.bank['name']}.safetensors")
     fresh = quote_self_check(self_check(bank, repeats=10), 1200).as_dict()
     assert fresh == pytest.approx(quoted)
     assert 100 / len(bank.header.sizes) < quoted["dsire_accuracy"] < 100  # above chance (11 sizes)

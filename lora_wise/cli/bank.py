@@ -62,10 +62,11 @@ def recipe_from_factory(source: Path) -> dict:
 @click.option("--kinds", default="a,b,ba", show_default=True, help="Matrix kinds the voters use.")
 @click.option(
     "--base",
-    type=click.Choice(["ridge", "votes"]),
-    default="ridge",
+    type=click.Choice(["pooled", "ridge", "votes"]),
+    default="pooled",
     show_default=True,
-    help="Continuous estimate: per-layer log-log ridge, or the mean of the 1-NN votes.",
+    help="Continuous estimate: one ridge on all layers' log spectra (strength by cross-validation), "
+    "a per-layer log-log ridge, or the mean of the 1-NN votes.",
 )
 @click.option(
     "--hold-out",

@@ -286,7 +286,8 @@ class FittedStep:
 
 def _settings(header: BankHeader) -> dict[str, Any]:
     p = header.params
-    return {"tie": p.get("tie", "median"), "base": p.get("base", "ridge"), "alpha": p.get("alpha", 1.0),
+    # a header without "base" is older than the pooled ridge: its interval was the per-voter ridge
+    return {"tie": p.get("tie", "median"), "base": p.get("base", "ridge"), "alpha": p.get("alpha"),
             "coverage": p.get("coverage", 0.8)}  # fmt: skip
 
 
@@ -407,7 +408,7 @@ def fit_bank(
         steps=sorted(int(s) for s in np.unique(table.step)),
         micro_datasets=sorted(str(m) for m in np.unique(table.micro_dataset)),
         recipe=recipe or {},
-        params=params or {},
+        params={"base": "pooled", **(params or {})},  # a header says its base: without, it is an old one
         created_by=created_by,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )

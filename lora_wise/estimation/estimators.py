@@ -29,6 +29,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from lora_wise.errors import BankError
 from lora_wise.estimation.fitted import (
+    BASES,
     DEFAULT_KINDS,
     ApplicabilityState,
     IntervalState,
@@ -281,18 +282,21 @@ class GDAVote(_VoterEnsemble):
 class SizeInterval(RegressorMixin, BaseEstimator):
     """A continuous size estimate with an interval, for sizes the references never had.
 
-    Per voter, an estimate of log(size): ``base="ridge"`` regresses log(size) on log singular
-    values (one ridge per voter, solved together); ``base="votes"`` takes the log of the size
-    each voter's 1-NN votes for. The point estimate combines voters (median for ridge, mean for
-    votes) and ``s`` is their spread. The interval is split-conformal over micro-datasets:
-    refit without each training micro-dataset, collect the normalised residuals
-    (log true − log estimate) / (s + 0.05), and use their (1±coverage)/2 quantiles, so the
-    interval is honest about concept-to-concept error and widens when the voters disagree.
+    ``base="pooled"`` (default) is one ridge on every voter's standardised log singular values
+    together, predicting the size in images, its strength chosen by leave-one-micro-dataset-out
+    cross-validation over the references unless ``alpha`` is given; ``base="ridge"`` regresses
+    log(size) on log σ per voter (one ridge per voter, solved together, ``alpha`` 1 by default)
+    and takes their median; ``base="votes"`` takes the mean log of the sizes the voters' 1-NN
+    vote for. ``s`` is the voters' spread (0 for the pooled ridge: one model, no voters).
+    The interval is split-conformal over micro-datasets: refit without each training
+    micro-dataset (the pooled strength chosen again without it), collect the normalised
+    residuals (log true − log estimate) / (s + 0.05), and use their (1±coverage)/2 quantiles, so
+    the interval is honest about concept-to-concept error and widens when the voters disagree.
     With fewer than two micro-datasets nothing can be held out; the interval then falls back
     to ±1.28·s (80 % of a normal) and ``calibrated_`` is False.
     """
 
-    def __init__(self, kinds=DEFAULT_KINDS, base="ridge", alpha=1.0, coverage=0.8):
+    def __init__(self, kinds=DEFAULT_KINDS, base="pooled", alpha=None, coverage=0.8):
         self.kinds = kinds
         self.base = base
         self.alpha = alpha
@@ -302,8 +306,8 @@ class SizeInterval(RegressorMixin, BaseEstimator):
         X, y, groups = _as_xy(self, X, y, groups, fitting=True)
         if y is None:
             raise ValueError("labels (dataset sizes) are required to fit")
-        if self.base not in ("ridge", "votes"):
-            raise ValueError(f"base must be 'ridge' or 'votes', not {self.base!r}")
+        if self.base not in BASES:
+            raise ValueError(f"base must be one of {BASES}, not {self.base!r}")
         if not 0 < self.coverage < 1:
             raise ValueError("coverage must lie strictly between 0 and 1")
         self.train_, self.width_ = X, X.shape[2]

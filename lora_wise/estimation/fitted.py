@@ -231,26 +231,48 @@ def _check_any(per: np.ndarray) -> None:
         raise BankError(_NOTHING_VOTES)
 
 
+#: The pooled ridge's strengths, tried by cross-validation over the training micro-datasets.
+POOLED_ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
+BASES = ("pooled", "ridge", "votes")
+
+
 @dataclass(frozen=True)
 class LogSizeModel:
-    """Per-voter estimates of log(size): a ridge on log σ (``coef`` given) or the 1-NN votes."""
+    """Estimates of log(size) and the spread behind them, three ways (``base``):
 
-    base: str  # "ridge" | "votes"
-    mu: np.ndarray | None = None  # ridge: (V, W) standardisation and coefficients
+    - ``pooled``: one ridge on every voter's standardised log σ at once, predicting the size in
+      images (the error the tables count), its strength chosen by leave-one-micro-dataset-out
+      cross-validation on the references unless ``alpha`` is given. No voters to disagree:
+      spread 0, so the interval's width is the conformal residuals' alone.
+    - ``ridge``: one ridge per voter on log σ predicting log(size); the median over voters, their
+      spread as the MAD.
+    - ``votes``: the log of the size each voter's 1-NN votes for; their mean and std.
+    """
+
+    base: str
+    mu: np.ndarray | None = None  # ridge/pooled: (V, W) standardisation and coefficients
     sd: np.ndarray | None = None
     coef: np.ndarray | None = None
-    intercept: np.ndarray | None = None  # (V,)
+    intercept: np.ndarray | None = None  # ridge: (V,); pooled: (1,)
     ref: References | None = None  # votes: the references and their log sizes
     logy: np.ndarray | None = None
 
     @classmethod
-    def fit(cls, X: np.ndarray, logy: np.ndarray, base: str, alpha: float) -> LogSizeModel:
+    def fit(cls, X: np.ndarray, logy: np.ndarray, base: str, alpha: float | None = None,
+            groups: np.ndarray | None = None) -> LogSizeModel:  # fmt: skip
         if base == "votes":
             return cls(base, ref=References.of(X), logy=logy)
         F = log_features(X)
         mu, sd = standardise(F)
-        coef, intercept = batched_ridge((F - mu) / sd, logy, alpha)
-        return cls(base, mu, sd, coef, intercept)
+        if base == "ridge":
+            coef, intercept = batched_ridge((F - mu) / sd, logy, 1.0 if alpha is None else alpha)
+            return cls(base, mu, sd, coef, intercept)
+        Z = np.nan_to_num((F - mu) / sd).reshape(len(F), -1)  # a missing voter sits at the mean: 0
+        y = np.exp(logy)
+        if alpha is None:
+            alpha = _pooled_alpha(Z, y, groups)
+        coef, intercept = _kernel_ridge(Z, y, alpha)
+        return cls(base, mu, sd, coef.reshape(mu.shape), np.array([intercept]))
 
     def stored(self) -> dict[str, Any]:
         """The fitted arrays as JSON lists (float64 values survive JSON exactly); the votes model
@@ -263,11 +285,12 @@ class LogSizeModel:
     def check(stored: dict[str, Any], shape: tuple[int, ...]) -> dict[str, np.ndarray]:
         """The arrays of a ``stored()`` form for references of features ``shape`` (N, V, W);
         ValueError, KeyError or TypeError when it is not one."""
-        if stored["base"] not in ("ridge", "votes"):
+        if stored["base"] not in BASES:
             raise ValueError(f"unknown base {stored['base']!r}")
         if stored["base"] == "votes":
             return {}
-        return {k: _array(stored[k], shape[1:2] if k == "intercept" else shape[1:]) for k in _RIDGE_ARRAYS}
+        intercept = shape[1:2] if stored["base"] == "ridge" else (1,)
+        return {k: _array(stored[k], intercept if k == "intercept" else shape[1:]) for k in _RIDGE_ARRAYS}
 
     @classmethod
     def restore(cls, X: np.ndarray, logy: np.ndarray, stored: dict[str, Any]) -> LogSizeModel:
@@ -275,7 +298,7 @@ class LogSizeModel:
         arrays = cls.check(stored, X.shape)
         if stored["base"] == "votes":
             return cls("votes", ref=References.of(X), logy=logy)
-        return cls("ridge", **arrays)
+        return cls(stored["base"], **arrays)
 
     def point(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Point estimate (log size) and voter spread for each model in X."""
@@ -285,6 +308,10 @@ class LogSizeModel:
             _check_any(per)
             return np.nanmean(per, axis=1), np.nanstd(per, axis=1)
         z = (log_features(X) - self.mu) / self.sd
+        if self.base == "pooled":
+            _check_any(z[:, :, 0])
+            size = np.einsum("mvw,vw->m", np.nan_to_num(z), self.coef) + self.intercept[0]
+            return np.log(np.maximum(size, 1.0)), np.zeros(len(X))  # no LoRA has fewer than 1 image
         per = np.einsum("mvw,vw->mv", z, self.coef) + self.intercept  # NaN rows stay NaN
         _check_any(per)
         med = np.nanmedian(per, axis=1)
@@ -292,6 +319,31 @@ class LogSizeModel:
 
 
 _RIDGE_ARRAYS = ("mu", "sd", "coef", "intercept")
+
+
+def _kernel_ridge(Z: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    """Ridge solved in its dual form, an N×N system (far fewer references than features):
+    (coefficients, intercept), so that the prediction is ``Z @ coef + intercept``."""
+    zbar, ybar = Z.mean(axis=0), float(y.mean())
+    Zc = Z - zbar
+    coef = Zc.T @ np.linalg.solve(Zc @ Zc.T + alpha * np.eye(len(Z)), y - ybar)
+    return coef, ybar - float(zbar @ coef)
+
+
+def _pooled_alpha(Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None) -> float:
+    """The strength of :data:`POOLED_ALPHAS` with the lowest mean absolute error (images) on
+    held-out micro-datasets; the first (weakest) when there is nothing to hold out."""
+    folds = held_out_folds(groups, len(y))
+    if not folds:
+        return POOLED_ALPHAS[0]
+    errors = []
+    for alpha in POOLED_ALPHAS:
+        err = 0.0
+        for held in folds:
+            coef, intercept = _kernel_ridge(Z[~held], y[~held], alpha)
+            err += float(np.abs(np.maximum(Z[held] @ coef + intercept, 1.0) - y[held]).sum())
+        errors.append(err)
+    return POOLED_ALPHAS[int(np.argmin(errors))]
 
 
 def _array(values: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -309,6 +361,11 @@ def group_folds(groups: np.ndarray | None, n: int) -> list[np.ndarray]:
     return [groups == g for g in np.unique(groups)]
 
 
+def held_out_folds(groups: np.ndarray | None, n: int) -> list[np.ndarray]:
+    """:func:`group_folds` by micro-dataset, or none when fewer than two micro-datasets are known."""
+    return group_folds(groups, n) if groups is not None and len(np.unique(groups)) > 1 else []
+
+
 @dataclass(frozen=True)
 class IntervalState:
     """The continuous estimate fitted: its log-size model and the conformal quantiles of the
@@ -321,16 +378,18 @@ class IntervalState:
     residuals: np.ndarray | None = None
 
     @classmethod
-    def fit(cls, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, base: str = "ridge",
-            alpha: float = 1.0, coverage: float = 0.8) -> IntervalState:  # fmt: skip
+    def fit(cls, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, base: str = "pooled",
+            alpha: float | None = None, coverage: float = 0.8) -> IntervalState:  # fmt: skip
         logy = np.log(y.astype(float))
-        model = LogSizeModel.fit(X, logy, base, alpha)
-        folds = group_folds(groups, len(y)) if groups is not None and len(np.unique(groups)) > 1 else []
+        model = LogSizeModel.fit(X, logy, base, alpha, groups)
+        folds = held_out_folds(groups, len(y))
         if not folds:  # nothing to hold out: ±1.28 voter spreads, 80 % of a normal
             return cls(model, (-1.2816, 1.2816), coverage, False)
         resid = np.empty(len(y))
         for held in folds:
-            point, spread = LogSizeModel.fit(X[~held], logy[~held], base, alpha).point(X[held])
+            # refit as a whole: a pooled strength is chosen without the held-out micro-dataset too
+            refit = LogSizeModel.fit(X[~held], logy[~held], base, alpha, groups[~held])
+            point, spread = refit.point(X[held])
             resid[held] = (logy[held] - point) / (spread + 0.05)
         lo, hi = (1 - coverage) / 2, (1 + coverage) / 2
         return cls(
