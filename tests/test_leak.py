@@ -208,3 +208,18 @@ def test_report_fills_the_marked_section_only(run, tmp_path):
     assert "| oracle (true prompt) |" in text and "Against the issue's targets" in text
     (tmp_path / "bare.md").write_text("no markers")
     assert report.main([str(run.root), "--doc", str(tmp_path / "bare.md")]) == 2
+
+
+def test_lora_scan_leak_refuses_a_lora_of_another_base_with_the_same_shapes(capsys, tmp_path):
+    """The bundled example is a tiny-sd-v2 LoRA: tiny-sd's shapes, another base. The tiny-sd attack
+    would run on it and draw with the wrong UNet; the scan says so in one line instead."""
+    from lora_wise.leak.scan import packaged_attack
+
+    example = Path(__file__).resolve().parents[1] / "scanner" / "data" / "example.safetensors"
+    out = ["--out", str(tmp_path / "g.png")]
+    assert cli_run(scan_cli, ["leak", str(example), "--attack", str(packaged_attack("tiny-sd")), *out]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "a tiny-sd-v2 LoRA, but the attack was trained on tiny-sd LoRAs" in err
+    assert cli_run(scan_cli, ["leak", str(example), *out]) == 2
+    assert "no packaged attack for backbone 'tiny-sd-v2'" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "g.png").exists()

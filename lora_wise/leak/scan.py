@@ -42,8 +42,18 @@ def leak_scan(
     step: int | None = None,
     candidates: Path | None = None,
 ) -> dict:
-    """Generate from the LoRA's predicted conditioning; write the grid; score candidates if given."""
-    model, header = load_encoder(attack or packaged_attack())
+    """Generate from the LoRA's predicted conditioning; write the grid; score candidates if given.
+    Without ``attack``, the packaged attack of the LoRA's backbone."""
+    backbone = _backbone_of(Path(lora))
+    model, header = load_encoder(attack or packaged_attack("tiny-sd" if backbone == "unknown" else backbone))
+    if backbone not in (
+        "unknown",
+        header["backbone"],
+    ):  # same shapes (tiny-sd-v2) would run, on the wrong base
+        raise LeakError(
+            f"{lora}: a {backbone} LoRA, but the attack was trained on {header['backbone']} LoRAs "
+            f"(give --attack one of {backbone}'s, from lora-wise leak train)"
+        )
     weights = _lora_for(model.cfg.layers, Path(lora))
     step = step if step is not None else _declared_step(Path(lora)) or int(header["recipe"]["steps"])
     bb = load_backbone(header["backbone"])
@@ -108,6 +118,13 @@ def _lora_for(layers: tuple[str, ...], path: Path) -> dict:
         )
     want = {n: weights[n] for n in layers}
     return want
+
+
+def _backbone_of(path: Path) -> str:
+    """The LoRA's backbone as the scanner tells it (shapes, names, then metadata)."""
+    from lora_wise.lora.reader import read_lora
+
+    return read_lora(path).backbone.name
 
 
 def _declared_step(path: Path) -> int | None:
