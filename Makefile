@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench mini mini-v2 clean
+.PHONY: setup demo test lint bench mini mini-v2 leak-v2 clean
 
 setup: $(STAMP)
 
@@ -78,6 +78,26 @@ RESULTS = $(BIN)/python scripts/reproduce_tables.py --benchmark v1=$(MINI_DIR) -
 	--config low-tiny_sd-r8 --config medium-tiny_sd-r8 --config low-tiny_sd_v2-r8 \
 	--config medium-tiny_sd_v2-r8 --config medium-tiny_sd_v2-r4 --config medium-tiny_sd_v2-r16 \
 	--split-by-class v2 --out docs/results.md
+
+# The leak at the issue's scale on tiny-sd-v2 (docs/leak.md): 250 identities (200 shadows, 50 victims),
+# 1000 steps at lr 1e-4, seeds 0 1 2 under the defences none, flip, dp:1 and dp:10: 12 runs in
+# runs/leak-v2/<defence>-s<seed> (the colon dropped: dp10-s0), each trained, attacked and evaluated, then
+# docs/leak.md's measured section by defence over the seeds, and docs/leak/defences.png.
+# Cost: the v1 pilot took 19 min of one shared core for 50 identities x 400 steps; one run here is 12.5x
+# its model-steps: about 4 h of LoRA training per run, plus the attack and its ablation (2 x 10 min in the
+# pilot) and the evaluation of 50 victims. Some 50 hours for the 12 runs on one core, still about a day
+# with `make -j2 leak-v2` (two runs at a time) on 2 otherwise idle cores. Resumable: a run whose loss_identification.json (written last) exists
+# is skipped; leak_pilot.py skips finished groups, and the attack is not retrained once saved.
+LEAK2_RUNS := $(foreach d,none flip dp1 dp10,$(foreach s,0 1 2,runs/leak-v2/$(d)-s$(s)))
+leak-v2: $(addsuffix /loss_identification.json,$(LEAK2_RUNS))
+	$(BIN)/python scripts/leak_report.py $(LEAK2_RUNS) --doc docs/leak.md
+
+runs/leak-v2/%/loss_identification.json: | setup
+	d=$$(echo $* | sed 's/-s[0-9]*$$//; s/^dp/dp:/'); s=$$(echo $* | sed 's/.*-s//'); \
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/leak_pilot.py $(@D) --backbone tiny-sd-v2 --identities 250 \
+		--steps 1000 --lr 1e-4 --seed $$s --defence $$d && \
+	{ [ -f $(@D)/attack-nostep.safetensors ] || OMP_NUM_THREADS=1 $(BIN)/lora-wise leak train $(@D); } && \
+	OMP_NUM_THREADS=1 $(BIN)/lora-wise leak evaluate $(@D) --k 8 --loss-diagnostic
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,15 @@ from lora_wise.leak import embedding as em
 from lora_wise.leak.apply import bank_applied
 from lora_wise.leak.attack import AttackTraining
 from lora_wise.leak.encoder import load_encoder
-from lora_wise.leak.run import create_run, open_run, train_run
+from lora_wise.leak.run import (
+    ORACLE,
+    create_run,
+    evaluate_run,
+    noisy_views,
+    open_run,
+    own_view_losses,
+    train_run,
+)
 from lora_wise.leak.victims import Recipe, load_lora
 from scanner.cli import cli as scan_cli
 
@@ -186,28 +195,133 @@ def test_packaged_attack_fits_tiny_sd_to_q_to_v():
     assert packaged_attack("tiny-sd").stat().st_size < 1_000_000
 
 
-def test_report_fills_the_marked_section_only(run, tmp_path):
-    import importlib.util
-
+def _evaluated(run) -> dict:
+    """The fixture run's evaluation.json (trained and evaluated here if no earlier test did)."""
     if not (run.root / "evaluation.json").is_file():
         if not (run.root / "attack.safetensors").is_file():
             train_run(run.root, AttackTraining(iterations=2, batch=4))
-        from lora_wise.leak.run import evaluate_run
-
         evaluate_run(run.root, k=2, permutations=10)
+    return json.loads((run.root / "evaluation.json").read_text())
+
+
+def _report_module():
+    import importlib.util
+
     spec = importlib.util.spec_from_file_location(
         "leak_report", Path(__file__).parents[1] / "scripts/leak_report.py"
     )
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
+    return report
+
+
+def test_report_fills_the_marked_section_only(run, tmp_path):
+    _evaluated(run)
+    report = _report_module()
     doc = tmp_path / "leak.md"
     doc.write_text(f"# head\n{report.BEGIN}\nold\n{report.END}\ntail\n")
     assert report.main([str(run.root), "--doc", str(doc)]) == 0
     text = doc.read_text()
     assert text.startswith("# head\n") and text.endswith("tail\n") and "old" not in text
     assert "| oracle (true prompt) |" in text and "Against the issue's targets" in text
+    assert "Utility: each victim's LoRA denoises its own 5 real views" in text
+    assert not (tmp_path / "leak").exists()  # one run: no defence plot
     (tmp_path / "bare.md").write_text("no markers")
     assert report.main([str(run.root), "--doc", str(tmp_path / "bare.md")]) == 2
+
+
+def test_utility_is_the_victims_denoising_gain_over_the_same_base(run):
+    ev = _evaluated(run)
+    u, victims = ev["utility"], run.split("victim")
+    per = u["per_victim"]
+    assert [v["key"] for v in per] == [v.key for v in victims] and u["views"] == 5
+    for v in per:
+        assert all(np.isfinite([v["victim_loss"], v["base_loss"], v["gain"]])) and v["base_loss"] > 0
+        assert v["gain"] == pytest.approx(1 - v["victim_loss"] / v["base_loss"], rel=1e-9)
+        assert v["victim_loss"] != v["base_loss"]  # the LoRA moves the loss
+    for key in ("victim_loss", "base_loss", "gain"):
+        assert u[key] == pytest.approx(np.mean([v[key] for v in per]))
+    assert u["fidelity"] == {"arm": ORACLE, "top1": ev["arms"][ORACLE]["top1"]}
+    assert ev["defence_record"] == {}  # undefended
+    # the base loss again, independently: each victim's views with the OTHER victim's LoRA in the bank
+    # (its own rows at bank entry 0) must give the base loss the evaluation got with no LoRA at all
+    bb = tiny()
+    loras = [load_lora(run.final(v)) for v in victims]
+    conds = torch.cat([bb.encode_prompt(v.prompt)[0] for v in victims])
+    views = noisy_views(bb, victims, u["timesteps"], u["seed"])
+    first = own_view_losses(bb, views, [loras[0], None], run.scale, conds)
+    second = own_view_losses(bb, views, [None, loras[1]], run.scale, conds)
+    assert second[0] == pytest.approx(per[0]["base_loss"], rel=1e-5)
+    assert first[1] == pytest.approx(per[1]["base_loss"], rel=1e-5)
+    assert first[0] == pytest.approx(per[0]["victim_loss"], rel=1e-5)
+    assert second[1] == pytest.approx(per[1]["victim_loss"], rel=1e-5)
+
+
+def test_report_of_several_runs_aggregates_seeds_by_defence_and_plots(run, tmp_path):
+    from scipy.stats import t
+
+    from lora_wise.factory.defences import dp_record
+
+    ev = _evaluated(run)
+    flip = tmp_path / "flip-s1"  # a real run under the flip defence, another seed
+    create_run(flip, 8, replace(RECIPE, seed=1, defence="flip"), seed=1)
+    train_run(flip, AttackTraining(iterations=2, batch=4))
+    evaluate_run(flip, k=ev["k"], permutations=10)
+    assert json.loads((flip / "evaluation.json").read_text())["defence_record"]["augment"]["name"] == "flip"
+
+    def report_input(name: str, recipe: dict, top1: float, p: float, gain: float, record: dict) -> Path:
+        """A report-input fixture: the real run's evaluation.json, copied and edited (no LoRAs behind it)."""
+        out = tmp_path / name
+        out.mkdir()
+        fake = json.loads(json.dumps(ev)) | {"recipe": ev["recipe"] | recipe, "defence_record": record}
+        fake["arms"]["attack"] |= {"top1": top1, "p_permutation": p}
+        fake["utility"]["gain"] = gain
+        (out / "evaluation.json").write_text(json.dumps(fake))
+        (out / "recipe.json").write_text(json.dumps(fake["recipe"]))
+        return out
+
+    dp = {"dp": dp_record(replace(RECIPE, defence="dp:10").job("folder:x", 5), RECIPE.steps)}
+    extra = [
+        report_input("none-s1", {"seed": 1}, 0.4, 0.3, 0.05, {}),
+        report_input("none-s2", {"seed": 2}, 0.6, 0.02, 0.07, {}),
+        report_input("dp10-s0", {"defence": "dp:10"}, 0.5, 0.5, 0.01, dp),
+    ]
+    report = _report_module()
+    doc = tmp_path / "leak.md"
+    doc.write_text(f"# head\n{report.BEGIN}\n{report.END}\n")
+    assert report.main([str(p) for p in (extra[2], flip, run.root, *extra[:2])] + ["--doc", str(doc)]) == 0
+    text = doc.read_text()
+    # none: the hand-computed mean and Student-t interval over the three seeds' top-1, clipped to [0, 1]
+    top1 = np.array([ev["arms"]["attack"]["top1"], 0.4, 0.6])
+    half = t.ppf(0.975, 2) * top1.std(ddof=1) / np.sqrt(3)
+    lo, hi = max(0.0, top1.mean() - half), min(1.0, top1.mean() + half)
+    p_max, top5 = max(ev["arms"]["attack"]["p_permutation"], 0.3), ev["arms"]["attack"]["top5"]
+    none_part = text[text.index("Defence `none`") : text.index("Defence `flip`")]
+    assert f"| attack | {top1.mean():.2f} | {lo:.2f}-{hi:.2f} | {top5:.2f} | {p_max:.4f} |" in none_part
+    gains = np.array([ev["utility"]["gain"], 0.05, 0.07])
+    g_half = t.ppf(0.975, 2) * gains.std(ddof=1) / np.sqrt(3)
+    oracle = ev["arms"][ORACLE]["top1"]
+    row = f"| `none` | 3 | {top1.mean():.2f} ({lo:.2f}-{hi:.2f}) | {oracle:.2f} | {gains.mean():.3f} "
+    assert row + f"({gains.mean() - g_half:.3f} to {gains.mean() + g_half:.3f}) | no DP |" in text
+    # grouped by the recipe's defence, none first, then flip, then DP; one seed falls back to Wilson
+    assert text.index("Defence `none`, 3 seeds (0, 1, 2):") < text.index(
+        "Defence `flip`, 1 seed (1); one seed"
+    )
+    assert text.index("| `flip` | 1 |") < text.index("| `dp:10` | 1 | 0.50 (")
+    sigma = dp["dp"]["noise_multiplier"]
+    assert f"ε = 10, δ = 1e-05, σ = {sigma:.2f}, C = 1, q = 0.20, {RECIPE.steps} steps (opacus" in text
+    assert "Undefended runs (`none`):" in text and f"largest p of 3 seeds = {p_max:.4f}" in text
+    assert "![leak against utility, per defence](leak/defences.png)" in text
+    assert Image.open(tmp_path / "leak" / "defences.png").format == "PNG"
+    summary = report.summarise(
+        [json.loads((r / "evaluation.json").read_text()) for r in (run.root, *extra[:2])]
+    )
+    assert summary["attack"].top1 == pytest.approx(top1.mean()) and summary["attack"].ci == pytest.approx(
+        (lo, hi)
+    )
+    # runs of another recipe are refused, not averaged in
+    other = report_input("other", {"seed": 3, "steps": 8}, 0.5, 0.5, 0.0, {})
+    assert report.main([str(run.root), str(other), "--doc", str(doc)]) == 2
 
 
 def test_lora_scan_leak_refuses_a_lora_of_another_base_with_the_same_shapes(capsys, tmp_path):

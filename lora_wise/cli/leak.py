@@ -115,6 +115,11 @@ def evaluate(
             f"{r['p_permutation']:.4f}",
         )
     Console().print(table)
+    u = result["utility"]
+    Console().print(
+        f"utility: denoising loss on their own views {u['victim_loss']:.4f} (base {u['base_loss']:.4f}), "
+        f"gain {u['gain']:.3f}; fidelity (oracle top-1) {u['fidelity']['top1']:.2f}"
+    )
 
 
 COMMANDS = (leak,)

@@ -1,4 +1,4 @@
-"""A leak run folder end to end: shadows -> attack weights; victims -> identification tables.
+"""A leak run folder end to end: shadows -> attack weights; victims -> identification tables and utility.
 
 <root>/identities.json  recipe.json  identities/<key>/  loras/   (scripts/leak_pilot.py)
 <root>/attack.safetensors, attack-nostep.safetensors            (train_run: lora-wise leak train)
@@ -20,7 +20,7 @@ from lora_wise.factory.backbones import DiffusionBackbone, load_backbone
 from lora_wise.factory.jobs import TrainJob
 from lora_wise.factory.snapshots import lora_path
 from lora_wise.leak import embedding as em
-from lora_wise.leak.apply import bank_applied
+from lora_wise.leak.apply import Lora, bank_applied
 from lora_wise.leak.attack import AttackTraining, Shadow, generate, train_attack
 from lora_wise.leak.encoder import LoraEncoder, load_encoder, save_encoder
 from lora_wise.leak.identities import (
@@ -41,6 +41,8 @@ from lora_wise.leak.victims import (
 )
 
 ATTACKS = {"attack": "attack.safetensors", "attack-nostep": "attack-nostep.safetensors"}
+ORACLE = "oracle (true prompt)"
+UTILITY_TIMESTEPS = 4
 
 
 @dataclass
@@ -147,7 +149,8 @@ def spectral_nearest(victims: list[Path], shadows: list[Path]) -> list[int]:
 
 
 def evaluate_run(root: Path, k: int = 8, n: int = 10, permutations: int = 2000, seed: int = 0) -> dict:
-    """Identification of every victim from what each arm generates; writes evaluation.json and the grid."""
+    """Identification of every victim from what each arm generates, and the victims' utility (their LoRAs'
+    denoising gain over the base on their own views); writes evaluation.json and the grid."""
     run = open_run(root)
     bb = load_backbone(run.recipe.backbone)
     victims, shadows = run.split("victim"), run.split("shadow")
@@ -162,7 +165,7 @@ def evaluate_run(root: Path, k: int = 8, n: int = 10, permutations: int = 2000, 
         "class prompt, no trigger": (1, [prompt[victims[0].class_prompt]] * len(victims)),
         "base model, class prompt": (0, [prompt[victims[0].class_prompt]] * len(victims)),
         "base model, attack conditioning": (0, conds["attack"]),
-        "oracle (true prompt)": (1, [bb.encode_prompt(v.prompt)[0][0] for v in victims]),
+        ORACLE: (1, [bb.encode_prompt(v.prompt)[0][0] for v in victims]),
     }
     images = {}
     for arm, (base_or_own, cond) in arms.items():
@@ -183,6 +186,9 @@ def evaluate_run(root: Path, k: int = 8, n: int = 10, permutations: int = 2000, 
         "recipe": run.recipe.__dict__,
         "arms": table,
         "embedding_validation": _validation(real, n, seed),
+        "utility": utility(bb, victims, loras, run.scale, torch.stack(arms[ORACLE][1]), seed)
+        | {"fidelity": {"arm": ORACLE, "top1": table[ORACLE]["top1"]}},
+        "defence_record": defence_record(run.final(victims[0])),
     }
     (Path(root) / "evaluation.json").write_text(json.dumps(result, indent=1))
     write_grid(
@@ -235,6 +241,96 @@ def write_grid(
     return path
 
 
+def utility(
+    bb: DiffusionBackbone,
+    victims: list[Identity],
+    loras: list[Lora],
+    scale: float,
+    conds: torch.Tensor,
+    seed: int,
+) -> dict:
+    """Each victim's LoRA's denoising loss on its own views under its true prompt (``conds``), against the
+    base model's on the same views, noise and timesteps; gain = 1 - victim / base, per victim."""
+    views = noisy_views(bb, victims, UTILITY_TIMESTEPS, seed)
+    own = own_view_losses(bb, views, loras, scale, conds)
+    base = own_view_losses(bb, views, [None] * len(victims), scale, conds)
+    gain = 1.0 - own / base
+    return {
+        "timesteps": UTILITY_TIMESTEPS,
+        "views": views.rows // UTILITY_TIMESTEPS,
+        "seed": seed,
+        "victim_loss": float(own.mean()),
+        "base_loss": float(base.mean()),
+        "gain": float(gain.mean()),
+        "per_victim": [
+            {"key": v.key, "victim_loss": float(o), "base_loss": float(b), "gain": float(g)}
+            for v, o, b, g in zip(victims, own, base, gain, strict=True)
+        ],
+    }
+
+
+def defence_record(lora: Path) -> dict:
+    """The defence entries (``augment``, ``dp``: ε, δ, σ, C, q, steps, accountant) of a LoRA's sidecar."""
+    recipe = json.loads(lora.with_suffix(".json").read_text())["recipe"]
+    return {k: recipe[k] for k in ("augment", "dp") if k in recipe}
+
+
+@dataclass
+class NoisyViews:
+    """Identities' real views noised at fixed timesteps with fixed noise; rows identity-major."""
+
+    noisy: torch.Tensor
+    t: torch.Tensor
+    eps: torch.Tensor
+    identities: int
+
+    @property
+    def rows(self) -> int:  # per identity: its views x timesteps
+        return len(self.noisy) // self.identities
+
+
+@torch.no_grad()
+def noisy_views(bb: DiffusionBackbone, idents: list[Identity], timesteps: int, seed: int) -> NoisyViews:
+    """Every view's latent at ``timesteps`` evenly spaced timesteps, one noise draw seeded by ``seed``."""
+    pixels = [torch.from_numpy(view_images(v)).permute(0, 3, 1, 2).float() / 127.5 - 1.0 for v in idents]
+    latents = torch.cat([bb.encode_images(p)[0] for p in pixels]) * bb.scaling_factor  # (I*views, C, h, w)
+    gen = torch.Generator().manual_seed(seed)
+    ts = torch.linspace(50, 950, timesteps).long()
+    z = latents.repeat_interleave(timesteps, 0)
+    t = ts.repeat(len(latents))
+    eps = torch.randn(z.shape, generator=gen)
+    return NoisyViews(bb.scheduler.add_noise(z, eps, t), t, eps, len(idents))
+
+
+@torch.no_grad()
+def own_view_losses(
+    bb: DiffusionBackbone, views: NoisyViews, loras: list[Lora | None], scale: float, conds: torch.Tensor
+) -> np.ndarray:
+    """Per identity i of ``views``: the mean epsilon-MSE on its own rows of the UNet with ``loras[i]``
+    (None: the base model, no LoRA applied at all) under conditioning ``conds[i]`` (I, 77, D)."""
+    bank = [lo for lo in loras if lo is not None]
+    if not bank:
+        return _view_losses(bb, views, conds)
+    has = torch.tensor([lo is not None for lo in loras])
+    with bank_applied(bb.unet, bank, scale) as state:  # bank entry 0 is the base model
+        return _view_losses(bb, views, conds, state, torch.cumsum(has, 0) * has)
+
+
+def _view_losses(
+    bb: DiffusionBackbone,
+    views: NoisyViews,
+    conds: torch.Tensor,
+    state: dict | None = None,
+    index: torch.Tensor | None = None,
+) -> np.ndarray:
+    """Identity i's rows under ``conds[i]`` and, inside ``bank_applied``, bank entry ``index[i]``."""
+    if state is not None:
+        state["index"] = index.repeat_interleave(views.rows)
+    cond = conds.repeat_interleave(views.rows, 0)
+    err = (bb.unet(views.noisy, views.t, cond).sample - views.eps).pow(2).flatten(1).mean(1)
+    return err.reshape(views.identities, views.rows).mean(1).numpy().astype(np.float64)
+
+
 @torch.no_grad()
 def loss_identification(root: Path, timesteps: int = 8, seed: int = 0, permutations: int = 2000) -> dict:
     """Diagnostic, not an attack: does a victim's UNet denoise its OWN views better than other victims'?
@@ -248,26 +344,17 @@ def loss_identification(root: Path, timesteps: int = 8, seed: int = 0, permutati
     bb = load_backbone(run.recipe.backbone)
     victims = run.split("victim")
     loras = [load_snapshot(run.root, run.jobs[v.key], run.recipe.steps) for v in victims]
-    pixels = [torch.from_numpy(view_images(v)).permute(0, 3, 1, 2).float() / 127.5 - 1.0 for v in victims]
-    latents = torch.cat([bb.encode_images(p)[0] for p in pixels]) * bb.scaling_factor  # (V*5, C, h, w)
-    per = len(pixels[0])
-    gen = torch.Generator().manual_seed(seed)
-    ts = torch.linspace(50, 950, timesteps).long()
-    z = latents.repeat_interleave(timesteps, 0)
-    t = ts.repeat(len(latents))
-    eps = torch.randn(z.shape, generator=gen)
-    noisy = bb.scheduler.add_noise(z, eps, t)
+    views = noisy_views(bb, victims, timesteps, seed)
+    count = len(victims)
     out = {}
-    for arm, prompts in (("true prompt", [v.prompt for v in victims]), ("empty prompt", [""] * len(victims))):
-        loss = np.zeros((len(victims), len(victims)))
+    for arm, prompts in (("true prompt", [v.prompt for v in victims]), ("empty prompt", [""] * count)):
+        loss = np.zeros((count, count))
         with bank_applied(bb.unet, loras, run.scale) as state:
-            for j, p in enumerate(prompts):
-                state["index"] = torch.full((len(z),), j + 1)
-                cond = bb.encode_prompt(p)[0].expand(len(z), -1, -1)
-                err = (bb.unet(noisy, t, cond).sample - eps).pow(2).flatten(1).mean(1)
-                loss[j] = err.reshape(len(victims), per * timesteps).mean(1).numpy()
+            for j, p in enumerate(prompts):  # victim j's UNet on every candidate's views
+                cond = bb.encode_prompt(p)[0].expand(count, -1, -1)
+                loss[j] = _view_losses(bb, views, cond, state, torch.full((count,), j + 1))
         out[arm] = _rank_by_loss(loss, permutations, seed)
-    result = {"victims": len(victims), "timesteps": timesteps, "arms": out}
+    result = {"victims": count, "timesteps": timesteps, "arms": out}
     (Path(root) / "loss_identification.json").write_text(json.dumps(result, indent=1))
     return result
 
