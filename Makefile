@@ -83,11 +83,12 @@ RESULTS = $(BIN)/python scripts/reproduce_tables.py --benchmark v1=$(MINI_DIR) -
 # 1000 steps at lr 1e-4, seeds 0 1 2 under the defences none, flip, dp:1 and dp:10: 12 runs in
 # runs/leak-v2/<defence>-s<seed> (the colon dropped: dp10-s0), each trained, attacked and evaluated, then
 # docs/leak.md's measured section by defence over the seeds, and docs/leak/defences.png.
-# Cost: the v1 pilot took 19 min of one shared core for 50 identities x 400 steps; one run here is 12.5x
-# its model-steps: about 4 h of LoRA training per run, plus the attack and its ablation (2 x 10 min in the
-# pilot) and the evaluation of 50 victims. Some 50 hours for the 12 runs on one core, still about a day
-# with `make -j2 leak-v2` (two runs at a time) on 2 otherwise idle cores. Resumable: a run whose loss_identification.json (written last) exists
-# is skipped; leak_pilot.py skips finished groups, and the attack is not retrained once saved.
+# Cost: one run is 250 x 1000 = 250k model-steps of LoRA training, about 1.5 h of one quiet core at
+# the factory's 47 model-steps/s per process (the v1 pilot's 19 min for 50 x 400 on a shared core
+# scales to about 4 h), plus the attack and its ablation (2 x 10 min in the pilot) and the evaluation
+# of 50 victims: 20-50 core-hours for the 12 runs, half that in wall time with `make -j2 leak-v2`.
+# Resumable: a run whose loss_identification.json (written last) exists is skipped; leak_pilot.py
+# skips finished groups, and the attack is not retrained once saved.
 LEAK2_RUNS := $(foreach d,none flip dp1 dp10,$(foreach s,0 1 2,runs/leak-v2/$(d)-s$(s)))
 leak-v2: $(addsuffix /loss_identification.json,$(LEAK2_RUNS))
 	$(BIN)/python scripts/leak_report.py $(LEAK2_RUNS) --doc docs/leak.md
