@@ -43,8 +43,8 @@ def test_the_packaged_bank_of_release_0_1_loads():
 
 
 def test_a_factory_sidecar_of_release_0_1_reads_as_a_typed_sidecar():
-    """The committed example's sidecar was written by release 0.1.0's trainer."""
-    path = Path(__file__).parents[1] / "scanner" / "data" / "example.json"
-    sidecar = Sidecar.read(path)
+    """``tests/data/sidecar-0.1.json``: the sidecar of the bundled example until it became a v2 LoRA,
+    written by release 0.1.0's trainer."""
+    sidecar = Sidecar.read(DATA / "sidecar-0.1.json")
     assert sidecar.config == "low-tiny_sd-r8" and sidecar.dataset_size == 4 and sidecar.step == 1200
     assert Sidecar.from_dict(sidecar.to_dict()) == sidecar
