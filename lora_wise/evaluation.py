@@ -179,10 +179,14 @@ def select_step(table: SpectraTable, step: int | None) -> tuple[SpectraTable, st
 # --------------------------------------------------------------------------- the protocol
 
 
-def _predict(method: str, kinds, train: SpectraTable, test: SpectraTable) -> tuple[np.ndarray, dict]:
-    """Predictions of one method, plus per-repeat extras (interval coverage)."""
+def _predict(
+    method: str, kinds, train: SpectraTable, test: SpectraTable, groups: Mapping[str, str] | None = None
+) -> tuple[np.ndarray, dict]:
+    """Predictions of one method, plus per-repeat extras (interval coverage). With ``groups`` (the
+    split's classes) the interval is calibrated by holding out a class at a time, as the split does."""
     if method == INTERVAL:
-        est = SizeInterval(kinds=tuple(kinds or DEFAULT_KINDS)).fit(train)
+        held = None if groups is None else np.array([groups.get(m, m) for m in train.micro_dataset.tolist()])
+        est = SizeInterval(kinds=tuple(kinds or DEFAULT_KINDS)).fit(train, groups=held)
         point, lo, hi = est.predict_interval(test)
         classes = np.unique(train.size)
         snapped = classes[np.argmin(np.abs(point[:, None] - classes[None]), axis=1)]
@@ -217,7 +221,7 @@ def evaluate(
         truth, preds = [], []
         for in_train, in_test in splits.masks:
             train, test = table.subset(in_train), table.subset(in_test)
-            pred, extra = _predict(method, kinds, train, test)
+            pred, extra = _predict(method, kinds, train, test, groups)
             m = metrics(pred, test.size)
             if "snapped" in extra:  # the continuous estimate: accuracy of its nearest known size
                 m["accuracy"] = metrics(extra["snapped"], test.size)["accuracy"]
