@@ -1,4 +1,4 @@
-"""The bundled example: a tiny-sd LoRA of the mini LoRA-WiSE, held out of the packaged bank,
+"""The bundled example: a tiny-sd-v2 LoRA of the mini LoRA-WiSE v2, held out of the packaged bank,
 whose true dataset size is known. ``lora-scan`` with no target scans it, offline."""
 
 from __future__ import annotations
