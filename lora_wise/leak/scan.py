@@ -46,10 +46,8 @@ def leak_scan(
     Without ``attack``, the packaged attack of the LoRA's backbone."""
     backbone = _backbone_of(Path(lora))
     model, header = load_encoder(attack or packaged_attack("tiny-sd" if backbone == "unknown" else backbone))
-    if backbone not in (
-        "unknown",
-        header["backbone"],
-    ):  # same shapes (tiny-sd-v2) would run, on the wrong base
+    # a LoRA of another base with the same shapes (tiny-sd-v2) would run, and draw with the wrong UNet
+    if backbone not in ("unknown", header["backbone"]):
         raise LeakError(
             f"{lora}: a {backbone} LoRA, but the attack was trained on {header['backbone']} LoRAs "
             f"(give --attack one of {backbone}'s, from lora-wise leak train)"
