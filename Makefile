@@ -50,9 +50,9 @@ mini: setup
 	$(RESULTS)
 
 # The mini LoRA-WiSE v2 (issue 14): 600 tiny-sd-v2 LoRAs on 50 emoji concepts (mini-v2, medium range
-# first) plus the medium range at ranks 4 and 16 on 20 of them (mini-v2-ranks); resumable like `mini`;
-# then the packaged tiny-sd-v2 bank (without HOLD_OUT2), the bundled example and docs/results.md
-# (about 3 h on 2 quiet cores). Needs npm once, to fetch the pinned emoji packages into the cache.
+# first) plus the medium range at ranks 4 and 16 on 20 of them (mini-v2-ranks) and at rank 8 with the
+# flip defence (mini-v2-flip, paper Table 6); resumable like `mini`; then the packaged tiny-sd-v2 bank
+# (without HOLD_OUT2), the bundled example and docs/results.md (about 3.5 h on 2 quiet cores). Needs npm once, to fetch the pinned emoji packages into the cache.
 MINI2_DIR  := benchmark/mini-lora-wise-v2
 MINI2_RUNS := runs/mini-v2
 HOLD_OUT2  := pool:noto-animal-mammal
@@ -60,7 +60,7 @@ HOLD_OUT2  := pool:noto-animal-mammal
 # not hold it).
 EXAMPLE    := $(MINI2_RUNS)/low-tiny_sd_v2-r8/pool-noto-animal-mammal/n0004/step-01200
 mini-v2: setup
-	for grid in mini-v2 mini-v2-ranks; do \
+	for grid in mini-v2 mini-v2-ranks mini-v2-flip; do \
 		OMP_NUM_THREADS=1 $(BIN)/lora-wise generate $$grid --out $(MINI2_RUNS) --workers 2 \
 			$(if $(wildcard $(MINI2_DIR)/lora_wise.json),--skip-built $(MINI2_DIR)) || exit 1; \
 	done
@@ -71,16 +71,19 @@ mini-v2: setup
 		cp $(EXAMPLE).safetensors scanner/data/example.safetensors && cp $(EXAMPLE).json scanner/data/example.json; fi
 	$(RESULTS)
 
-# docs/results.md, the whole page: v1 and v2 side by side (v2 also split by class), v2's cross-rank arm.
+# docs/results.md, the whole page: v1 and v2 side by side (v2 also split by class), v2's cross-rank and
+# cross-defence arms.
 # Both `mini` and `mini-v2` end with it, so neither drops the other's tables; a v2 config not built yet is
 # reported as such. `./` keeps a v2 folder that does not exist yet from being taken for a Hub repo id.
 RESULTS = $(BIN)/python scripts/reproduce_tables.py --benchmark v1=$(MINI_DIR) --benchmark v2=./$(MINI2_DIR) \
 	--config low-tiny_sd-r8 --config medium-tiny_sd-r8 --config low-tiny_sd_v2-r8 \
 	--config medium-tiny_sd_v2-r8 --config medium-tiny_sd_v2-r4 --config medium-tiny_sd_v2-r16 \
+	--config medium-tiny_sd_v2-r8-flip \
 	--split-by-class v2 --out docs/results.md
 
 # The leak at the issue's scale on tiny-sd-v2 (docs/leak.md): 250 identities (200 shadows, 50 victims),
-# 1000 steps at lr 1e-4, seeds 0 1 2 under the defences none, flip, dp:1 and dp:10: 12 runs in
+# 1000 steps at lr 3e-4 (the v2 benchmark's rate, docs/regimes.md), seeds 0 1 2 under the defences
+# none, flip, dp:1 and dp:10: 12 runs in
 # runs/leak-v2/<defence>-s<seed> (the colon dropped: dp10-s0), each trained, attacked and evaluated, then
 # docs/leak.md's measured section by defence over the seeds, and docs/leak/defences.png.
 # Cost: one run is 250 x 1000 = 250k model-steps of LoRA training, about 1.5 h of one quiet core at
@@ -96,7 +99,7 @@ leak-v2: $(addsuffix /loss_identification.json,$(LEAK2_RUNS))
 runs/leak-v2/%/loss_identification.json: | setup
 	d=$$(echo $* | sed 's/-s[0-9]*$$//; s/^dp/dp:/'); s=$$(echo $* | sed 's/.*-s//'); \
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/leak_pilot.py $(@D) --backbone tiny-sd-v2 --identities 250 \
-		--steps 1000 --lr 1e-4 --seed $$s --defence $$d && \
+		--steps 1000 --lr 3e-4 --seed $$s --defence $$d && \
 	{ [ -f $(@D)/attack-nostep.safetensors ] || OMP_NUM_THREADS=1 $(BIN)/lora-wise leak train $(@D); } && \
 	OMP_NUM_THREADS=1 $(BIN)/lora-wise leak evaluate $(@D) --k 8 --loss-diagnostic
 

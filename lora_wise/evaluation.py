@@ -379,16 +379,18 @@ def cross_condition(
     seed: int = PAPER_SEED,
     method: str = DSIRE,
     groups: Mapping[str, str] | None = None,
+    labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Fit on references at one step/rank, test on held-out concepts at another.
 
     Reports the method's metrics and the mean applicability both in-condition (test at
     ``fit_value``) and cross-condition (test at ``test_value``): what the score is for is that
-    it falls when the estimate stops being trustworthy.
+    it falls when the estimate stops being trustworthy. ``labels`` gives each row's condition when
+    the table has no column for it (a defence); ``column`` then only names it.
     """
     splits = protocol_splits(table, n_train, repeats, seed, groups)
     n_tr, n_te, note = splits.n_train, splits.n_test, splits.note
-    col = getattr(table, column)
+    col = getattr(table, column) if labels is None else np.asarray(labels)
     rows: dict[str, dict[str, list[float]]] = {"in": {}, "cross": {}}
     for in_train, in_test in splits.masks:
         train = table.subset(in_train & (col == fit_value))

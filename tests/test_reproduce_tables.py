@@ -1,5 +1,5 @@
 """scripts/reproduce_tables.py over two benchmarks: the summary, partial and unbuilt configs, the
-cross-rank section and the human-written ``## Reading`` that a regeneration keeps."""
+cross-rank and cross-defence sections and the human-written ``## Reading`` that a regeneration keeps."""
 
 from __future__ import annotations
 
@@ -21,19 +21,20 @@ V2_MICROS = ("pool:noto-flag-1", "pool:openmoji-flag-1", "pool:noto-person-role"
 V2_CONFIGS = ("medium-tiny_sd_v2-r8", "medium-tiny_sd_v2-r4", "medium-tiny_sd_v2-r16", "low-tiny_sd_v2-r8")
 
 
-def write_config(out: Path, backbone, range_name, micros, sizes, steps, rank) -> None:
+def write_config(out: Path, backbone, range_name, micros, sizes, steps, rank, augment=None) -> None:
     for seed, (micro, size) in enumerate((m, n) for m in micros for n in sizes):
         job = TrainJob(
-            backbone, range_name, size, micro, rank=rank, steps=max(steps), snapshot_every=min(steps)
-        )
-        write_job(out, job, list(steps), seed=seed + 100 * rank)
+            backbone, range_name, size, micro, rank=rank, steps=max(steps), snapshot_every=min(steps),
+            augment=augment,
+        )  # fmt: skip
+        write_job(out, job, list(steps), seed=seed + 100 * rank + (1000 if augment else 0))
 
 
 @pytest.fixture(scope="module")
 def benchmarks(tmp_path_factory):
     """v1: a built dataset of one config no grid plans; v2: a factory folder caught mid-training
     (6 of mini-v2's 50 medium concepts at rank 8, 4 of the rank arm's 20 at rank 4, rank 16 not
-    started, the low range at one concept)."""
+    started, the low range at one concept, the flip arm at 5 concepts)."""
     root = tmp_path_factory.mktemp("benchmarks")
     write_config(root / "v1-runs", "tiny-sd", "medium", [f"pool:concept-{c}" for c in range(4)],
                  (1, 10, 20), (600, 1200), rank=4)  # fmt: skip
@@ -41,6 +42,8 @@ def benchmarks(tmp_path_factory):
     write_config(root / "v2", "tiny-sd-v2", "medium", V2_MICROS, (1, 10, 20), (1200,), rank=8)
     write_config(root / "v2", "tiny-sd-v2", "medium", V2_MICROS[:4], (1, 10, 20), (1200,), rank=4)
     write_config(root / "v2", "tiny-sd-v2", "low", V2_MICROS[:1], (1, 2, 3), (1200,), rank=8)
+    flip_arm = V2_MICROS[1:]
+    write_config(root / "v2", "tiny-sd-v2", "medium", flip_arm, (1, 10, 20), (1200,), rank=8, augment="flip")
     return root / "v1", root / "v2"
 
 
@@ -99,6 +102,22 @@ def test_one_page_for_two_benchmarks(benchmarks, main, tmp_path):
         ["| 8", "4"],
     ]
     assert text.rstrip().endswith("-->") and "\n## Reading\n" in text
+
+
+def test_a_defended_config_is_measured_against_its_undefended_twin(benchmarks, main, tmp_path):
+    out = tmp_path / "results.md"
+    assert main(both(benchmarks, out, "medium-tiny_sd_v2-r8", "medium-tiny_sd_v2-r8-flip")) == 0
+    text = out.read_text()
+    flip = section(text, "## medium-tiny_sd_v2-r8-flip\n")
+    assert "partial: 5 of 20 micro-datasets" in flip  # of grid mini-v2-flip
+    cross = section(text, "## Cross-defence: `medium-tiny_sd_v2-r8`")
+    assert "Table 6" in cross and "on the 5 micro-datasets they share" in cross  # the flip arm's five
+    rows = [line.split(" | ")[:2] for line in cross.splitlines() if line.startswith(("| flip", "| none"))]
+    assert rows == [
+        ["| flip", "none"],
+        ["| none", "flip"],
+    ]
+    assert "## Cross-rank" not in text  # one rank: no rank family, the flip config is not one either
 
 
 def test_regenerating_keeps_the_human_reading(benchmarks, main, tmp_path):
