@@ -50,9 +50,10 @@ mini: setup
 	$(RESULTS)
 
 # The mini LoRA-WiSE v2 (issue 14): 600 tiny-sd-v2 LoRAs on 50 emoji concepts (mini-v2, medium range
-# first) plus the medium range at ranks 4 and 16 on 20 of them (mini-v2-ranks) and at rank 8 with the
-# flip defence (mini-v2-flip, paper Table 6); resumable like `mini`; then the packaged tiny-sd-v2 bank
-# (without HOLD_OUT2), the bundled example and docs/results.md (about 3.5 h on 2 quiet cores). Needs npm
+# first) plus the medium range at ranks 4 and 16 on 20 of them (mini-v2-ranks) and at rank 8 under the
+# flip and DP-SGD (epsilon 10) defences (mini-v2-flip, mini-v2-dp10: paper Table 6); resumable like
+# `mini`; then the packaged tiny-sd-v2 bank (without HOLD_OUT2), the bundled example and docs/results.md
+# (about 4 h on 2 quiet cores). Needs npm
 # once, to fetch the pinned emoji packages into the cache.
 MINI2_DIR  := benchmark/mini-lora-wise-v2
 MINI2_RUNS := runs/mini-v2
@@ -61,7 +62,7 @@ HOLD_OUT2  := pool:noto-animal-mammal
 # not hold it).
 EXAMPLE    := $(MINI2_RUNS)/low-tiny_sd_v2-r8/pool-noto-animal-mammal/n0004/step-01200
 mini-v2: setup
-	for grid in mini-v2 mini-v2-ranks mini-v2-flip; do \
+	for grid in mini-v2 mini-v2-ranks mini-v2-flip mini-v2-dp10; do \
 		OMP_NUM_THREADS=1 $(BIN)/lora-wise generate $$grid --out $(MINI2_RUNS) --workers 2 \
 			$(if $(wildcard $(MINI2_DIR)/lora_wise.json),--skip-built $(MINI2_DIR)) || exit 1; \
 	done
@@ -79,7 +80,7 @@ mini-v2: setup
 RESULTS = $(BIN)/python scripts/reproduce_tables.py --benchmark v1=$(MINI_DIR) --benchmark v2=./$(MINI2_DIR) \
 	--config low-tiny_sd-r8 --config medium-tiny_sd-r8 --config low-tiny_sd_v2-r8 \
 	--config medium-tiny_sd_v2-r8 --config medium-tiny_sd_v2-r4 --config medium-tiny_sd_v2-r16 \
-	--config medium-tiny_sd_v2-r8-flip \
+	--config medium-tiny_sd_v2-r8-flip --config medium-tiny_sd_v2-r8-dp10 \
 	--split-by-class v2 --out docs/results.md
 
 # The leak at the issue's scale on tiny-sd-v2 (docs/leak.md): 250 identities (200 shadows, 50 victims),

@@ -85,7 +85,7 @@ PAPER_TABLE9 = {
 HEADLINE = ("frobenius-nn", "dsire", "interval")
 NOMINAL_COVERAGE = SizeInterval().coverage * 100
 #: The shipped grids the mini benchmarks are built from: what a complete config holds.
-GRIDS = ("mini", "mini-v2", "mini-v2-ranks", "mini-v2-flip")
+GRIDS = ("mini", "mini-v2", "mini-v2-ranks", "mini-v2-flip", "mini-v2-dp10")
 #: Where the human-written part of the page starts; from this line on, regenerating keeps the old file's.
 READING = "## Reading"
 READING_PLACEHOLDER = (

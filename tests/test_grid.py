@@ -123,7 +123,7 @@ def test_presets_are_listed():
     assert {"mini", "mini-diversity", "sd15-low", "sd15-medium", "sd2-medium", "sd15-high"} <= set(
         preset_names()
     )
-    assert {"mini-v2", "mini-v2-ranks"} <= set(preset_names())
+    assert {"mini-v2", "mini-v2-ranks", "mini-v2-flip", "mini-v2-dp10"} <= set(preset_names())
 
 
 def test_v2_presets_list_the_50_v2_concepts_in_order():
@@ -138,6 +138,21 @@ def test_v2_presets_list_the_50_v2_concepts_in_order():
     assert len(ranks) == 240 and {j.range_name for j in ranks} == {"medium"}
     assert Counter(j.rank for j in ranks) == {4: 120, 16: 120}
     assert list(dict.fromkeys(j.micro_dataset for j in ranks)) == v2[:20]
+
+
+@pytest.mark.parametrize(
+    "grid,defence", [("mini-v2-flip", {"augment": "flip"}), ("mini-v2-dp10", {"dp_epsilon": 10})]
+)
+def test_v2_defence_presets_are_the_rank_8_medium_range_defended(grid, defence):
+    """Each defence arm trains what mini-v2 trains on the rank arm's 20 concepts, plus its defence only,
+    so that its config (``-flip``, ``-dp10``) compares with the undefended one concept for concept."""
+    jobs = load_grid(grid)
+    undefended = {(j.micro_dataset, j.dataset_size) for j in load_grid("mini-v2") if j.range_name == "medium"}
+    assert len(jobs) == 120 and {(j.micro_dataset, j.dataset_size) for j in jobs} <= undefended
+    assert list(dict.fromkeys(j.micro_dataset for j in jobs)) == [f"pool:{n}" for n in V2_CONCEPT_NAMES[:20]]
+    assert {(j.backbone, j.rank, j.learning_rate, j.steps) for j in jobs} == {("tiny-sd-v2", 8, 3e-4, 1200)}
+    assert all(getattr(j, key) == value for j in jobs for key, value in defence.items())
+    assert {j.config_name for j in jobs} == {f"medium-tiny_sd_v2-r8-{grid.removeprefix('mini-v2-')}"}
 
 
 def test_diversity_preset_is_the_medium_range_on_four_kinds_of_concept():
