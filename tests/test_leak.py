@@ -134,6 +134,21 @@ def test_train_and_evaluate_write_attack_tables_and_grid(run, capsys):
         for kind in ("absolute", "relative"):
             assert 0.0 <= diag[arm][kind]["top1"] <= 1.0 and 1 / 21 <= diag[arm][kind]["p_permutation"] <= 1.0
 
+    # the human form prints the same (seeded) figures: the arms' table and the utility line
+    evaluate = ["leak", "evaluate", str(run.root), "--k", "2", "--permutations", "20"]
+    assert cli_run(lora_wise_cli, evaluate) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    u = result["utility"]
+    assert "2 victims, N = 2 candidates, K = 2 images" in text and "oracle (true prompt)" in text
+    assert (
+        f"utility: denoising loss on their own views {u['victim_loss']:.4f} (base {u['base_loss']:.4f})"
+        in text
+    )
+    assert (
+        f"gain {u['gain']:.3f}; fidelity (oracle top-1) {result['arms']['oracle (true prompt)']['top1']:.2f}"
+        in text
+    )
+
 
 def test_lora_scan_leak_grid_and_candidates(run, capsys, tmp_path):
     if not (run.root / "attack.safetensors").is_file():
