@@ -515,10 +515,11 @@ def shared_union(tables: list[SpectraTable]) -> SpectraTable:
 CROSS_ABOUT = {
     "rank": "DSiRe fitted at one rank, tested on held-out concepts at every other (paper Table 4's "
     "question turned around: does a bank of one rank answer for another, and does applicability say so?).",
-    "defence": "DSiRe fitted on one training recipe, tested on held-out concepts of each: fitted and "
-    "tested on defended LoRAs is the paper's Table 6 (SD1.5, medium range: horizontal flip drops DSiRe "
-    "from 86.1 % to 59.7 %); fitted on undefended references and tested on defended LoRAs is what an "
-    "auditor's bank meets.",
+    "defence": "DSiRe fitted on one training recipe, tested on held-out concepts of each. Fitted and "
+    "tested on defended LoRAs (Acc in, fit = the defence) is the paper's Table 6 (SD1.5, medium range: "
+    "horizontal flip drops DSiRe from 86.1 % to 59.7 %; the paper has no DP-SGD arm); fitted on "
+    "undefended references and tested on defended LoRAs (fit none, Acc cross) is what an auditor's "
+    "bank meets.",
 }
 
 
