@@ -132,7 +132,7 @@ def test_cli_dry_run_json_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     code = run(generate, [str(grid), "--out", str(out), "--dry-run", "--json", "--group-size", "3"])
     assert code == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["to_run"] == 4 and [len(g) for g in plan["groups"]] == [3, 1]
+    assert plan["to_run"] == 4 and [len(g) for g in plan["groups"]] == [2, 2]  # at most 3, evened
     assert not out.exists()
 
 
@@ -340,8 +340,11 @@ def test_a_second_runner_on_the_same_folder_is_refused_while_the_first_lives(tmp
     assert run_plan(plan, trainer=FAKE).ok  # released with its holder
 
 
-def test_groups_shrink_so_that_every_worker_gets_one(tmp_path):
+def test_groups_shrink_so_that_every_worker_gets_one_in_every_round(tmp_path):
     jobs = expand_grid(tiny_grid(micros=[f"pool:c{i}" for i in range(5)], sizes=(1, 2, 3)))  # 15 jobs
     assert [len(g) for g in make_plan(jobs, tmp_path, group_size=16).groups] == [15]
     assert [len(g) for g in make_plan(jobs, tmp_path, group_size=16, workers=2).groups] == [8, 7]
     assert [len(g) for g in make_plan(jobs, tmp_path, group_size=4, workers=2).groups] == [4, 4, 4, 3]
+    # 6 + 6 + 3 would leave one worker idle while the 3 trains: two full rounds of 4 instead
+    assert [len(g) for g in make_plan(jobs, tmp_path, group_size=6, workers=2).groups] == [4, 4, 4, 3]
+    assert [len(g) for g in make_plan(jobs, tmp_path, group_size=4, workers=3).groups] == [3, 3, 3, 2, 2, 2]
