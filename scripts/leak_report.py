@@ -158,7 +158,10 @@ def _recipe_text(rec: dict) -> str:
 
 
 def _kn_text(ev: dict) -> str:
-    return f"K = {ev['k']} images per victim and arm, N = {ev['n']} candidates (chance {1 / ev['n']:.2f})"
+    g = ev.get("guidance", 1.0)  # runs evaluated before guidance existed had none
+    cfg = f", classifier-free guidance {g:g}" if g != 1.0 else ""
+    n = ev["n"]
+    return f"K = {ev['k']} images per victim and arm{cfg}, N = {n} candidates (chance {1 / n:.2f})"
 
 
 def _loss_lines(root: Path) -> list[str]:
@@ -210,7 +213,8 @@ def _defence_order(spec: str) -> tuple:
 def _check_comparable(evs: list[dict]) -> None:
     def key(ev: dict) -> dict:
         rest = {k: v for k, v in ev["recipe"].items() if k not in SHARED}
-        return rest | {"k": ev["k"], "n": ev["n"], "victims": ev["victims"], "arms": list(ev["arms"])}
+        shown = {k: ev[k] for k in ("k", "n", "victims")} | {"guidance": ev.get("guidance", 1.0)}
+        return rest | shown | {"arms": list(ev["arms"])}
 
     first = key(evs[0])
     for ev in evs[1:]:

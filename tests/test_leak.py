@@ -118,7 +118,7 @@ def test_train_and_evaluate_write_attack_tables_and_grid(run, capsys):
         == 0
     )
     result = json.loads(capsys.readouterr().out)
-    assert result["n"] == 2 and result["victims"] == 2
+    assert result["n"] == 2 and result["victims"] == 2 and result["guidance"] == 1.0
     assert (
         "oracle (true prompt)" in result["arms"]
         and "nearest shadow by spectra (its images)" in result["arms"]
@@ -198,6 +198,22 @@ def test_embedding_identifies_real_views_and_intervals_cover():
     assert em.validate_embedding(views, n=10, trials=3).top(1) == 1.0  # ten distinct colours
     lo, hi = em.wilson(0.3, 30)
     assert lo < 0.3 < hi and em.wilson(0.0, 10)[0] == 0.0
+
+
+def test_guidance_is_classifier_free_through_each_rows_own_unet(run):
+    from lora_wise.leak.attack import generate
+
+    bb, loras = tiny(), [load_lora(run.final(i)) for i in run.identities[:2]]
+    index = torch.tensor([1, 2, 0])  # two victims' UNets and the base model
+    c = bb.encode_prompt(run.identities[0].prompt)[0][0]
+    cond = c.expand(3, -1, -1)
+    plain = generate(bb, loras, run.scale, index, cond, steps=3).astype(int)
+    # against the conditioning itself, eps(u) + g (eps(c) - eps(u)) is eps(c): the same pictures
+    same = generate(bb, loras, run.scale, index, cond, steps=3, guidance=5.0, uncond=c).astype(int)
+    assert np.abs(same - plain).max() <= 1  # uint8 rounding of float-equal latents
+    guided = generate(bb, loras, run.scale, index, cond, steps=3, guidance=5.0).astype(int)  # vs empty
+    assert np.abs(guided - plain).mean() > 1
+    assert generate(bb, loras, run.scale, index, cond, steps=3, guidance=1.0).tolist() == plain.tolist()
 
 
 def test_packaged_attack_fits_tiny_sd_to_q_to_v():

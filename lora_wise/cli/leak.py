@@ -88,14 +88,28 @@ def train(
     help="Also rank candidates by how well each victim's UNet denoises their real views "
     "(does the LoRA hold the identity at all?): ROOT/loss_identification.json.",
 )
+@click.option(
+    "--guidance",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Classifier-free guidance of every generating arm against the empty prompt (1: none).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print evaluation.json.")
 def evaluate(
-    root: str, k: int, n: int, permutations: int, seed: int, loss_diagnostic: bool, as_json: bool
+    root: str,
+    k: int,
+    n: int,
+    permutations: int,
+    seed: int,
+    loss_diagnostic: bool,
+    guidance: float,
+    as_json: bool,
 ) -> None:
     """Identify every victim of ROOT from what each arm generates (attack, baselines, oracle)."""
     from lora_wise.leak.run import evaluate_run, loss_identification
 
-    result = evaluate_run(root, k=k, n=n, permutations=permutations, seed=seed)
+    result = evaluate_run(root, k=k, n=n, permutations=permutations, seed=seed, guidance=guidance)
     if loss_diagnostic:
         result["loss_identification"] = loss_identification(root, seed=seed, permutations=permutations)
     if as_json:

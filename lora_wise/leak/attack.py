@@ -113,9 +113,14 @@ def generate(
     cond: torch.Tensor,
     seed: int = 0,
     steps: int = 25,
+    guidance: float = 1.0,
+    uncond: torch.Tensor | None = None,
 ) -> np.ndarray:
     """One image per row: row i through bank entry ``index[i]`` (0 = base model, j + 1 = ``loras[j]``)
-    under conditioning ``cond[i]`` (77, D); DDIM, no guidance. Returns (n, H, W, 3) uint8."""
+    under conditioning ``cond[i]`` (77, D); DDIM. ``guidance`` > 1 is classifier-free guidance against
+    ``uncond`` (77, D; by default the empty prompt's embedding) through the same row's UNet:
+    eps(uncond) + guidance * (eps(cond) - eps(uncond)), as diffusers' pipelines do. Returns (n, H, W, 3)
+    uint8."""
     from diffusers import DDIMScheduler
 
     sched = DDIMScheduler.from_config(bb.scheduler.config)
@@ -123,10 +128,18 @@ def generate(
     gen = torch.Generator().manual_seed(seed)
     size = bb.unet.config.sample_size
     z = torch.randn((len(index), bb.unet.config.in_channels, size, size), generator=gen)
+    guided = guidance != 1.0
+    if guided:
+        u = bb.encode_prompt("")[0][0] if uncond is None else uncond
+        cond, index = torch.cat([u.expand_as(cond), cond]), torch.cat([index, index])
     with bank_applied(bb.unet, loras, scale) as state:
         state["index"] = index
         for t in sched.timesteps:
-            eps = bb.unet(z, t, cond).sample
+            if guided:
+                e_u, e_c = bb.unet(torch.cat([z, z]), t, cond).sample.chunk(2)
+                eps = e_u + guidance * (e_c - e_u)
+            else:
+                eps = bb.unet(z, t, cond).sample
             z = sched.step(eps, t, z).prev_sample
     images = bb.vae.decode(z / bb.scaling_factor).sample
     return ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()

@@ -148,9 +148,12 @@ def spectral_nearest(victims: list[Path], shadows: list[Path]) -> list[int]:
     return [int(np.argmin(((sh - vec(p)) ** 2).sum(1))) for p in victims]
 
 
-def evaluate_run(root: Path, k: int = 8, n: int = 10, permutations: int = 2000, seed: int = 0) -> dict:
-    """Identification of every victim from what each arm generates, and the victims' utility (their LoRAs'
-    denoising gain over the base on their own views); writes evaluation.json and the grid."""
+def evaluate_run(
+    root: Path, k: int = 8, n: int = 10, permutations: int = 2000, seed: int = 0, guidance: float = 1.0
+) -> dict:
+    """Identification of every victim from what each arm generates (``guidance``: classifier-free, against
+    the empty prompt), and the victims' utility (their LoRAs' denoising gain over the base on their own
+    views); writes evaluation.json and the grid."""
     run = open_run(root)
     bb = load_backbone(run.recipe.backbone)
     victims, shadows = run.split("victim"), run.split("shadow")
@@ -171,7 +174,9 @@ def evaluate_run(root: Path, k: int = 8, n: int = 10, permutations: int = 2000, 
     for arm, (base_or_own, cond) in arms.items():
         index = torch.tensor([(j + 1) * base_or_own for j in range(len(victims)) for _ in range(k)])
         c = torch.stack([cond[j] for j in range(len(victims)) for _ in range(k)])
-        images[arm] = generate(bb, loras, run.scale, index, c, seed=seed).reshape(len(victims), k, 64, 64, 3)
+        images[arm] = generate(bb, loras, run.scale, index, c, seed=seed, guidance=guidance).reshape(
+            len(victims), k, 64, 64, 3
+        )
     real = [view_images(v) for v in victims]
     galleries = [em.embed(r) for r in real]
     near = spectral_nearest([run.final(v) for v in victims], [run.final(s) for s in shadows])
@@ -183,6 +188,7 @@ def evaluate_run(root: Path, k: int = 8, n: int = 10, permutations: int = 2000, 
         "shadows": len(shadows),
         "k": k,
         "n": min(n, len(victims)),
+        "guidance": guidance,
         "recipe": run.recipe.__dict__,
         "arms": table,
         "embedding_validation": _validation(real, n, seed),
