@@ -1,7 +1,7 @@
 """Train the identities' DreamBooth-LoRAs (victims and shadows) of a leak run; resumable.
 
     python scripts/leak_pilot.py runs/leak-pilot --identities 50 --steps 400 --lr 1e-3
-    python scripts/leak_pilot.py runs/leak-full --identities 250 --steps 1000 --lr 1e-4   # the issue's scale
+    python scripts/leak_pilot.py runs/leak-v2 --backbone tiny-sd-v2 --identities 250 --lr 3e-4 --workers 2
     python scripts/leak_pilot.py runs/leak-dp10 --identities 50 --steps 400 --lr 1e-3 --defence dp:10
 
 ``--defence`` (none, flip, dp:EPS, or a mix such as ``flip,dp:10``) trains victims and shadows under
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snapshot-every", type=int, default=None)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--group-size", type=int, default=25)
+    p.add_argument("--workers", type=int, default=1, help="training processes, one torch thread each")
     p.add_argument(
         "--defence",
         type=_arg_type(parse_defence, keep_spec=True),  # recipe.json keeps the spec
@@ -64,13 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         vendors=args.vendors,
     )
     t0 = time.time()
-    run = create_run(
-        args.out,
-        args.identities,
-        recipe,
-        seed=args.seed,
-        progress=lambda s: print(f"{time.time() - t0:7.0f}s {s}", flush=True),
-    )
+    run = create_run(args.out, args.identities, recipe, seed=args.seed, workers=args.workers)
     print(f"{len(run.jobs)} LoRAs x {recipe.steps} steps in {time.time() - t0:.0f} s", flush=True)
     return 0
 

@@ -63,10 +63,9 @@ class LeakRun:
         return lora_path(lora_folder(self.root, self.jobs[ident.key]), self.recipe.steps)
 
 
-def create_run(
-    root: Path, identities: int, recipe: Recipe, seed: int = 0, progress: Callable[[str], None] | None = None
-) -> LeakRun:
-    """Draw the identities, write their views, train every victim and shadow not trained yet."""
+def create_run(root: Path, identities: int, recipe: Recipe, seed: int = 0, workers: int = 1) -> LeakRun:
+    """Draw the identities, write their views, train every victim and shadow not trained yet (in
+    ``workers`` processes)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     idents = build_identities(identities, seed=seed, vendors=recipe.vendors)
@@ -75,7 +74,7 @@ def create_run(
     save_identities(idents, root / "identities.json")
     (root / "recipe.json").write_text(json.dumps(recipe.__dict__, indent=1))
     run = open_run(root)
-    train_identities(run.jobs, root, recipe, progress)
+    train_identities(run.jobs, root, recipe, workers)
     return run
 
 

@@ -11,17 +11,16 @@ the backbone's own: Noto+Twemoji on tiny-sd, Noto+OpenMoji on tiny-sd-v2.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lora_wise.errors import LeakError
 from lora_wise.factory.defences import parse_defence
 from lora_wise.factory.jobs import TrainJob
-from lora_wise.factory.snapshots import folder_done, job_folder, lora_path, snapshot_steps
-from lora_wise.factory.train import train_group
+from lora_wise.factory.snapshots import job_folder, lora_path, snapshot_steps
 from lora_wise.leak.identities import Identity, default_vendors, parse_vendors, write_identity_folders
 from lora_wise.lora.safetensors_io import read_safetensors
 
@@ -71,20 +70,17 @@ def identity_jobs(identities: list[Identity], root: Path, recipe: Recipe) -> dic
     return {i.key: recipe.job(specs[i.key], len(i.views)) for i in identities}
 
 
-def train_identities(
-    jobs: dict[str, TrainJob], root: Path, recipe: Recipe, progress: Callable[[str], None] | None = None
-) -> None:
-    """Train every job not finished yet, ``recipe.group_size`` at a time in one batched pass each."""
-    out = Path(root) / "loras"
-    todo = [j for j in jobs.values() if not folder_done(job_folder(out, j))]
-    for g in range(0, len(todo), recipe.group_size):
-        group = todo[g : g + recipe.group_size]
+def train_identities(jobs: dict[str, TrainJob], root: Path, recipe: Recipe, workers: int = 1) -> None:
+    """Train every job not finished yet through the factory's planner and runner: at most
+    ``recipe.group_size`` per batched pass, the groups spread over ``workers`` processes, a killed run
+    resumed from its finished groups. A failed group fails the run, after the others were trained."""
+    from lora_wise.factory.runner import make_plan, run_plan
 
-        def tick(step: int, steps: int, g=g) -> None:
-            if progress and (step % 25 == 0 or step == steps):
-                progress(f"group {g // recipe.group_size + 1}: step {step}/{steps}")
-
-        train_group(group, out, progress=tick)
+    plan = make_plan(list(jobs.values()), Path(root) / "loras", group_size=recipe.group_size, workers=workers)
+    summary = run_plan(plan, executor="pool" if workers > 1 else "inprocess", workers=workers)
+    if not summary.ok:
+        job, error = next(iter(summary.failed.items()))
+        raise LeakError(f"{len(summary.failed)} LoRA(s) failed to train, e.g. {job}: {error}")
 
 
 def lora_folder(root: Path, job: TrainJob) -> Path:
