@@ -488,16 +488,21 @@ AXES = {"rank": by_rank, "defence": by_defence}
 
 
 def condition_families(configs: list[Config], axis: str) -> dict[str, dict[str, Any]]:
-    """Requested configs that differ only along ``axis``, two or more: family -> config -> value.
-    A defence family needs a defended member (two undefended configs differ in something else)."""
+    """Requested configs that differ only along ``axis``: family -> config -> value. Ranks: every config
+    of a family together, two or more. Defences: each defended config with its undefended twin, so that
+    each pair is compared on the concepts those two share (defence arms may cover fewer concepts)."""
     out: dict[str, dict[str, Any]] = {}
     for c in configs:
         if parsed := AXES[axis](c.name):
             out.setdefault(parsed[0], {})[c.name] = parsed[1]
+    if axis == "rank":
+        return {family: values for family, values in out.items() if len(values) > 1}
     return {
-        family: values
-        for family, values in out.items()
-        if len(values) > 1 and (axis != "defence" or set(values.values()) != {"none"})
+        name: {head: "none", name: value}
+        for head, values in out.items()
+        if head in values
+        for name, value in values.items()
+        if value != "none"
     }
 
 

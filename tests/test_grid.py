@@ -141,15 +141,17 @@ def test_v2_presets_list_the_50_v2_concepts_in_order():
 
 
 @pytest.mark.parametrize(
-    "grid,defence", [("mini-v2-flip", {"augment": "flip"}), ("mini-v2-dp10", {"dp_epsilon": 10})]
+    "grid,defence,concepts",
+    [("mini-v2-flip", {"augment": "flip"}, 20), ("mini-v2-dp10", {"dp_epsilon": 10}, 10)],
 )
-def test_v2_defence_presets_are_the_rank_8_medium_range_defended(grid, defence):
-    """Each defence arm trains what mini-v2 trains on the rank arm's 20 concepts, plus its defence only,
-    so that its config (``-flip``, ``-dp10``) compares with the undefended one concept for concept."""
+def test_v2_defence_presets_are_the_rank_8_medium_range_defended(grid, defence, concepts):
+    """Each defence arm trains what mini-v2 trains on the rank arm's first concepts, plus its defence
+    only, so that its config (``-flip``, ``-dp10``) compares with the undefended one concept for concept."""
     jobs = load_grid(grid)
     undefended = {(j.micro_dataset, j.dataset_size) for j in load_grid("mini-v2") if j.range_name == "medium"}
-    assert len(jobs) == 120 and {(j.micro_dataset, j.dataset_size) for j in jobs} <= undefended
-    assert list(dict.fromkeys(j.micro_dataset for j in jobs)) == [f"pool:{n}" for n in V2_CONCEPT_NAMES[:20]]
+    assert len(jobs) == 6 * concepts and {(j.micro_dataset, j.dataset_size) for j in jobs} <= undefended
+    first = [f"pool:{n}" for n in V2_CONCEPT_NAMES[:concepts]]
+    assert list(dict.fromkeys(j.micro_dataset for j in jobs)) == first
     assert {(j.backbone, j.rank, j.learning_rate, j.steps) for j in jobs} == {("tiny-sd-v2", 8, 3e-4, 1200)}
     assert all(getattr(j, key) == value for j in jobs for key, value in defence.items())
     assert {j.config_name for j in jobs} == {f"medium-tiny_sd_v2-r8-{grid.removeprefix('mini-v2-')}"}

@@ -110,7 +110,7 @@ def test_a_defended_config_is_measured_against_its_undefended_twin(benchmarks, m
     text = out.read_text()
     flip = section(text, "## medium-tiny_sd_v2-r8-flip\n")
     assert "partial: 5 of 20 micro-datasets" in flip  # of grid mini-v2-flip
-    cross = section(text, "## Cross-defence: `medium-tiny_sd_v2-r8`")
+    cross = section(text, "## Cross-defence: `medium-tiny_sd_v2-r8-flip`")
     assert "Table 6" in cross and "on the 5 micro-datasets they share" in cross  # the flip arm's five
     rows = [line.split(" | ")[:2] for line in cross.splitlines() if line.startswith(("| flip", "| none"))]
     assert rows == [
