@@ -52,10 +52,9 @@ mini: setup
 # The mini LoRA-WiSE v2 (issue 14): 600 tiny-sd-v2 LoRAs on 50 emoji concepts (mini-v2, medium range
 # first) plus the medium range at ranks 4 and 16 on 20 of them (mini-v2-ranks) and at rank 8 under the
 # flip (20 concepts) and DP-SGD (epsilon 10, 10 concepts) defences (mini-v2-flip, mini-v2-dp10: paper
-# Table 6); resumable like
-# `mini`; then the packaged tiny-sd-v2 bank (without HOLD_OUT2), the bundled example and docs/results.md
-# (about 4 h on 2 quiet cores). Needs npm
-# once, to fetch the pinned emoji packages into the cache.
+# Table 6); resumable like `mini`; then the packaged tiny-sd-v2 bank (without HOLD_OUT2), the bundled
+# example and docs/results.md (about 4 h on 2 quiet cores). Needs npm once, to fetch the pinned emoji
+# packages into the cache.
 MINI2_DIR  := benchmark/mini-lora-wise-v2
 MINI2_RUNS := runs/mini-v2
 HOLD_OUT2  := pool:noto-animal-mammal
