@@ -295,7 +295,8 @@ def test_report_of_several_runs_aggregates_seeds_by_defence_and_plots(run, tmp_p
 
     ev = _evaluated(run)
     flip = tmp_path / "flip-s1"  # a real run under the flip defence, another seed
-    create_run(flip, 8, replace(RECIPE, seed=1, defence="flip"), seed=1)
+    create_run(flip, 8, replace(RECIPE, seed=1, defence="flip"), seed=1, workers=2)  # two processes
+    assert len(list((flip / "loras").rglob("done.json"))) == 8
     train_run(flip, AttackTraining(iterations=2, batch=4))
     evaluate_run(flip, k=ev["k"], permutations=10)
     assert json.loads((flip / "evaluation.json").read_text())["defence_record"]["augment"]["name"] == "flip"
