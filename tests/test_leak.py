@@ -216,6 +216,21 @@ def test_guidance_is_classifier_free_through_each_rows_own_unet(run):
     assert generate(bb, loras, run.scale, index, cond, steps=3, guidance=1.0).tolist() == plain.tolist()
 
 
+def test_leak_ceiling_scores_the_oracle_and_its_baselines(run, capsys):
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "leak_ceiling.py"))
+    r = script["ceiling"](run.root, identities=8, k=1, n=4, guidance=1.0, permutations=10)
+    assert r["identities"] == 8 and set(r["arms"]) == {
+        "true prompt (oracle)",
+        "class prompt, no trigger",
+        "base model, true prompt",
+    }
+    assert all(0 <= a["top1"] <= a["top5"] <= 1 and a["chance"] == 0.25 for a in r["arms"].values())
+    with pytest.raises(SystemExit, match="fewer than N = 10"):
+        script["ceiling"](run.root, identities=8, k=1, n=10, guidance=1.0, permutations=10)
+
+
 def test_packaged_attack_fits_tiny_sd_to_q_to_v():
     from lora_wise.factory.train import target_module_names
     from lora_wise.leak.scan import packaged_attack
