@@ -8,7 +8,11 @@ a leak regime (learning rate, steps, guidance) the way scripts/pilot.py picks a 
 
 It reads the first ``--identities`` identities of the run whose LoRA has its final snapshot (victims and
 shadows alike: nothing here is trained on them) and prints, per guidance, top-1/top-5 of the true prompt,
-of the class prompt without the trigger and of the base model under the true prompt, with permutation p.
+of the class prompt without the trigger and of the base model under the true prompt, with permutation p,
+and the LoRAs' utility (their denoising gain over the base model on their own views, as ``leak evaluate``
+measures it). A run's first n identities are those of every run of the same seed with n or more (the
+draw and the tokens are prefixes of one seeded sequence), so a defence's run of 40 identities compares
+pair for pair with the first 40 of an undefended run of 250.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ def ceiling(root: Path, identities: int, k: int, n: int, guidance: float, permut
     from lora_wise.leak import embedding as em
     from lora_wise.leak.attack import generate
     from lora_wise.leak.identities import view_images
-    from lora_wise.leak.run import open_run, score
+    from lora_wise.leak.run import open_run, score, utility
     from lora_wise.leak.victims import load_snapshot, steps_of
 
     run = open_run(root)
@@ -50,8 +54,9 @@ def ceiling(root: Path, identities: int, k: int, n: int, guidance: float, permut
         images = generate(bb, loras, run.scale, index, c, guidance=guidance).reshape(len(done), k, 64, 64, 3)
         r = score([em.embed(x) for x in images], galleries, n, permutations, 0)
         out[arm] = {key: r[key] for key in ("top1", "top5", "chance", "p_permutation")}
+    gain = utility(bb, done, loras, run.scale, torch.stack(true), seed=0)  # what the defence costs
     return {"root": str(root), "recipe": run.recipe.__dict__, "identities": len(done), "k": k, "n": n,
-            "guidance": guidance, "arms": out}  # fmt: skip
+            "guidance": guidance, "arms": out, "utility_gain": gain["gain"]}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         rec = r["recipe"]
         print(f"{args.root}: lr {rec['learning_rate']:g}, {rec['steps']} steps, {r['identities']} "
               f"identities, K = {r['k']}, N = {r['n']}, guidance {g:g}")  # fmt: skip
+        print(f"  utility: denoising gain over the base model {r['utility_gain']:.3f}")
         for arm, a in r["arms"].items():
             print(f"  {arm:26s} top-1 {a['top1']:.2f}  top-5 {a['top5']:.2f}  (chance {a['chance']:.2f})  "
                   f"p {a['p_permutation']:.4f}")  # fmt: skip

@@ -227,6 +227,7 @@ def test_leak_ceiling_scores_the_oracle_and_its_baselines(run, capsys):
         "base model, true prompt",
     }
     assert all(0 <= a["top1"] <= a["top5"] <= 1 and a["chance"] == 0.25 for a in r["arms"].values())
+    assert -1 < r["utility_gain"] < 1
     with pytest.raises(SystemExit, match="fewer than N = 10"):
         script["ceiling"](run.root, identities=8, k=1, n=10, guidance=1.0, permutations=10)
 
