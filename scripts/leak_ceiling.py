@@ -5,6 +5,7 @@ a leak regime (learning rate, steps, guidance) the way scripts/pilot.py picks a 
 
     python scripts/leak_ceiling.py runs/leak-v2/none-s0 --identities 40
     python scripts/leak_ceiling.py runs/leak-lr1e-3 --identities 20 --guidance 1,3,7
+    python scripts/leak_ceiling.py runs/leak-v2/none-s0 --identities 10 --png docs/leak/ceiling-v2.png
 
 It reads the first ``--identities`` identities of the run whose LoRA has its final snapshot (victims and
 shadows alike: nothing here is trained on them) and prints, per guidance, top-1/top-5 of the true prompt,
@@ -25,7 +26,9 @@ from pathlib import Path
 import torch
 
 
-def ceiling(root: Path, identities: int, k: int, n: int, guidance: float, permutations: int) -> dict:
+def ceiling(
+    root: Path, identities: int, k: int, n: int, guidance: float, permutations: int, png: Path | None = None
+) -> dict:
     from lora_wise.factory.backbones import load_backbone
     from lora_wise.leak import embedding as em
     from lora_wise.leak.attack import generate
@@ -54,9 +57,21 @@ def ceiling(root: Path, identities: int, k: int, n: int, guidance: float, permut
         images = generate(bb, loras, run.scale, index, c, guidance=guidance).reshape(len(done), k, 64, 64, 3)
         r = score([em.embed(x) for x in images], galleries, n, permutations, 0)
         out[arm] = {key: r[key] for key in ("top1", "top5", "chance", "p_permutation")}
+        if png is not None and arm == "true prompt (oracle)":
+            write_rows(png, [view_images(i)[0] for i in done[:8]], images[:8])
     gain = utility(bb, done, loras, run.scale, torch.stack(true), seed=0)  # what the defence costs
     return {"root": str(root), "recipe": run.recipe.__dict__, "identities": len(done), "k": k, "n": n,
             "guidance": guidance, "arms": out, "utility_gain": gain["gain"]}  # fmt: skip
+
+
+def write_rows(path: Path, real: list, images) -> None:
+    """One row per identity: a real view | its LoRA's pictures under the true prompt."""
+    import numpy as np
+    from PIL import Image
+
+    gap = np.full((64, 8, 3), 255, np.uint8)
+    rows = [np.concatenate([r, gap, *imgs], axis=1) for r, imgs in zip(real, images, strict=True)]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,11 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=10, help="candidates per trial")
     p.add_argument("--guidance", default="1", help="comma-separated classifier-free guidance scales")
     p.add_argument("--permutations", type=int, default=500)
+    p.add_argument("--png", type=Path, default=None, help="the oracle's pictures of the first 8 identities")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     for g in (float(x) for x in args.guidance.split(",")):
-        r = ceiling(args.root, args.identities, args.k, args.n, g, args.permutations)
+        r = ceiling(args.root, args.identities, args.k, args.n, g, args.permutations, args.png)
         if args.json:
             print(json.dumps(r))
             continue

@@ -220,7 +220,9 @@ def test_leak_ceiling_scores_the_oracle_and_its_baselines(run, capsys):
     import runpy
 
     script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "leak_ceiling.py"))
-    r = script["ceiling"](run.root, identities=8, k=1, n=4, guidance=1.0, permutations=10)
+    png = run.root / "ceiling.png"
+    r = script["ceiling"](run.root, identities=8, k=1, n=4, guidance=1.0, permutations=10, png=png)
+    assert Image.open(png).size == (64 * 2 + 8, 64 * 8)  # a real view | K = 1 picture, 8 identities
     assert r["identities"] == 8 and set(r["arms"]) == {
         "true prompt (oracle)",
         "class prompt, no trigger",
