@@ -296,10 +296,15 @@ class NoisyViews:
 
 @torch.no_grad()
 def noisy_views(bb: DiffusionBackbone, idents: list[Identity], timesteps: int, seed: int) -> NoisyViews:
-    """Every view's latent at ``timesteps`` evenly spaced timesteps, one noise draw seeded by ``seed``."""
+    """Every view's latent at ``timesteps`` evenly spaced timesteps; one draw, seeded by ``seed``, of a
+    sample of its VAE posterior (what the LoRAs were trained on: diffusers' ``latent_dist.sample()``) and
+    of the noise. Not the posterior mean: tiny-sd-v2's posterior std is a fifth of its latents' spread,
+    and a LoRA trained on samples denoises the means worse than the base model does."""
     pixels = [torch.from_numpy(view_images(v)).permute(0, 3, 1, 2).float() / 127.5 - 1.0 for v in idents]
-    latents = torch.cat([bb.encode_images(p)[0] for p in pixels]) * bb.scaling_factor  # (I*views, C, h, w)
     gen = torch.Generator().manual_seed(seed)
+    posterior = [bb.encode_images(p) for p in pixels]
+    latents = torch.cat([m + s * torch.randn(m.shape, generator=gen) for m, s in posterior])
+    latents = latents * bb.scaling_factor  # (I*views, C, h, w)
     ts = torch.linspace(50, 950, timesteps).long()
     z = latents.repeat_interleave(timesteps, 0)
     t = ts.repeat(len(latents))
