@@ -19,15 +19,17 @@ MINI = ROOT / "benchmark" / "mini-lora-wise"
 MINI_V2 = ROOT / "benchmark" / "mini-lora-wise-v2"
 LOW, MEDIUM = [1, 2, 3, 4, 5, 6], [1, 10, 20, 30, 40, 50]
 #: benchmark -> (its folder, the grids that train it, config -> (sizes, concepts when complete),
-#: its size cap in bytes: 600 rank-8 models take 40-43 MB; v2's 240 models of ranks 4 and 16 add ~24 MB).
+#: its size cap in bytes: 600 rank-8 models take 40-43 MB; v2's 240 models of ranks 4 and 16 add ~24 MB,
+#: its defence arms (flip on 20 concepts, DP on 10, four snapshots each) ~5 and ~2.5 MB).
 BENCHMARKS = {
     "v1": (MINI, ("mini",), {"low-tiny_sd-r8": (LOW, 50), "medium-tiny_sd-r8": (MEDIUM, 50)}, 50e6),
     "v2": (
         MINI_V2,
-        ("mini-v2", "mini-v2-ranks"),
+        ("mini-v2", "mini-v2-ranks", "mini-v2-flip", "mini-v2-dp10"),
         {"low-tiny_sd_v2-r8": (LOW, 50), "medium-tiny_sd_v2-r8": (MEDIUM, 50),
-         "medium-tiny_sd_v2-r4": (MEDIUM, 20), "medium-tiny_sd_v2-r16": (MEDIUM, 20)},
-        70e6,
+         "medium-tiny_sd_v2-r4": (MEDIUM, 20), "medium-tiny_sd_v2-r16": (MEDIUM, 20),
+         "medium-tiny_sd_v2-r8-flip": (MEDIUM, 20)},
+        76e6,
     ),
 }  # fmt: skip
 EXAMPLE = ROOT / "scanner" / "data" / "example.safetensors"
