@@ -251,7 +251,8 @@ def _option_value(args: list[str], names: tuple[str, ...]) -> str | None:
 @click.option(
     "--attack",
     type=click.Path(exists=True, dir_okay=False),
-    help="An attack from lora-wise leak train (default: the packaged tiny-sd attack).",
+    help="An attack from lora-wise leak train (default: the packaged one of the LoRA's backbone, tiny-sd or "
+    "tiny-sd-v2).",
 )
 @click.option(
     "--candidates",

@@ -234,14 +234,17 @@ def test_leak_ceiling_scores_the_oracle_and_its_baselines(run, capsys):
         script["ceiling"](run.root, identities=8, k=1, n=10, guidance=1.0, permutations=10)
 
 
-def test_packaged_attack_fits_tiny_sd_to_q_to_v():
+@pytest.mark.parametrize("backbone", ["tiny-sd", "tiny-sd-v2"])
+def test_packaged_attack_fits_its_backbones_to_q_to_v(backbone):
     from lora_wise.factory.train import target_module_names
     from lora_wise.leak.scan import packaged_attack
 
-    model, header = load_encoder(packaged_attack("tiny-sd"))
-    assert header["backbone"] == "tiny-sd" and header["config"]["use_step"]
-    assert list(model.cfg.layers) == sorted(target_module_names(tiny().unet, ("to_q", "to_v")))
-    assert packaged_attack("tiny-sd").stat().st_size < 1_000_000
+    model, header = load_encoder(packaged_attack(backbone))
+    assert header["backbone"] == backbone and header["config"]["use_step"]
+    assert list(model.cfg.layers) == sorted(
+        target_module_names(tiny().unet, ("to_q", "to_v"))
+    )  # v2: v1's shapes
+    assert packaged_attack(backbone).stat().st_size < 1_000_000
 
 
 def _evaluated(run) -> dict:
@@ -387,6 +390,16 @@ def test_lora_scan_leak_refuses_a_lora_of_another_base_with_the_same_shapes(caps
     assert cli_run(scan_cli, ["leak", str(example), "--attack", str(packaged_attack("tiny-sd")), *out]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "a tiny-sd-v2 LoRA, but the attack was trained on tiny-sd LoRAs" in err
-    assert cli_run(scan_cli, ["leak", str(example), *out]) == 2
-    assert "no packaged attack for backbone 'tiny-sd-v2'" in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "g.png").exists()
+    # by default it gets the packaged attack of its own backbone
+    assert cli_run(scan_cli, ["leak", str(example), *out, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["backbone"] == "tiny-sd-v2" and (tmp_path / "g.png").is_file()
+
+
+def test_a_backbone_without_a_packaged_attack_is_one_line():
+    from lora_wise.errors import LeakError
+    from lora_wise.leak.scan import packaged_attack
+
+    with pytest.raises(LeakError, match="no packaged attack for backbone 'sd15'"):
+        packaged_attack("sd15")
