@@ -146,6 +146,11 @@ def render(root: Path) -> str:
                 f"({t['pairs']} snapshots), {t['seconds']:.0f} s; final denoising loss "
                 f"{t['final_denoise_loss']:.4f}, prompt MSE {t['final_prompt_mse']:.4f}."
             )
+    if spread := ev.get("conditioning_spread"):  # runs evaluated before it was measured lack it
+        lines.append(
+            f"- The attack's conditioning varies across the victims by {spread['attack']:.4f} (std per "
+            f"entry, mean), their true prompts' by {spread['true prompt']:.4f}."
+        )
     lines += _loss_lines(root)
     lines += ["", utility_line([ev])]
     return "\n".join(lines + verdict(summarise([ev]), ev["n"]))

@@ -119,6 +119,8 @@ def test_train_and_evaluate_write_attack_tables_and_grid(run, capsys):
     )
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 2 and result["victims"] == 2 and result["guidance"] == 1.0
+    spread = result["conditioning_spread"]
+    assert spread["true prompt"] > 0 and spread["attack"] > 0  # two victims, two distinct conditionings
     assert (
         "oracle (true prompt)" in result["arms"]
         and "nearest shadow by spectra (its images)" in result["arms"]

@@ -191,6 +191,12 @@ def evaluate_run(
         "recipe": run.recipe.__dict__,
         "arms": table,
         "embedding_validation": _validation(real, n, seed),
+        # a collapsed encoder predicts one conditioning for every victim: its spread across victims
+        # (std per entry, averaged) against the true prompts' says so
+        "conditioning_spread": {
+            name: float(torch.stack(list(c)).std(0).mean())
+            for name, c in (("attack", conds["attack"]), ("true prompt", arms[ORACLE][1]))
+        },
         "utility": utility(bb, victims, loras, run.scale, torch.stack(arms[ORACLE][1]), seed)
         | {"fidelity": {"arm": ORACLE, "top1": table[ORACLE]["top1"]}},
         "defence_record": defence_record(run.final(victims[0])),
