@@ -28,7 +28,7 @@ BENCHMARKS = {
         ("mini-v2", "mini-v2-ranks", "mini-v2-flip", "mini-v2-dp10"),
         {"low-tiny_sd_v2-r8": (LOW, 50), "medium-tiny_sd_v2-r8": (MEDIUM, 50),
          "medium-tiny_sd_v2-r4": (MEDIUM, 20), "medium-tiny_sd_v2-r16": (MEDIUM, 20),
-         "medium-tiny_sd_v2-r8-flip": (MEDIUM, 20)},
+         "medium-tiny_sd_v2-r8-flip": (MEDIUM, 20), "medium-tiny_sd_v2-r8-dp10": (MEDIUM, 10)},
         76e6,
     ),
 }  # fmt: skip
