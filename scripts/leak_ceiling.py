@@ -31,9 +31,8 @@ def ceiling(
 ) -> dict:
     from lora_wise.factory.backbones import load_backbone
     from lora_wise.leak import embedding as em
-    from lora_wise.leak.attack import generate
     from lora_wise.leak.identities import view_images
-    from lora_wise.leak.run import open_run, score, utility
+    from lora_wise.leak.run import generate_arm, open_run, score, utility
     from lora_wise.leak.victims import load_snapshot, steps_of
 
     run = open_run(root)
@@ -52,9 +51,7 @@ def ceiling(
     }
     out = {}
     for arm, (own, cond) in arms.items():
-        index = torch.tensor([(j + 1) * own for j in range(len(done)) for _ in range(k)])
-        c = torch.stack([cond[j] for j in range(len(done)) for _ in range(k)])
-        images = generate(bb, loras, run.scale, index, c, guidance=guidance).reshape(len(done), k, 64, 64, 3)
+        images = generate_arm(bb, loras, run.scale, own, cond, k, seed=0, guidance=guidance)
         r = score([em.embed(x) for x in images], galleries, n, permutations, 0)
         out[arm] = {key: r[key] for key in ("top1", "top5", "chance", "p_permutation")}
         if png is not None and arm == "true prompt (oracle)":

@@ -60,7 +60,8 @@ def group_jobs(
         by_key.setdefault(group_key(job), []).append(job)
     out = []
     for same in by_key.values():
-        count = min(len(same), -(-math.ceil(len(same) / group_size) // multiple_of) * multiple_of)
+        rounds = math.ceil(math.ceil(len(same) / group_size) / multiple_of)
+        count = min(len(same), rounds * multiple_of)
         small, extra = divmod(len(same), count)  # the first ``extra`` chunks take one job more
         bounds = [i * small + min(i, extra) for i in range(count + 1)]
         out += [same[a:b] for a, b in itertools.pairwise(bounds)]

@@ -169,13 +169,7 @@ def evaluate_run(
         "base model, attack conditioning": (0, conds["attack"]),
         ORACLE: (1, [bb.encode_prompt(v.prompt)[0][0] for v in victims]),
     }
-    images = {}
-    for arm, (base_or_own, cond) in arms.items():
-        index = torch.tensor([(j + 1) * base_or_own for j in range(len(victims)) for _ in range(k)])
-        c = torch.stack([cond[j] for j in range(len(victims)) for _ in range(k)])
-        images[arm] = generate(bb, loras, run.scale, index, c, seed=seed, guidance=guidance).reshape(
-            len(victims), k, 64, 64, 3
-        )
+    images = {arm: generate_arm(bb, loras, run.scale, *how, k, seed, guidance) for arm, how in arms.items()}
     real = [view_images(v) for v in victims]
     galleries = [em.embed(r) for r in real]
     near = spectral_nearest([run.final(v) for v in victims], [run.final(s) for s in shadows])
@@ -206,6 +200,17 @@ def evaluate_run(
         Path(root) / "leak-grid.png", real, images["attack"], images["base model, attack conditioning"]
     )
     return result
+
+
+def generate_arm(
+    bb: DiffusionBackbone, loras: list[Lora], scale: float, own: int, cond, k: int, seed: int, guidance: float
+) -> np.ndarray:
+    """One arm's K pictures per identity j, (J, K, H, W, 3): through LoRA j (``own`` 1) or the base model
+    (``own`` 0), under conditioning ``cond[j]``."""
+    index = torch.tensor([(j + 1) * own for j in range(len(loras)) for _ in range(k)])
+    c = torch.stack([cond[j] for j in range(len(loras)) for _ in range(k)])
+    images = generate(bb, loras, scale, index, c, seed=seed, guidance=guidance)
+    return images.reshape(len(loras), k, *images.shape[1:])
 
 
 def score(
