@@ -239,13 +239,31 @@ def render_many(roots: list[Path], plot: Path, doc_dir: Path) -> str:
         seeds = ", ".join(str(ev["recipe"]["seed"]) for ev in evs)
         one = "; one seed: the interval is its Wilson interval over the victims, not one over seeds"
         lines += ["", f"Defence `{defence}`, {_seeds(len(evs))} ({seeds}){one if len(evs) == 1 else ''}:", ""]
-        lines += [*arm_table(summarise(evs)), "", utility_line(evs)]
+        lines += [*arm_table(summarise(evs)), "", *seed_table(evs), "", utility_line(evs)]
     lines += ["", *defence_table(groups)]
     if write_plot(plot, groups, 1 / ev0["n"]):
         lines += ["", f"![leak against utility, per defence]({os.path.relpath(plot, doc_dir)})"]
     if "none" in groups:
         lines += ["", "Undefended runs (`none`):", *verdict(summarise(groups["none"]), ev0["n"])]
     return "\n".join(lines)
+
+
+def seed_table(evs: list[dict]) -> list[str]:
+    """Per seed: the attack beside the oracle, the embedding's validation on that seed's victims, and
+    the attack's conditioning spread (a collapsed encoder's is near 0, whatever the prompts' is)."""
+    lines = [
+        "| seed | attack top-1 (p) | oracle top-1 | embedding on the real views, top-1 "
+        "| conditioning spread: attack / true prompts |",
+        "|---|---|---|---|---|",
+    ]
+    for ev in evs:
+        a, spread = ev["arms"]["attack"], ev.get("conditioning_spread")
+        spread_text = f"{spread['attack']:.4f} / {spread['true prompt']:.4f}" if spread else "not recorded"
+        lines.append(
+            f"| {ev['recipe']['seed']} | {a['top1']:.2f} ({a['p_permutation']:.4f}) "
+            f"| {ev['arms'][ORACLE]['top1']:.2f} | {ev['embedding_validation']['top1']:.2f} | {spread_text} |"
+        )
+    return lines
 
 
 def defence_table(groups: dict[str, list[dict]]) -> list[str]:

@@ -344,6 +344,9 @@ def test_report_of_several_runs_aggregates_seeds_by_defence_and_plots(run, tmp_p
         report_input("none-s2", {"seed": 2}, 0.6, 0.02, 0.07, {}),
         report_input("dp10-s0", {"defence": "dp:10"}, 0.5, 0.5, 0.01, dp),
     ]
+    older = json.loads((extra[0] / "evaluation.json").read_text())  # evaluated before the spread was
+    del older["conditioning_spread"]
+    (extra[0] / "evaluation.json").write_text(json.dumps(older))
     report = _report_module()
     doc = tmp_path / "leak.md"
     doc.write_text(f"# head\n{report.BEGIN}\n{report.END}\n")
@@ -356,9 +359,16 @@ def test_report_of_several_runs_aggregates_seeds_by_defence_and_plots(run, tmp_p
     p_max, top5 = max(ev["arms"]["attack"]["p_permutation"], 0.3), ev["arms"]["attack"]["top5"]
     none_part = text[text.index("Defence `none`") : text.index("Defence `flip`")]
     assert f"| attack | {top1.mean():.2f} | {lo:.2f}-{hi:.2f} | {top5:.2f} | {p_max:.4f} |" in none_part
+    # per seed: each run's own figures, the spread where it was recorded
+    spread, a0 = ev["conditioning_spread"], ev["arms"]["attack"]
+    oracle, valid = ev["arms"][ORACLE]["top1"], ev["embedding_validation"]["top1"]
+    assert (
+        f"| 0 | {a0['top1']:.2f} ({a0['p_permutation']:.4f}) | {oracle:.2f} | {valid:.2f} "
+        f"| {spread['attack']:.4f} / {spread['true prompt']:.4f} |"
+    ) in none_part
+    assert f"| 1 | 0.40 (0.3000) | {oracle:.2f} | {valid:.2f} | not recorded |" in none_part
     gains = np.array([ev["utility"]["gain"], 0.05, 0.07])
     g_half = t.ppf(0.975, 2) * gains.std(ddof=1) / np.sqrt(3)
-    oracle = ev["arms"][ORACLE]["top1"]
     row = f"| `none` | 3 | {top1.mean():.2f} ({lo:.2f}-{hi:.2f}) | {oracle:.2f} | {gains.mean():.3f} "
     assert row + f"({gains.mean() - g_half:.3f} to {gains.mean() + g_half:.3f}) | no DP |" in text
     # grouped by the recipe's defence, none first, then flip, then DP; one seed falls back to Wilson
