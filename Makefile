@@ -88,22 +88,24 @@ RESULTS = $(BIN)/python scripts/reproduce_tables.py --benchmark v1=$(MINI_DIR) -
 # none, flip, dp:1 and dp:10: 12 runs in
 # runs/leak-v2/<defence>-s<seed> (the colon dropped: dp10-s0), each trained, attacked and evaluated, then
 # docs/leak.md's measured section by defence over the seeds, and docs/leak/defences.png.
-# Cost: one run is 250 x 1000 = 250k model-steps of LoRA training, about 1.5 h of one quiet core at
-# the factory's 47 model-steps/s per process (the v1 pilot's 19 min for 50 x 400 on a shared core
-# scales to about 4 h), plus the attack and its ablation (2 x 10 min in the pilot) and the evaluation
-# of 50 victims: 20-50 core-hours for the 12 runs, half that in wall time with `make -j2 leak-v2`.
-# Resumable: a run whose loss_identification.json (written last) exists is skipped; leak_pilot.py
-# skips finished groups, and the attack is not retrained once saved.
+# Cost: one run is 250 x 1000 = 250k model-steps of LoRA training, about 1.5 h of one core at the
+# factory's 47 model-steps/s per process (measured: 6023 s for none-s0 on a shared core), plus the attack
+# and its ablation (about 200 s each) and the evaluation of 50 victims (about 20 min): about 2 h a run,
+# 24 core-hours for the 12, half that in wall time with `make -j2 leak-v2`. LEAK_EVAL adds flags to the
+# evaluation: `make leak-v2 LEAK_EVAL=--loss-diagnostic` also writes loss_identification.json, about an
+# hour more per run. Resumable: a run whose evaluation.json (written last without the diagnostic) exists
+# is skipped; leak_pilot.py skips finished groups, and the attack is not retrained once saved.
 LEAK2_RUNS := $(foreach d,none flip dp1 dp10,$(foreach s,0 1 2,runs/leak-v2/$(d)-s$(s)))
-leak-v2: $(addsuffix /loss_identification.json,$(LEAK2_RUNS))
+LEAK_EVAL ?=
+leak-v2: $(addsuffix /evaluation.json,$(LEAK2_RUNS))
 	$(BIN)/python scripts/leak_report.py $(LEAK2_RUNS) --doc docs/leak.md
 
-runs/leak-v2/%/loss_identification.json: | setup
+runs/leak-v2/%/evaluation.json: | setup
 	d=$$(echo $* | sed 's/-s[0-9]*$$//; s/^dp/dp:/'); s=$$(echo $* | sed 's/.*-s//'); \
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/leak_pilot.py $(@D) --backbone tiny-sd-v2 --identities 250 \
 		--steps 1000 --lr 3e-4 --seed $$s --defence $$d && \
 	{ [ -f $(@D)/attack-nostep.safetensors ] || OMP_NUM_THREADS=1 $(BIN)/lora-wise leak train $(@D); } && \
-	OMP_NUM_THREADS=1 $(BIN)/lora-wise leak evaluate $(@D) --k 8 --loss-diagnostic
+	OMP_NUM_THREADS=1 $(BIN)/lora-wise leak evaluate $(@D) --k 8 $(LEAK_EVAL)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
