@@ -40,7 +40,8 @@ class Arm(NamedTuple):
     top1: float  # mean over the seeds
     ci: tuple[float, float]  # t over the seeds' top-1; one seed: the run's Wilson interval
     top5: float
-    p: float  # the largest permutation p among the seeds
+    p: float  # the largest permutation p among the seeds: every seed must reject
+    p_fisher: float  # the seeds' p combined by Fisher's method: the null of no leak in any seed
     null_mean: float
     seeds: int
 
@@ -60,13 +61,16 @@ def summarise(evs: list[dict]) -> dict[str, Arm]:
 
 
 def _arm(rs: list[dict]) -> Arm:
-    top1 = [r["top1"] for r in rs]
+    from scipy.stats import combine_pvalues
+
+    top1, ps = [r["top1"] for r in rs], [r["p_permutation"] for r in rs]
     lo, hi = rs[0]["top1_ci"] if len(rs) == 1 else t_interval(top1)
     return Arm(
         float(np.mean(top1)),
         (max(0.0, lo), min(1.0, hi)),
         float(np.mean([r["top5"] for r in rs])),
-        max(r["p_permutation"] for r in rs),
+        max(ps),
+        ps[0] if len(ps) == 1 else float(combine_pvalues(ps, method="fisher").pvalue),
         float(np.mean([r["null_mean_top1"] for r in rs])),
         len(rs),
     )
@@ -77,28 +81,38 @@ def arm_table(summary: dict[str, Arm]) -> list[str]:
     if s == 1:
         cols = "top-1 | 95 % (Wilson) | top-5 | permutation p"
     else:
-        cols = f"top-1 (mean of {s} seeds) | 95 % (t, {s} seeds) | top-5 (mean) | permutation p (largest)"
-    lines = [f"| arm | {cols} | null mean top-1 |", "|---|---|---|---|---|---|"]
+        cols = (
+            f"top-1 (mean of {s} seeds) | 95 % (t, {s} seeds) | top-5 (mean) | permutation p (largest) "
+            "| p, seeds combined (Fisher)"
+        )
+    lines = [f"| arm | {cols} | null mean top-1 |", "|---" * (6 + (s > 1)) + "|"]
     for arm, a in summary.items():
+        fisher = f" {_p(a.p_fisher)} |" if s > 1 else ""
         lines.append(
-            f"| {arm} | {a.top1:.2f} | {a.ci[0]:.2f}-{a.ci[1]:.2f} | {a.top5:.2f} | {a.p:.4f} "
-            f"| {a.null_mean:.2f} |"
+            f"| {arm} | {a.top1:.2f} | {a.ci[0]:.2f}-{a.ci[1]:.2f} | {a.top5:.2f} | {a.p:.4f} |{fisher} "
+            f"{a.null_mean:.2f} |"
         )
     return lines
+
+
+def _p(p: float) -> str:
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"  # Fisher's combination of small p gets tinier still
 
 
 def verdict(summary: dict[str, Arm], n: int) -> list[str]:
     a = summary["attack"]
     beaten = [k for k, r in summary.items() if k not in ("attack", ORACLE) and a.top1 <= r.top1]
     above = "yes" if not beaten else "NO, not above: " + ", ".join(beaten)
-    p = "p" if a.seeds == 1 else f"largest p of {a.seeds} seeds"
+    p = f"p = {a.p:.4f}"
+    if a.seeds > 1:  # the rule: every seed rejects; Fisher's tests the weaker null of no leak in any seed
+        p = f"largest p of {a.seeds} seeds = {a.p:.4f}; combined by Fisher's method {_p(a.p_fisher)}"
     return [
         "",
         "Against the issue's targets:",
         "",
         f"- top-1 ≥ 5× chance ({5 / n:.2f}): {'met' if a.top1 >= 5 / n else 'NOT met'} "
         f"(attack {a.top1:.2f} = {a.top1 * n:.1f}× chance);",
-        f"- permutation null rejected at p < 0.01: {'yes' if a.p < 0.01 else 'NO'} ({p} = {a.p:.4f});",
+        f"- permutation null rejected at p < 0.01 in every seed: {'yes' if a.p < 0.01 else 'NO'} ({p});",
         f"- above every baseline but the oracle: {above}.",
     ]
 

@@ -379,6 +379,13 @@ def test_report_of_several_runs_aggregates_seeds_by_defence_and_plots(run, tmp_p
     sigma = dp["dp"]["noise_multiplier"]
     assert f"ε = 10, δ = 1e-05, σ = {sigma:.2f}, C = 1, q = 0.20, {RECIPE.steps} steps (opacus" in text
     assert "Undefended runs (`none`):" in text and f"largest p of 3 seeds = {p_max:.4f}" in text
+    # and the seeds' p combined by Fisher's method, computed here by hand: -2 sum ln p ~ chi2(2 seeds)
+    from scipy.stats import chi2
+
+    ps = np.array([ev["arms"]["attack"]["p_permutation"], 0.3, 0.02])
+    fisher = chi2.sf(-2 * np.log(ps).sum(), 2 * len(ps))
+    assert fisher > 1e-4 and f"combined by Fisher's method {fisher:.4f}" in text
+    assert f"| {p_max:.4f} | {fisher:.4f} |" in none_part
     assert "![leak against utility, per defence](leak/defences.png)" in text
     assert Image.open(tmp_path / "leak" / "defences.png").format == "PNG"
     summary = report.summarise(
