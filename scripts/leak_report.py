@@ -360,6 +360,7 @@ def write_plot(path: Path, groups: dict[str, list[dict]], chance: float) -> bool
     ax.set_xlabel("utility: victim LoRA's denoising gain over the base (1 − victim/base)")
     ax.set_ylabel("leak: attack top-1 (95 %)")
     ax.set_ylim(0, 1)
+    ax.set_xlim(left=min([0.0] + [g[1] for _, g, _ in points]) - 0.005)  # from no gain: DP's is about 0
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
