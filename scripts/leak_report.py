@@ -7,9 +7,10 @@ Replaces the text between the ``<!-- leak-report:begin -->`` and ``<!-- leak-rep
 of the document; the rest of the document is left as written. One run: its identification table, the
 attack's training summary, the loss diagnostic, the utility and the verdict against the issue's targets.
 Several runs: grouped by their recipe's defence, each arm's top-1 and top-5 averaged over the group's
-seeds with a Student-t 95 % interval over the per-seed top-1 (one seed: that run's Wilson interval), then
-a table of leak against utility per defence, its plot (``--plot``, by default ``leak/defences.png``
-beside the document) and the verdict for the undefended runs.
+seeds with a Student-t 95 % interval over the per-seed top-1 (one seed: that run's Wilson interval) and
+the seeds' permutation p both as their largest and combined by Fisher's method, a table of each seed's
+own figures, then a table of leak against utility per defence, its plot (``--plot``, by default
+``leak/defences.png`` beside the document) and the verdict for the undefended runs.
 """
 
 from __future__ import annotations
