@@ -88,9 +88,9 @@ RESULTS = $(BIN)/python scripts/reproduce_tables.py --benchmark v1=$(MINI_DIR) -
 # none, flip, dp:1 and dp:10: 12 runs in
 # runs/leak-v2/<defence>-s<seed> (the colon dropped: dp10-s0), each trained, attacked and evaluated, then
 # docs/leak.md's measured section by defence over the seeds, and docs/leak/defences.png.
-# Cost: one run is 250 x 1000 = 250k model-steps of LoRA training, about 1.5 h of one core at the
-# factory's 47 model-steps/s per process (measured: 6023 s for none-s0 on a shared core), plus the attack
-# and its ablation (about 200 s each) and the evaluation of 50 victims (about 20 min): about 2 h a run,
+# Cost: one run is 250 x 1000 = 250k model-steps of LoRA training, about 1.5 h of one core at 41-45
+# model-steps/s per process (measured: 6023 s for none-s0, 5534 s and 5543 s for seeds 1 and 2 side by
+# side), plus the attack and its ablation (200-235 s each) and the evaluation of 50 victims (about 20 min): about 2 h a run,
 # 24 core-hours for the 12, half that in wall time with `make -j2 leak-v2`. LEAK_EVAL adds flags to the
 # evaluation: `make leak-v2 LEAK_EVAL=--loss-diagnostic` also writes loss_identification.json, about an
 # hour more per run. Resumable: a run whose evaluation.json (written last without the diagnostic) exists
