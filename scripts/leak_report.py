@@ -29,6 +29,7 @@ from lora_wise.factory.defences import parse_defence
 from lora_wise.leak.encoder import load_encoder
 from lora_wise.leak.identities import VENDORS
 from lora_wise.leak.run import ATTACKS, ORACLE
+from lora_wise.leak.victims import Recipe
 
 BEGIN, END = "<!-- leak-report:begin -->", "<!-- leak-report:end -->"
 DISPLAY = {"noto": "Noto", "twemoji": "Twemoji", "openmoji": "OpenMoji"}
@@ -232,7 +233,8 @@ def _defence_order(spec: str) -> tuple:
 
 def _check_comparable(evs: list[dict]) -> None:
     def key(ev: dict) -> dict:
-        rest = {k: v for k, v in ev["recipe"].items() if k not in SHARED}
+        # through Recipe, so that a field newer than a run's recipe.json compares as its default
+        rest = {k: v for k, v in Recipe(**ev["recipe"]).__dict__.items() if k not in SHARED}
         shown = {k: ev[k] for k in ("k", "n", "victims")} | {"guidance": ev.get("guidance", 1.0)}
         return rest | shown | {"arms": list(ev["arms"])}
 

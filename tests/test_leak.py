@@ -59,6 +59,35 @@ def test_run_trains_victims_and_shadows_with_their_own_token(run):
     assert sorted(side["recipe"]["target_modules"]) == ["to_q", "to_v"]
 
 
+def test_a_run_resumes_only_under_the_recipe_it_started_with(run):
+    """Finished LoRAs are skipped by job id, which names neither rate nor seed: another recipe in the
+    same folder would be recorded over LoRAs it did not train, so it is refused, the folder untouched."""
+    from lora_wise.errors import LeakError
+
+    saved = (run.root / "recipe.json").read_text()
+    with pytest.raises(LeakError, match=r"another recipe: learning_rate 0\.01 \(asked 0\.02\); use a new"):
+        create_run(run.root, 8, replace(RECIPE, learning_rate=2e-2))
+    with pytest.raises(LeakError, match="identity_seeds False"):
+        create_run(run.root, 8, replace(RECIPE, identity_seeds=True))
+    assert (run.root / "recipe.json").read_text() == saved
+    assert create_run(run.root, 8, RECIPE).recipe == run.recipe  # the same recipe resumes (nothing to train)
+
+
+def test_identity_seeds_are_each_identitys_own_and_stable(run):
+    from lora_wise.leak.victims import identity_jobs
+
+    shared = {job.seed for job in run.jobs.values()}
+    assert shared == {RECIPE.seed}  # the runs of docs/leak.md: one seed for every LoRA
+    own = identity_jobs(run.identities, run.root, replace(RECIPE, identity_seeds=True))
+    seeds = [job.seed for job in own.values()]
+    assert len(set(seeds)) == len(seeds) and RECIPE.seed not in seeds
+    # a hash of the key: the same in a run holding fewer identities, another under another run seed
+    part = identity_jobs(run.identities[3:5], run.root, replace(RECIPE, identity_seeds=True))
+    assert all(part[k].seed == own[k].seed for k in part)
+    other = identity_jobs(run.identities, run.root, replace(RECIPE, identity_seeds=True, seed=1))
+    assert all(other[k].seed != own[k].seed for k in own)
+
+
 def test_bank_rows_match_diffusers_loading_each_lora(run):
     files = [run.final(i) for i in run.identities[:2]]
     loras = [load_lora(f) for f in files]
@@ -346,6 +375,7 @@ def test_report_of_several_runs_aggregates_seeds_by_defence_and_plots(run, tmp_p
     ]
     older = json.loads((extra[0] / "evaluation.json").read_text())  # evaluated before the spread was
     del older["conditioning_spread"]
+    del older["recipe"]["identity_seeds"]  # and before the recipe had the field: its default, comparable
     (extra[0] / "evaluation.json").write_text(json.dumps(older))
     report = _report_module()
     doc = tmp_path / "leak.md"

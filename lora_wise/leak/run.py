@@ -71,11 +71,26 @@ def create_run(root: Path, identities: int, recipe: Recipe, seed: int = 0, worke
     idents = build_identities(identities, seed=seed, vendors=recipe.vendors)
     if (root / "identities.json").is_file() and load_identities(root / "identities.json") != idents:
         raise LeakError(f"{root} holds another run's identities: use a new folder")
+    if (root / "recipe.json").is_file():
+        check_same_recipe(Recipe(**json.loads((root / "recipe.json").read_text())), recipe, root)
     save_identities(idents, root / "identities.json")
     (root / "recipe.json").write_text(json.dumps(recipe.__dict__, indent=1))
     run = open_run(root)
     train_identities(run.jobs, root, recipe, workers)
     return run
+
+
+def check_same_recipe(saved: Recipe, recipe: Recipe, root: Path) -> None:
+    """A run resumes only under the recipe it started with: its finished LoRAs are skipped by job id,
+    which does not name the steps, rate or seed, so another recipe would be recorded over LoRAs it did
+    not train."""
+    differ = [
+        f"{k} {v!r} (asked {recipe.__dict__[k]!r})"
+        for k, v in saved.__dict__.items()
+        if recipe.__dict__[k] != v
+    ]
+    if differ:
+        raise LeakError(f"{root} was started with another recipe: {', '.join(differ)}; use a new folder")
 
 
 def open_run(root: Path) -> LeakRun:
