@@ -6,9 +6,9 @@
 
 ``--defence`` (none, flip, dp:EPS, or a mix such as ``flip,dp:10``) trains victims and shadows under
 that defence; give each defence its own folder (a folder's recipe.json holds one, and a folder resumes
-only under the recipe it was started with). ``--identity-seeds`` trains every identity with its own seed
-(LoRA init, noise, timesteps, DP noise) instead of the run's: the victims' noise is then independent of
-the shadows', as a real victim's would be.
+only under the recipe it was started with). ``--victim-seeds`` trains every victim with its own seed
+(LoRA init, noise, timesteps, DP noise) instead of the run's, which the shadows keep: the victims' noise
+is then independent of the attacker's shadows', as a real victim's would be.
 ``--vendors`` (e.g. ``noto,openmoji``) picks the identities' two artwork vendors; by default the
 backbone's: ``noto,twemoji`` on tiny-sd, ``noto,openmoji`` on tiny-sd-v2 (pre-trained on Twemoji).
 
@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the identities' two artwork vendors, e.g. noto,openmoji (default: the backbone's)",
     )
     p.add_argument(
-        "--identity-seeds",
+        "--victim-seeds",
         action="store_true",
-        help="train each identity with its own seed (from --seed and its key) instead of --seed for all",
+        help="train each victim with its own seed (from --seed and its key); the shadows keep --seed",
     )
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # docs/factory.md: the tiny UNet is fastest single-threaded
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         group_size=args.group_size,
         defence=args.defence,
         vendors=args.vendors,
-        identity_seeds=args.identity_seeds,
+        victim_seeds=args.victim_seeds,
     )
     t0 = time.time()
     run = create_run(args.out, args.identities, recipe, seed=args.seed, workers=args.workers)

@@ -67,25 +67,27 @@ def test_a_run_resumes_only_under_the_recipe_it_started_with(run):
     saved = (run.root / "recipe.json").read_text()
     with pytest.raises(LeakError, match=r"another recipe: learning_rate 0\.01 \(asked 0\.02\); use a new"):
         create_run(run.root, 8, replace(RECIPE, learning_rate=2e-2))
-    with pytest.raises(LeakError, match="identity_seeds False"):
-        create_run(run.root, 8, replace(RECIPE, identity_seeds=True))
+    with pytest.raises(LeakError, match="victim_seeds False"):
+        create_run(run.root, 8, replace(RECIPE, victim_seeds=True))
     assert (run.root / "recipe.json").read_text() == saved
     assert create_run(run.root, 8, RECIPE).recipe == run.recipe  # the same recipe resumes (nothing to train)
 
 
-def test_identity_seeds_are_each_identitys_own_and_stable(run):
+def test_victim_seeds_are_each_victims_own_and_the_shadows_keep_the_runs(run):
     from lora_wise.leak.victims import identity_jobs
 
-    shared = {job.seed for job in run.jobs.values()}
-    assert shared == {RECIPE.seed}  # the runs of docs/leak.md: one seed for every LoRA
-    own = identity_jobs(run.identities, run.root, replace(RECIPE, identity_seeds=True))
-    seeds = [job.seed for job in own.values()]
+    assert {job.seed for job in run.jobs.values()} == {RECIPE.seed}  # docs/leak.md's runs: one seed
+    own = identity_jobs(run.identities, run.root, replace(RECIPE, victim_seeds=True))
+    victims = [i.key for i in run.split("victim")]
+    seeds = [own[k].seed for k in victims]
     assert len(set(seeds)) == len(seeds) and RECIPE.seed not in seeds
+    # the shadows' jobs are the shared-seed run's, so both runs share their shadows and attack
+    assert all(own[i.key] == run.jobs[i.key] for i in run.split("shadow"))
     # a hash of the key: the same in a run holding fewer identities, another under another run seed
-    part = identity_jobs(run.identities[3:5], run.root, replace(RECIPE, identity_seeds=True))
-    assert all(part[k].seed == own[k].seed for k in part)
-    other = identity_jobs(run.identities, run.root, replace(RECIPE, identity_seeds=True, seed=1))
-    assert all(other[k].seed != own[k].seed for k in own)
+    part = identity_jobs(run.split("victim")[::-1], run.root, replace(RECIPE, victim_seeds=True))
+    assert all(part[k].seed == own[k].seed for k in victims)
+    other = identity_jobs(run.identities, run.root, replace(RECIPE, victim_seeds=True, seed=1))
+    assert all(other[k].seed != own[k].seed for k in victims)
 
 
 def test_bank_rows_match_diffusers_loading_each_lora(run):
@@ -375,7 +377,7 @@ def test_report_of_several_runs_aggregates_seeds_by_defence_and_plots(run, tmp_p
     ]
     older = json.loads((extra[0] / "evaluation.json").read_text())  # evaluated before the spread was
     del older["conditioning_spread"]
-    del older["recipe"]["identity_seeds"]  # and before the recipe had the field: its default, comparable
+    del older["recipe"]["victim_seeds"]  # and before the recipe had the field: its default, comparable
     (extra[0] / "evaluation.json").write_text(json.dumps(older))
     report = _report_module()
     doc = tmp_path / "leak.md"

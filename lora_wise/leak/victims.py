@@ -7,9 +7,10 @@ factory's format (``lora_wise.factory.snapshots``), so a pilot resumes as the be
 (``lora_wise.factory.defences``): the attacker is assumed to know the victims' recipe.
 ``Recipe.vendors`` names the identities' two artwork vendors (``lora_wise.leak.identities``), by default
 the backbone's own: Noto+Twemoji on tiny-sd, Noto+OpenMoji on tiny-sd-v2.
-``Recipe.identity_seeds`` gives every identity its own training seed (LoRA init, noise, timesteps and
-DP noise), derived from the run's seed and the identity's key; off, every LoRA of a run trains with the
-run's seed, as the factory's benchmark jobs do (the runs of docs/leak.md).
+``Recipe.victim_seeds`` trains every victim with its own seed (LoRA init, noise, timesteps and DP
+noise), derived from the run's seed and the victim's key, which the attacker's shadows do not share; off,
+every LoRA of a run trains with the run's seed, as the factory's benchmark jobs do (the runs of
+docs/leak.md), so the attacker's shadows share the victims' seed, which no real attacker could count on.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Recipe:
     group_size: int = 25
     defence: str = "none"  # none, flip, dp:EPS or a mix such as flip,dp:10 (parse_defence)
     vendors: tuple[str, ...] | None = None  # None: the backbone's (a recipe.json without it is a v1 run's)
-    identity_seeds: bool = False  # False: one seed for every LoRA (a recipe.json without it is such a run)
+    victim_seeds: bool = False  # False: one seed for every LoRA (a recipe.json without it is such a run)
 
     def __post_init__(self) -> None:
         parse_defence(self.defence)  # a bad spec fails here, before any identity is drawn
@@ -72,17 +73,18 @@ class Recipe:
 def identity_jobs(identities: list[Identity], root: Path, recipe: Recipe) -> dict[str, TrainJob]:
     """Identity key -> its training job (its views written under ``root/identities``)."""
     specs = write_identity_folders(identities, Path(root) / "identities")
-    return {i.key: recipe.job(specs[i.key], len(i.views), identity_seed(recipe, i.key)) for i in identities}
+    return {i.key: recipe.job(specs[i.key], len(i.views), victim_seed(recipe, i)) for i in identities}
 
 
-def identity_seed(recipe: Recipe, key: str) -> int | None:
-    """The identity's own training seed, or None (the run's) when the recipe shares one seed.
+def victim_seed(recipe: Recipe, ident: Identity) -> int | None:
+    """A victim's own training seed under ``recipe.victim_seeds``, else None (the run's seed).
 
-    A hash, not a draw, so that it does not depend on which identities a run holds or their order; the
-    victims' seeds are then as unknown to the attacker's shadows as a real victim's would be."""
-    if not recipe.identity_seeds:
+    A hash of the run's seed and the key, not a draw, so that it does not depend on which identities a
+    run holds or their order; the shadows keep the run's seed, so a run with own victim seeds shares its
+    shadows (and so its attack) with the run of the same seed without them."""
+    if not (recipe.victim_seeds and ident.split == "victim"):
         return None
-    digest = hashlib.sha256(f"{recipe.seed}:{key}".encode()).digest()
+    digest = hashlib.sha256(f"{recipe.seed}:{ident.key}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
