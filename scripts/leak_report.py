@@ -6,11 +6,12 @@
 Replaces the text between the ``<!-- leak-report:begin -->`` and ``<!-- leak-report:end -->`` markers
 of the document; the rest of the document is left as written. One run: its identification table, the
 attack's training summary, the loss diagnostic, the utility and the verdict against the issue's targets.
-Several runs: grouped by their recipe's defence, each arm's top-1 and top-5 averaged over the group's
-seeds with a Student-t 95 % interval over the per-seed top-1 (one seed: that run's Wilson interval) and
-the seeds' permutation p both as their largest and combined by Fisher's method, a table of each seed's
-own figures, then a table of leak against utility per defence, its plot (``--plot``, by default
-``leak/defences.png`` beside the document) and the verdict for the undefended runs.
+Several runs: grouped by their recipe's defence (and whether the victims trained with their own
+seeds), each arm's top-1 and top-5 averaged over the group's seeds with a Student-t 95 % interval over
+the per-seed top-1 (one seed: that run's Wilson interval) and the seeds' permutation p both as their
+largest and combined by Fisher's method, a table of each seed's own figures, then a table of leak
+against utility per group, its plot (``--plot``, by default ``leak/defences.png`` beside the document)
+and the verdict for the undefended runs.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from lora_wise.leak.victims import Recipe
 
 BEGIN, END = "<!-- leak-report:begin -->", "<!-- leak-report:end -->"
 DISPLAY = {"noto": "Noto", "twemoji": "Twemoji", "openmoji": "OpenMoji"}
-SHARED = ("seed", "defence")  # the recipe fields runs of one report may differ in
+SHARED = ("seed", "defence", "victim_seeds")  # the recipe fields runs of one report may differ in
 
 
 class Arm(NamedTuple):
@@ -141,6 +142,7 @@ def render(root: Path) -> str:
     lines = [
         f"Run: {ev['victims']} victims, {ev['shadows']} shadows, {_recipe_text(rec)}, seed {rec['seed']}"
         + (f", defence `{rec['defence']}`" if rec.get("defence", "none") != "none" else "")
+        + (", each victim with its own seed" if rec.get("victim_seeds") else "")
         + f"; {_kn_text(ev)}.",
         "",
         *arm_table(summarise([ev])),
@@ -208,22 +210,31 @@ def _loss_lines(root: Path) -> list[str]:
     return lines
 
 
-# ---- several runs: grouped by defence, aggregated over seeds
+# ---- several runs: grouped by defence (and victim seeding), aggregated over seeds
+
+UNDEFENDED = ("none", False)  # the group the verdict is for: no defence, the run's seed for every LoRA
 
 
-def group_by_defence(roots: list[Path]) -> dict[str, list[dict]]:
-    """Defence -> its runs' evaluation.json (each with ``root``), none first, then flip, then by ε down."""
-    groups: dict[str, list[dict]] = {}
+def group_by_defence(roots: list[Path]) -> dict[tuple[str, bool], list[dict]]:
+    """(defence, own victim seeds) -> its runs' evaluation.json (each with ``root``): none first, then
+    flip, then by ε down, each before its own-victim-seeds runs."""
+    groups: dict[tuple[str, bool], list[dict]] = {}
     for root in roots:
         ev = json.loads((root / "evaluation.json").read_text()) | {"root": str(root)}
-        groups.setdefault(ev["recipe"].get("defence", "none"), []).append(ev)
+        key = (ev["recipe"].get("defence", "none"), bool(ev["recipe"].get("victim_seeds", False)))
+        groups.setdefault(key, []).append(ev)
     _check_comparable([ev for evs in groups.values() for ev in evs])
-    for defence, evs in groups.items():
+    for key, evs in groups.items():
         seeds = [ev["recipe"]["seed"] for ev in evs]
         if len(set(seeds)) < len(seeds):
-            raise ValueError(f"defence {defence!r}: seed {max(seeds, key=seeds.count)} twice")
+            raise ValueError(f"{label(key, md=False)}: seed {max(seeds, key=seeds.count)} twice")
         evs.sort(key=lambda ev: ev["recipe"]["seed"])
-    return dict(sorted(groups.items(), key=lambda kv: _defence_order(kv[0])))
+    return dict(sorted(groups.items(), key=lambda kv: (*_defence_order(kv[0][0]), kv[0][1])))
+
+
+def label(key: tuple[str, bool], md: bool = True) -> str:
+    defence = f"`{key[0]}`" if md else key[0]
+    return f"{defence}, own victim seeds" if key[1] else defence
 
 
 def _defence_order(spec: str) -> tuple:
@@ -252,16 +263,20 @@ def render_many(roots: list[Path], plot: Path, doc_dir: Path) -> str:
         f"Runs: {len(roots)}, each {ev0['victims']} victims and {ev0['shadows']} shadows, "
         f"{_recipe_text(ev0['recipe'])}; {_kn_text(ev0)}. Intervals: Student t over the seeds' top-1.",
     ]
-    for defence, evs in groups.items():
+    for key, evs in groups.items():
         seeds = ", ".join(str(ev["recipe"]["seed"]) for ev in evs)
         one = "; one seed: the interval is its Wilson interval over the victims, not one over seeds"
-        lines += ["", f"Defence `{defence}`, {_seeds(len(evs))} ({seeds}){one if len(evs) == 1 else ''}:", ""]
+        lines += [
+            "",
+            f"Defence {label(key)}, {_seeds(len(evs))} ({seeds}){one if len(evs) == 1 else ''}:",
+            "",
+        ]
         lines += [*arm_table(summarise(evs)), "", *seed_table(evs), "", utility_line(evs)]
     lines += ["", *defence_table(groups)]
     if write_plot(plot, groups, 1 / ev0["n"]):
         lines += ["", f"![leak against utility, per defence]({os.path.relpath(plot, doc_dir)})"]
-    if "none" in groups:
-        lines += ["", "Undefended runs (`none`):", *verdict(summarise(groups["none"]), ev0["n"])]
+    if UNDEFENDED in groups:
+        lines += ["", "Undefended runs (`none`):", *verdict(summarise(groups[UNDEFENDED]), ev0["n"])]
     return "\n".join(lines)
 
 
@@ -283,17 +298,17 @@ def seed_table(evs: list[dict]) -> list[str]:
     return lines
 
 
-def defence_table(groups: dict[str, list[dict]]) -> list[str]:
+def defence_table(groups: dict[tuple[str, bool], list[dict]]) -> list[str]:
     lines = [
         "| defence | seeds | attack top-1 (mean, 95 %) | oracle top-1 (fidelity) | denoising gain (utility) "
         "| DP accounting |",
         "|---|---|---|---|---|---|",
     ]
-    for defence, evs in groups.items():
+    for key, evs in groups.items():
         s = summarise(evs)
         a, o = s["attack"], s[ORACLE]
         lines.append(
-            f"| `{defence}` | {len(evs)} | {a.top1:.2f} ({a.ci[0]:.2f}-{a.ci[1]:.2f}) | {o.top1:.2f} "
+            f"| {label(key)} | {len(evs)} | {a.top1:.2f} ({a.ci[0]:.2f}-{a.ci[1]:.2f}) | {o.top1:.2f} "
             f"| {_gain_text(_gain(evs), len(evs))} | {dp_text(evs[0])} |"
         )
     if any(len(evs) == 1 for evs in groups.values()):
@@ -345,20 +360,20 @@ def _defence_record(ev: dict) -> dict:
     return {}
 
 
-def write_plot(path: Path, groups: dict[str, list[dict]], chance: float) -> bool:
+def write_plot(path: Path, groups: dict[tuple[str, bool], list[dict]], chance: float) -> bool:
     """Leak (attack top-1, 95 %) against utility (denoising gain) per defence; False if no utility."""
     from matplotlib.figure import Figure
 
-    points = [(d, _gain(evs), summarise(evs)["attack"]) for d, evs in groups.items()]
+    points = [(label(key, md=False), _gain(evs), summarise(evs)["attack"]) for key, evs in groups.items()]
     points = [(d, g, a) for d, g, a in points if g is not None]
     if not points:
         return False
     fig = Figure(figsize=(5.5, 3.8))
     ax = fig.subplots()
-    for defence, (g, glo, ghi), a in points:
-        label = f"{defence} ({_seeds(a.seeds)})"
+    for name, (g, glo, ghi), a in points:
+        text = f"{name} ({_seeds(a.seeds)})"
         ax.errorbar(g, a.top1, xerr=[[g - glo], [ghi - g]], yerr=[[a.top1 - a.ci[0]], [a.ci[1] - a.top1]],
-                    fmt="o", capsize=3, label=label)  # fmt: skip
+                    fmt="o", capsize=3, label=text)  # fmt: skip
     ax.axhline(chance, ls="--", color="grey", label=f"chance (1/{round(1 / chance)})")
     ax.set_xlabel("utility: victim LoRA's denoising gain over the base (1 − victim/base)")
     ax.set_ylabel("leak: attack top-1 (95 %)")

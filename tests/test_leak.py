@@ -374,6 +374,7 @@ def test_report_of_several_runs_aggregates_seeds_by_defence_and_plots(run, tmp_p
         report_input("none-s1", {"seed": 1}, 0.4, 0.3, 0.05, {}),
         report_input("none-s2", {"seed": 2}, 0.6, 0.02, 0.07, {}),
         report_input("dp10-s0", {"defence": "dp:10"}, 0.5, 0.5, 0.01, dp),
+        report_input("vseeds-s0", {"victim_seeds": True}, 0.1, 0.9, 0.06, {}),  # seed 0 again, own group
     ]
     older = json.loads((extra[0] / "evaluation.json").read_text())  # evaluated before the spread was
     del older["conditioning_spread"]
@@ -382,14 +383,15 @@ def test_report_of_several_runs_aggregates_seeds_by_defence_and_plots(run, tmp_p
     report = _report_module()
     doc = tmp_path / "leak.md"
     doc.write_text(f"# head\n{report.BEGIN}\n{report.END}\n")
-    assert report.main([str(p) for p in (extra[2], flip, run.root, *extra[:2])] + ["--doc", str(doc)]) == 0
+    roots = [str(p) for p in (extra[2], flip, run.root, extra[3], *extra[:2])]
+    assert report.main(roots + ["--doc", str(doc)]) == 0
     text = doc.read_text()
     # none: the hand-computed mean and Student-t interval over the three seeds' top-1, clipped to [0, 1]
     top1 = np.array([ev["arms"]["attack"]["top1"], 0.4, 0.6])
     half = t.ppf(0.975, 2) * top1.std(ddof=1) / np.sqrt(3)
     lo, hi = max(0.0, top1.mean() - half), min(1.0, top1.mean() + half)
     p_max, top5 = max(ev["arms"]["attack"]["p_permutation"], 0.3), ev["arms"]["attack"]["top5"]
-    none_part = text[text.index("Defence `none`") : text.index("Defence `flip`")]
+    none_part = text[text.index("Defence `none`, 3") : text.index("Defence `none`, own victim seeds")]
     assert f"| attack | {top1.mean():.2f} | {lo:.2f}-{hi:.2f} | {top5:.2f} | {p_max:.4f} |" in none_part
     # per seed: each run's own figures, the spread where it was recorded
     spread, a0 = ev["conditioning_spread"], ev["arms"]["attack"]
@@ -403,10 +405,14 @@ def test_report_of_several_runs_aggregates_seeds_by_defence_and_plots(run, tmp_p
     g_half = t.ppf(0.975, 2) * gains.std(ddof=1) / np.sqrt(3)
     row = f"| `none` | 3 | {top1.mean():.2f} ({lo:.2f}-{hi:.2f}) | {oracle:.2f} | {gains.mean():.3f} "
     assert row + f"({gains.mean() - g_half:.3f} to {gains.mean() + g_half:.3f}) | no DP |" in text
-    # grouped by the recipe's defence, none first, then flip, then DP; one seed falls back to Wilson
-    assert text.index("Defence `none`, 3 seeds (0, 1, 2):") < text.index(
-        "Defence `flip`, 1 seed (1); one seed"
+    # grouped by the recipe's defence, none first, then flip, then DP, each before its own-victim-seeds
+    # runs (apart: they differ in how the victims were seeded, not in seed alone); one seed: Wilson
+    assert (
+        text.index("Defence `none`, 3 seeds (0, 1, 2):")
+        < text.index("Defence `none`, own victim seeds, 1 seed (0); one seed")
+        < text.index("Defence `flip`, 1 seed (1); one seed")
     )
+    assert text.index("| `none`, own victim seeds | 1 | 0.10 (") < text.index("| `flip` | 1 |")
     assert text.index("| `flip` | 1 |") < text.index("| `dp:10` | 1 | 0.50 (")
     sigma = dp["dp"]["noise_multiplier"]
     assert f"ε = 10, δ = 1e-05, σ = {sigma:.2f}, C = 1, q = 0.20, {RECIPE.steps} steps (opacus" in text
