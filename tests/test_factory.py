@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import factory_helpers
@@ -58,6 +59,9 @@ def test_groups_share_what_the_batched_pass_needs():
     assert sorted(j.job_id for g in groups for j in g) == sorted(j.job_id for j in jobs)
     assert all(len(g) <= 4 and len({(j.rank, j.steps) for j in g}) == 1 for g in groups)
     assert [len(g) for g in groups] == [4, 4, 4, 3, 4]
+    # seeds do not split a group: each job has its own generators in the batched pass
+    seeded = [replace(j, seed=i) for i, j in enumerate(jobs[:4])]
+    assert group_jobs(seeded, group_size=4) == [seeded]
     with pytest.raises(FactoryError):
         group_jobs(jobs, 0)
 

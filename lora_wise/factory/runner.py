@@ -40,9 +40,11 @@ DEFAULT_TRAINER = "lora_wise.factory.train:train_group"
 
 def group_key(job: TrainJob) -> tuple:
     """What the jobs of one trained group share: also their defences (the trainer could mix them,
-    but then one group would span several configs and Opacus' absence would fail plain jobs)."""
+    but then one group would span several configs and Opacus' absence would fail plain jobs). Not
+    their seed: each job draws from its own generators, so a leak run's victims, each with its own
+    seed, still train 25 to a pass and not one by one."""
     return (job.backbone, job.rank, job.steps, job.snapshot_every, job.batch_size, job.learning_rate,
-            job.seed, job.resolution, job.target_modules, job.augment, job.dp_epsilon, job.dp_delta,
+            job.resolution, job.target_modules, job.augment, job.dp_epsilon, job.dp_delta,
             job.dp_clip)  # fmt: skip
 
 
