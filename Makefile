@@ -85,31 +85,34 @@ RESULTS = $(BIN)/python scripts/reproduce_tables.py --benchmark v1=$(MINI_DIR) -
 
 # The leak at the issue's scale on tiny-sd-v2 (docs/leak.md): 250 identities (200 shadows, 50 victims),
 # 1000 steps at lr 3e-4 (the v2 benchmark's rate, docs/regimes.md), seeds 0 1 2 under the defences
-# none, flip, dp:1 and dp:10, plus seed 0 with own victim seeds: 13 runs in runs/leak-v2/<defence>-s<seed>
-# (the colon dropped: dp10-s0; vseeds-s0), each trained, attacked and evaluated, then docs/leak.md's
-# measured section by defence over the seeds, and docs/leak/defences.png.
+# none, flip, dp:1 and dp:10, plus seed 0 with own victim seeds, undefended and under dp:10: 14 runs
+# in runs/leak-v2/<defence>-s<seed> (the colon dropped: dp10-s0; vseeds-s0, dp10-vseeds-s0), each
+# trained, attacked and evaluated, then docs/leak.md's measured section by defence over the seeds, and
+# docs/leak/defences.png.
 # Cost: one run is 250 x 1000 = 250k model-steps of LoRA training, about 1.5 h of one core at 41-45
 # model-steps/s per process (measured: 6023 s for none-s0, 5534 s and 5543 s for seeds 1 and 2 side by
 # side; DP-SGD and the flip train as fast), plus the attack and its ablation (200-235 s each) and the
-# evaluation of 50 victims (about 20 min): about 2 h a run, 26 core-hours for the 13, half that in wall
+# evaluation of 50 victims (about 20 min): about 2 h a run, 28 core-hours for the 14, half that in wall
 # time with `make -j2 leak-v2`. LEAK_EVAL adds flags to the evaluation: `make leak-v2
 # LEAK_EVAL=--loss-diagnostic` also writes loss_identification.json, about an hour more per run.
 # Resumable: a run whose evaluation.json (written last without the diagnostic) exists is skipped;
 # leak_pilot.py skips finished groups, and the attack is not retrained once saved.
-LEAK2_RUNS := $(foreach d,none flip dp1 dp10,$(foreach s,0 1 2,runs/leak-v2/$(d)-s$(s))) runs/leak-v2/vseeds-s0
+LEAK2_RUNS := $(foreach d,none flip dp1 dp10,$(foreach s,0 1 2,runs/leak-v2/$(d)-s$(s))) \
+	runs/leak-v2/vseeds-s0 runs/leak-v2/dp10-vseeds-s0
 LEAK_EVAL ?=
 leak-v2: $(addsuffix /evaluation.json,$(LEAK2_RUNS))
 	$(BIN)/python scripts/leak_report.py $(LEAK2_RUNS) --doc docs/leak.md
 
-# <defence>-s<seed>, or vseeds-s<seed>: no defence, every victim on its own seed (--victim-seeds; the
+# <defence>-s<seed>; [<defence>-]vseeds-s<seed>: every victim on its own seed (--victim-seeds; the
 # shadows keep the run's), the realistic setting, reported as its own group. Its shadows are the same
-# jobs as none-s<seed>'s, so the measured vseeds-s0 hard-linked them in from none-s0 with its attack and
-# trained its 50 victims only (docs/leak.md); this rule trains all 250.
+# jobs as <defence>-s<seed>'s, so the measured vseeds-s0 and dp10-vseeds-s0 hard-linked them in with the
+# attack and trained their 50 victims only (docs/leak.md); this rule trains all 250.
 runs/leak-v2/%/evaluation.json: | setup
-	d=$$(echo $* | sed 's/-s[0-9]*$$//'); s=$$(echo $* | sed 's/.*-s//'); \
-	case $$d in vseeds) how=--victim-seeds;; dp*) how="--defence dp:$${d#dp}";; *) how="--defence $$d";; esac; \
+	d=$$(echo $* | sed 's/-s[0-9]*$$//'); s=$$(echo $* | sed 's/.*-s//'); v=; \
+	case $$d in *vseeds) v=--victim-seeds; d=$$(echo $$d | sed 's/-*vseeds$$//'); d=$${d:-none};; esac; \
+	case $$d in dp*) how="--defence dp:$${d#dp}";; *) how="--defence $$d";; esac; \
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/leak_pilot.py $(@D) --backbone tiny-sd-v2 --identities 250 \
-		--steps 1000 --lr 3e-4 --seed $$s $$how && \
+		--steps 1000 --lr 3e-4 --seed $$s $$how $$v && \
 	{ [ -f $(@D)/attack-nostep.safetensors ] || OMP_NUM_THREADS=1 $(BIN)/lora-wise leak train $(@D); } && \
 	OMP_NUM_THREADS=1 $(BIN)/lora-wise leak evaluate $(@D) --k 8 $(LEAK_EVAL)
 
