@@ -221,7 +221,8 @@ def group_by_defence(roots: list[Path]) -> dict[tuple[str, bool], list[dict]]:
     groups: dict[tuple[str, bool], list[dict]] = {}
     for root in roots:
         ev = json.loads((root / "evaluation.json").read_text()) | {"root": str(root)}
-        key = (ev["recipe"].get("defence", "none"), bool(ev["recipe"].get("victim_seeds", False)))
+        recipe = Recipe(**ev["recipe"])  # the recipe's own defaults for fields an older run lacks
+        key = (recipe.defence, recipe.victim_seeds)
         groups.setdefault(key, []).append(ev)
     _check_comparable([ev for evs in groups.values() for ev in evs])
     for key, evs in groups.items():
